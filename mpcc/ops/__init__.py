@@ -1,0 +1,6 @@
+"""The op registry: each op is one ``OpDef`` record (see ``base.py``)."""
+from .base import MARK, REGISTRY, OpDef, UnknownOpError, get_op, register
+from . import tensor as _tensor  # noqa: F401  (registers ops)
+from . import nn as _nn  # noqa: F401
+
+__all__ = ["MARK", "REGISTRY", "OpDef", "UnknownOpError", "get_op", "register"]
