@@ -1,7 +1,15 @@
-"""mpcc: compile PyTorch transformers into two-party secure computation."""
-from .frontend import TraceError, UnsupportedOpError, trace
-from .interpreter import InterpretError, interpret
-from . import ir
+"""mpcc: compile PyTorch transformers into two-party secure computation.
 
-__all__ = ["trace", "interpret", "ir", "TraceError", "UnsupportedOpError", "InterpretError"]
+    >>> import mpcc  # doctest: +SKIP
+    >>> plan = mpcc.compile(model, {"input_ids": ids})
+    >>> print(plan.dump())
+"""
+from . import ir
+from .api import APPROXIMATIONS, compile, interpret, load, trace
+from .frontend import TraceError, UnsupportedOpError
+from .interpreter import InterpretError
+from .plan import Plan, PlanFormatError
+
+__all__ = ["compile", "trace", "interpret", "load", "ir", "Plan", "APPROXIMATIONS", "TraceError",
+           "UnsupportedOpError", "InterpretError", "PlanFormatError"]
 __version__ = "0.1.0"

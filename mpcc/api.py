@@ -1,0 +1,42 @@
+"""The public Python API: trace, compile, interpret, load."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from .frontend import trace
+from .interpreter import interpret
+from .passes import DEFAULT_PIPELINE, run_pipeline
+from .plan import Plan, load
+
+__all__ = ["compile", "trace", "interpret", "load", "APPROXIMATIONS"]
+
+APPROXIMATIONS = ("exact",)
+
+
+def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
+            owners: Mapping[str, str] | None = None, passes: Sequence[str] | None = None,
+            frac_bits: int = 16) -> Plan:
+    """Trace ``model`` and run the compiler pipeline.
+
+    Args:
+        model: the PyTorch model (eval mode is used while tracing).
+        example_inputs: dict of keyword tensors or tuple of positional ones.
+        approx: which non-linear approximations to use; ``"exact"`` keeps the
+            model's functions.
+        owners: who holds each input (default: the client).
+        passes: pass names to run instead of the default pipeline.
+        frac_bits: fixed-point fractional bits for the secure runtime.
+
+    Example:
+        >>> import torch, mpcc
+        >>> plan = mpcc.compile(torch.nn.Linear(4, 2), (torch.zeros(1, 4),))
+        >>> plan.graph.summary()["visibility"]
+        {'client': 1, 'server': 2, 'shared': 1}
+    """
+    if approx not in APPROXIMATIONS:
+        raise ValueError(f"approx must be one of {APPROXIMATIONS}, not {approx!r}")
+    names = tuple(DEFAULT_PIPELINE if passes is None else passes)
+    graph = run_pipeline(trace(model, example_inputs, owners=owners), names)
+    return Plan(graph, approx, names, frac_bits)

@@ -1,0 +1,8 @@
+"""Compiler passes, one module each, registered by name."""
+from .registry import PASSES, UnknownPassError, get_pass, register_pass
+from . import infer_visibility, fold_public, eliminate_dead_code, client_one_hot_embedding, check_no_secret_index  # noqa: F401
+from .check_no_secret_index import SecretIndexError
+from .pipeline import DEFAULT_PIPELINE, PassError, run_pipeline
+
+__all__ = ["PASSES", "DEFAULT_PIPELINE", "get_pass", "register_pass", "run_pipeline", "PassError",
+           "UnknownPassError", "SecretIndexError"]

