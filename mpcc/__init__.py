@@ -5,11 +5,11 @@
     >>> print(plan.dump())
 """
 from . import ir
-from .api import APPROXIMATIONS, compile, interpret, load, trace
+from .api import APPROXIMATIONS, Session, compile, interpret, load, run, trace
 from .frontend import TraceError, UnsupportedOpError
 from .interpreter import InterpretError
 from .plan import Plan, PlanFormatError
 
-__all__ = ["compile", "trace", "interpret", "load", "ir", "Plan", "APPROXIMATIONS", "TraceError",
+__all__ = ["compile", "trace", "interpret", "load", "run", "Session", "ir", "Plan", "APPROXIMATIONS", "TraceError",
            "UnsupportedOpError", "InterpretError", "PlanFormatError"]
 __version__ = "0.1.0"

@@ -7,10 +7,11 @@ import torch
 
 from .frontend import trace
 from .interpreter import interpret
-from .passes import DEFAULT_PIPELINE, run_pipeline
+from .passes import SECURE_PIPELINE, run_pipeline
 from .plan import Plan, load
+from .runtime import Session, run
 
-__all__ = ["compile", "trace", "interpret", "load", "APPROXIMATIONS"]
+__all__ = ["compile", "trace", "interpret", "load", "run", "Session", "APPROXIMATIONS"]
 
 APPROXIMATIONS = ("exact",)
 
@@ -32,11 +33,13 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
     Example:
         >>> import torch, mpcc
         >>> plan = mpcc.compile(torch.nn.Linear(4, 2), (torch.zeros(1, 4),))
-        >>> plan.graph.summary()["visibility"]
-        {'client': 1, 'server': 2, 'shared': 1}
+        >>> sorted(plan.graph.summary()["ops"])
+        ['input', 'mpc.linear_server', 'mpc.reveal', 'mpc.share', 'param']
     """
     if approx not in APPROXIMATIONS:
         raise ValueError(f"approx must be one of {APPROXIMATIONS}, not {approx!r}")
-    names = tuple(DEFAULT_PIPELINE if passes is None else passes)
+    names = tuple(SECURE_PIPELINE if passes is None else passes)
     graph = run_pipeline(trace(model, example_inputs, owners=owners), names)
-    return Plan(graph, approx, names, frac_bits)
+    used = {n.attrs["key"] for n in graph.params}
+    unused = sorted(set(model.state_dict()) - used)
+    return Plan(graph, approx, names, frac_bits, {"unused_weights": unused})

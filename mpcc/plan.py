@@ -62,6 +62,11 @@ class Plan:
         tmp.replace(path)  # never leave a half-written plan under the real name
         return path
 
+    def cost(self, network: str = "lan"):
+        """Rounds, bytes (online per party, offline, setup) and an estimate; see ``PlanCost``."""
+        from .runtime.cost import plan_cost
+        return plan_cost(self)
+
     @property
     def inputs(self) -> dict[str, str]:
         """Input name -> owner."""

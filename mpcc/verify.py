@@ -37,7 +37,8 @@ def lint(graph: Graph, *, shapes: bool = False) -> Graph:
                 _fail(node, f"operand %{operand} is not defined before use")
         _check_arguments(node, op)
         _check_source(node)
-        if node.type.vis != "?" and node.op not in ("input", "param", "const") and op.family != "create":
+        if node.type.vis != "?" and node.op not in ("input", "param", "const", "mpc.share", "mpc.reveal") \
+                and op.family != "create":
             expected = join_visibility(graph[o].type.vis for o in node.operands)
             if expected != "?" and expected != node.type.vis:
                 _fail(node, f"visibility {node.type.vis} but operands give {expected}")

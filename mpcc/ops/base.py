@@ -38,6 +38,11 @@ class OpDef:
             unless the whole op is local to one party.
         source: an op with no operands whose value comes from outside
             (``input``, ``param``) and is never folded.
+        protocol: for MPC ops, ``protocol(ctx, *args)`` with args bound as
+            for ``reference`` but holding this party's shares (or plaintext
+            where the param is public or this party's own). Its randomness
+            and cost come from running it in the dealer and cost contexts
+            (``mpcc.runtime.cost``), so the three cannot disagree.
     """
     name: str
     params: tuple[str, ...]
@@ -46,6 +51,7 @@ class OpDef:
     family: str = "elementwise"
     index_params: tuple[str, ...] = ()
     source: bool = False
+    protocol: Callable[..., Any] | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
     def bind(self, operands: list, attrs: dict[str, Any]) -> list:

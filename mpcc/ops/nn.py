@@ -38,7 +38,7 @@ _op("gelu", ("self", "approximate"), lambda x, approximate="none": F.gelu(x, app
     "x * Phi(x) (or its tanh form)")
 _op("silu", ("self",), F.silu, "x * sigmoid(x)")
 _op("embedding", ("weight", "indices", "padding_idx", "scale_grad_by_freq", "sparse"),
-    lambda w, idx, padding_idx=-1, scale=False, sparse=False: F.embedding(idx, w),
+    lambda w, idx, padding_idx=-1, scale=False, sparse=False: w[idx],
     "rows of a table (indices must be public, or be replaced by a one-hot product)", index_params=("indices",))
 _op("one_hot", ("self", "num_classes"), lambda idx, num_classes: F.one_hot(idx.long(), num_classes).to(torch.float64),
     "one-hot rows of the owner's indices (a local op of the index owner)", index_params=("self",))

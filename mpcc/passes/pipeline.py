@@ -9,7 +9,7 @@ from ..ir import Graph
 from ..verify import LintError, lint
 from .registry import get_pass
 
-__all__ = ["DEFAULT_PIPELINE", "run_pipeline", "PassError"]
+__all__ = ["DEFAULT_PIPELINE", "SECURE_PIPELINE", "run_pipeline", "PassError"]
 
 DEFAULT_PIPELINE = (
     "infer_visibility",          # who sees what
@@ -17,6 +17,11 @@ DEFAULT_PIPELINE = (
     "eliminate_dead_code",       # drop what the folding left unused
     "client_one_hot_embedding",  # private token ids: local one-hot times the table
     "check_no_secret_index",     # nothing reads a secret as an index
+)
+# What `mpcc.compile` runs: the analysis pipeline, fusions, then lowering to MPC ops.
+SECURE_PIPELINE = DEFAULT_PIPELINE + (
+    "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
+    "lower_to_mpc",              # every shared value's op gets its protocol
 )
 
 

@@ -1,0 +1,205 @@
+"""Arithmetic protocols over additive shares of Z_2^64 (fixed point, f bits).
+
+Party 0 is the client, party 1 the server. ``x`` below is always this party's
+share (an int64 tensor). Costs are per element, n = number of elements,
+"both" = each party sends.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import OpDef, register
+
+__all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server",
+           "add_public", "mul_public", "reveal"]
+
+RING_SHIFT_LIMIT = 62
+
+
+def shape_of(fn, *tensors) -> tuple[int, ...]:
+    """Shape of ``fn(*tensors)``, computed on meta tensors (no arithmetic)."""
+    metas = [torch.empty(t.shape, dtype=torch.int64, device="meta") for t in tensors]
+    return tuple(fn(*metas).shape)
+
+
+def encode(ctx, value: torch.Tensor, kind: str, name: str = "value") -> torch.Tensor:
+    """Plaintext -> ring: reals scaled by 2^f, ints and bools as they are."""
+    if ctx.meta:
+        return torch.empty(tuple(value.shape), dtype=torch.int64, device="meta")
+    if kind == "real":
+        return ctx.backend.encode(value, ctx.frac_bits, name)
+    return ctx.backend.to_device(value.to(torch.int64))
+
+
+def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
+    """Faithful truncation by ``shift`` bits (default f), dealer-assisted.
+
+    Steps: the dealer deals r (uniform), [r >> s] and [msb(r)]. Parties open
+    c = z + 2^62 + r. Then z >> s = (c >> s) - [r >> s] + (1 - msb(c)) [msb(r)] 2^(64-s)
+    - 2^(62-s), exact up to -1 ulp (the borrow of the low s bits).
+    Needs |z| < 2^62. Randomness: 1 ring (seed) + 2 ring (stored) per element.
+    Rounds 1; online bytes 8n both. (Mohassel-Rindal style dealer truncation.)
+    """
+    shift = ctx.frac_bits if shift is None else shift
+    if shift == 0:
+        return z
+    rshift = ctx.backend.rshift_logical
+    r = ctx.rand(z.shape)
+    r_high = ctx.derive(lambda r: rshift(r, shift), r, shape=z.shape)
+    r_msb = ctx.derive(lambda r: rshift(r, 63), r, shape=z.shape)
+    offset = 1 << RING_SHIFT_LIMIT
+    masked = z + r + (offset if ctx.party == 0 else 0)
+    c = ctx.open(masked)
+    wrap = (1 - rshift(c, 63)) * r_msb
+    out = wrap * (1 << (64 - shift)) - r_high
+    if ctx.party == 0:
+        out = out + rshift(c, shift) - (offset >> shift)
+    return out
+
+
+def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
+    """z = fn(x, y) for a bilinear ``fn`` (product, matmul), no truncation.
+
+    Steps: dealer deals a, b (seeded) and c = fn(a, b) (stored); open
+    e = x - a, d = y - b together; z = c + fn(e, b) + fn(a, d) + [p0] fn(e, d).
+    Rounds 1; online bytes 8(|x| + |y|) both; offline 8|z| (stored c).
+    (Beaver 1991; CrypTen's parameterisation by the bilinear function.)
+    """
+    out_shape = shape_of(fn, x, y)
+    a = ctx.rand(x.shape)
+    b = ctx.rand(y.shape)
+    c = ctx.derive(fn, a, b, shape=out_shape)
+    e_peer, d_peer = ctx.exchange(x - a, y - b)
+    e, d = x - a + e_peer, y - b + d_peer
+    z = c + fn(e, b) + fn(a, d)
+    if ctx.party == 0:
+        z = z + fn(e, d)
+    return z
+
+
+def mul(ctx, x, y, truncate: bool = True):
+    """Elementwise product of shares (broadcasting); truncate when both are reals."""
+    z = beaver(ctx, x, y, torch.mul)
+    return trunc(ctx, z) if truncate else z
+
+
+def square(ctx, x, truncate: bool = True):
+    """x^2 with one opening: dealer deals a, c = a^2; open e = x - a;
+    x^2 = c + 2ea + [p0] e^2. Rounds 1 (+1 trunc); bytes 8n both (+8n)."""
+    a = ctx.rand(x.shape)
+    c = ctx.derive(lambda a: a * a, a, shape=x.shape)
+    (e_peer,) = ctx.exchange(x - a)
+    e = x - a + e_peer
+    z = c + 2 * e * a
+    if ctx.party == 0:
+        z = z + e * e
+    return trunc(ctx, z) if truncate else z
+
+
+def matmul_shares(ctx, x, y, truncate: bool = True):
+    z = beaver(ctx, x, y, ctx.backend.matmul)
+    return trunc(ctx, z) if truncate else z
+
+
+def linear_server(ctx, x, weight, weight_shape, key: str, fn):
+    """fn(x, W) for shared x and the server's plaintext W, no per-inference weight traffic.
+
+    Steps: the dealer deals the client a fresh mask A (seeded, per inference),
+    the server a mask B (seeded, per deployment) and shares of C = fn(A, B).
+    Once per deployment the server sends D = W - B to the client. Per
+    inference the client sends e = x0 - A; then client: z0 = fn(A, D) + C0,
+    server: z1 = fn(e + x1, W) + C1, so z0 + z1 = fn(x, W).
+    Security: e is masked by A (unknown to the server), D by B (unknown to the
+    client), C0 is a PRG output; see docs/security.md.
+    Rounds 1 (client -> server); online bytes 8|x| from the client only;
+    offline 8|z| (C1); setup 8|W| once per deployment. Result has 2f bits.
+    """
+    like_w = torch.empty(weight_shape, dtype=torch.int64, device="meta")
+    out_shape = shape_of(fn, x, like_w)
+    mask_a = ctx.rand(x.shape, holder="client")
+    mask_b = ctx.rand(weight_shape, holder="server", scope=key)
+    c = ctx.derive(fn, mask_a, mask_b, shape=out_shape)
+    d = ctx.deployment(key, lambda: weight - mask_b, like_w, sender=1)
+    if ctx.party == 0:
+        ctx.transfer(x - mask_a, sender=0)
+        return fn(mask_a, d) + c
+    (e,) = ctx.transfer(x, sender=0)
+    return fn(e + x, weight) + c
+
+
+def add_public(ctx, x, ring_value):
+    return x + ring_value if ctx.party == 0 else x + torch.zeros_like(ring_value)
+
+
+def mul_public(ctx, x, ring_value, truncate: bool):
+    z = x * ring_value
+    return trunc(ctx, z) if truncate else z
+
+
+def reveal(ctx, x, to: int):
+    """Open a share to one party: the other sends its share. Rounds 1; 8n bytes one way."""
+    if ctx.party == to:
+        (other,) = ctx.transfer(x, sender=1 - to)
+        return x + other
+    ctx.transfer(x, sender=1 - to)
+    return None
+
+
+# ----------------------------------------------------------------------------- IR records
+def _mpc(name, params, reference, doc, protocol, family="mpc"):
+    return register(OpDef(name, tuple(params), reference, doc, family, protocol=protocol))
+
+
+def _proto_share(ctx, x):
+    owner = ctx.operand_types["self"].vis
+    kind = ctx.operand_types["self"].kind
+    holder = {"public": 0, "client": 0, "server": 1}[owner]
+    if ctx.party == holder:
+        return encode(ctx, x, kind, ctx.operand_names["self"])
+    return torch.zeros(ctx.out_type.shape, dtype=torch.int64, device=ctx.device)
+
+
+def _proto_linear(ctx, x, weight, bias, transpose):
+    weight_type = ctx.operand_types["weight"]
+    fn = (lambda a, w: ctx.backend.matmul(a, w.transpose(-1, -2))) if transpose else ctx.backend.matmul
+    w_ring = encode(ctx, weight, "real", ctx.operand_names["weight"]) if weight is not None else None
+    z = trunc(ctx, linear_server(ctx, x, w_ring, weight_type.shape, ctx.operand_names["weight"], fn))
+    if bias is not None and ctx.party == 1:
+        z = z + encode(ctx, bias, "real", ctx.operand_names["bias"])
+    return z
+
+
+def _proto_mul_server(ctx, x, other):
+    w_ring = encode(ctx, other, "real", ctx.operand_names["other"]) if other is not None else None
+    return trunc(ctx, linear_server(ctx, x, w_ring, ctx.operand_types["other"].shape, ctx.operand_names["other"],
+                                    torch.mul))
+
+
+def _linear_reference(x, weight, bias=None, transpose=True):
+    out = x @ (weight.transpose(-1, -2) if transpose else weight)
+    return out if bias is None else out + bias
+
+
+_mpc("mpc.share", ("self",), lambda x: x, "a public or one party's value as trivial shares (no messages)", _proto_share)
+_mpc("mpc.reveal", ("self", "to"), lambda x, to="client": x, "open a shared value to its owner",
+     lambda ctx, x, to="client": reveal(ctx, x, {"client": 0, "server": 1}[to]))
+_mpc("mpc.add", ("self", "other"), torch.add, "sum of shares (local)", lambda ctx, x, y: x + y)
+_mpc("mpc.sub", ("self", "other"), torch.sub, "difference of shares (local)", lambda ctx, x, y: x - y)
+_mpc("mpc.neg", ("self",), torch.neg, "negation (local)", lambda ctx, x: -x)
+_mpc("mpc.add_public", ("self", "value"), lambda x, v: x + v, "add a public scalar (local, party 0)",
+     lambda ctx, x, v: add_public(ctx, x, encode(ctx, torch.tensor(float(v), dtype=torch.float64), ctx.out_type.kind)))
+_mpc("mpc.mul_public", ("self", "value", "truncate"), lambda x, v, truncate=True: x * v,
+     "multiply by a public scalar or tensor (local, + truncation for fractional reals)",
+     lambda ctx, x, v, truncate=True: mul_public(
+         ctx, x, encode(ctx, torch.as_tensor(v, dtype=torch.float64), "real" if truncate else "int"), truncate))
+_mpc("mpc.mul", ("self", "other", "truncate"), lambda x, y, truncate=True: x * y, "product of shares (Beaver)",
+     lambda ctx, x, y, truncate=True: mul(ctx, x, y, truncate))
+_mpc("mpc.square", ("self",), lambda x: x * x, "square of a share (one opening)", lambda ctx, x: square(ctx, x))
+_mpc("mpc.matmul", ("self", "other"), torch.matmul, "matrix product of shares (Beaver)",
+     lambda ctx, x, y: matmul_shares(ctx, x, y))
+_mpc("mpc.linear_server", ("input", "weight", "bias", "transpose"), _linear_reference,
+     "x @ W(^T) + b with the server's plaintext W, b (one message per inference)", _proto_linear)
+_mpc("mpc.mul_server", ("self", "other"), torch.mul, "elementwise product with the server's plaintext tensor",
+     _proto_mul_server)
+_mpc("mpc.trunc", ("self", "shift"), lambda x, shift: x, "fixed-point truncation (dealer-assisted)",
+     lambda ctx, x, shift: trunc(ctx, x, shift))

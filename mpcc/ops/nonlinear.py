@@ -1,0 +1,268 @@
+"""Non-linear protocols: exp, reciprocal, rsqrt, softmax, GeLU, tanh,
+LayerNorm and attention, composed from the arithmetic and comparison ones.
+Each docstring states the domain and the error against the exact function.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .arith import add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
+from .base import OpDef, register
+from .compare import b2a, ltz_bits, max_last, select_bits
+
+__all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "gelu", "tanh", "layer_norm",
+           "mul_scalar", "EXP_ITERATIONS", "MASK_FILL"]
+
+EXP_ITERATIONS = 8          # exp(x) = (1 + x / 2^8)^(2^8); domain [-256, 0]
+NEWTON_ITERATIONS = 3
+SCALAR_FRAC = 24            # public scalars are encoded with more bits than f
+MASK_FILL = -(2.0 ** 20)    # what masked attention scores become before the max
+FOURIER_PERIOD_LOG2 = 4     # period 16: t is uniform mod 2^(f+4), so x - t hides x exactly
+FOURIER_HALF_RANGE = 4.0    # the series covers [-4, 4]; outside, the function's asymptote
+FOURIER_TERMS = 8
+
+
+def mul_scalar(ctx, x, value: float):
+    """x * c for a public real c, encoded with SCALAR_FRAC bits (precise for 1/768 etc.)."""
+    scaled = round(value * 2 ** SCALAR_FRAC)
+    return trunc(ctx, x * scaled, SCALAR_FRAC)
+
+
+def _public(ctx, value, like):
+    return encode(ctx, torch.full(tuple(like.shape), float(value), dtype=torch.float64), "real")
+
+
+def exp(ctx, x):
+    """e^x by (1 + x/2^n)^(2^n), n = 8 (CrypTen's limit form).
+
+    Domain x in [-256, 0] (softmax after the max shift); the result is within
+    2e-3 absolute (x^2 e^x / 2^(n+1) at worst) of e^x. Rounds 1 + 2n.
+    """
+    y = add_public(ctx, trunc(ctx, x, EXP_ITERATIONS), _public(ctx, 1.0, x))
+    for _ in range(EXP_ITERATIONS):
+        y = square(ctx, y)
+    return y
+
+
+def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int):
+    """s = 2^(-m) where 2^(step*m) <= x < 2^(step*(m+1)), from one batch of LTZs.
+
+    thresholds_log2 are the exponents m tested (x >= 2^(step*m)); below the
+    first, s takes the first bracket's value. All comparisons run in one call
+    (rounds 8); the weighted sum of bits is local (exact powers of two).
+    """
+    diffs = torch.stack([x - _public(ctx, 2.0 ** (step * m), x) for m in thresholds_log2], -1)
+    bits = ctx_not(ctx, ltz_bits(ctx, diffs))
+    arithmetic = b2a(ctx, bits)
+    first = thresholds_log2[0] - 1
+    weights = [2.0 ** (-m) - 2.0 ** (-(m - 1)) for m in thresholds_log2]
+    weight_ring = encode(ctx, torch.tensor(weights, dtype=torch.float64), "real")
+    scale = (arithmetic * weight_ring).sum(-1)
+    return add_public(ctx, scale, _public(ctx, 2.0 ** (-first), scale))
+
+
+def ctx_not(ctx, bit):
+    return bit ^ 1 if ctx.party == 0 else bit
+
+
+def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
+    """1/x for x in [2^low, 2^high) (and within 2^-13 absolute above it).
+
+    Normalise x' = x 2^-m into [1, 2) with bracketing bits, start from
+    y0 = 24/17 - 8/17 x' (relative error < 1/17), then Newton
+    y <- y (2 - x' y) three times (relative error < 1e-8 before rounding);
+    1/x = y 2^-m. Absolute error a few 2^-16. Rounds ~ 8 + 2 + 12 + 2.
+    """
+    s = _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1)
+    x_norm = mul(ctx, x, s)
+    y = add_public(ctx, mul_scalar(ctx, x_norm, -8.0 / 17.0), _public(ctx, 24.0 / 17.0, x_norm))
+    for _ in range(NEWTON_ITERATIONS):
+        t = mul(ctx, x_norm, y)
+        y = mul(ctx, y, add_public(ctx, -t, _public(ctx, 2.0, t)))
+    return mul(ctx, y, s)
+
+
+def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11):
+    """1/sqrt(x) for x in [4^low, 4^high) = [1.5e-5, 4.2e6).
+
+    Normalise x' = x 4^-m into [1, 4) (m from bracketing bits, s = 2^-m),
+    start from y0 = 7/6 - x'/6 (error < 18%), Newton y <- y (3 - x' y^2) / 2
+    four times; 1/sqrt(x) = y s. Relative error ~1e-4 (fixed-point rounding).
+    """
+    s = _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2)
+    x_norm = mul(ctx, mul(ctx, x, s), s)
+    y = add_public(ctx, mul_scalar(ctx, x_norm, -1.0 / 6.0), _public(ctx, 7.0 / 6.0, x_norm))
+    for _ in range(NEWTON_ITERATIONS + 1):
+        t = mul(ctx, x_norm, square(ctx, y))
+        y = trunc(ctx, beaver(ctx, y, add_public(ctx, -t, _public(ctx, 3.0, t)), torch.mul), ctx.frac_bits + 1)
+    return y, s
+
+
+def softmax_masked(ctx, x, mask):
+    """softmax over the last axis, masked positions (mask == 0) get exactly 0.
+
+    Max-shift (tournament), exp on [-256, 0], sum, reciprocal on [1, n], one
+    product. The mask is public (0/1 integers); ``None`` means no mask.
+    Absolute error ~1e-3 (the exp limit form dominates).
+    """
+    if mask is not None:
+        fill = encode(ctx, (1 - mask.to(torch.float64)) * MASK_FILL, "real")
+        x = add_public(ctx, x * mask.to(torch.int64), fill)
+    peak = max_last(ctx, x)
+    e = exp(ctx, x - peak.unsqueeze(-1))
+    if mask is not None:
+        e = e * mask.to(torch.int64)
+    total = e.sum(-1, keepdim=True)
+    n = x.shape[-1]
+    return mul(ctx, e, reciprocal(ctx, total, 0, max(2, math.ceil(math.log2(n)) + 1)))
+
+
+def _fit(function, odd: bool, terms: int, ridge: float):
+    grid = np.linspace(-FOURIER_HALF_RANGE, FOURIER_HALF_RANGE, 4001)
+    half_period = 2.0 ** FOURIER_PERIOD_LOG2 / 2
+    basis = [np.sin(k * np.pi * grid / half_period) if odd else np.cos(k * np.pi * grid / half_period)
+             for k in range(1, terms + 1)]
+    if not odd:
+        basis = [np.ones_like(grid)] + basis
+    design = np.stack(basis, 1)
+    coeffs = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ function(grid))
+    return coeffs, float(np.abs(design @ coeffs - function(grid)).max())
+
+
+_erf = np.vectorize(math.erf)
+# GeLU(x) = x/2 + g(x) with g even; tanh odd. Fits are least squares on [-4, 4].
+GELU_EVEN_COEFFS, GELU_FIT_ERROR = _fit(lambda x: 0.5 * x * _erf(x / math.sqrt(2)), False, FOURIER_TERMS, 1e-12)
+TANH_ODD_COEFFS, TANH_FIT_ERROR = _fit(np.tanh, True, FOURIER_TERMS, 1e-6)
+
+
+def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high):
+    """f(x) = constant + linear x + sum_k (a_k cos(k pi x/8) + b_k sin(k pi x/8)) on
+    [-4, 4]; below -4 ``low(x)``, above 4 ``high(x)`` (SecFormer's private sine).
+
+    Steps: the dealer deals t (seeded, uniform mod 2^(f+4)) and shares of
+    cos(k pi t/8), sin(k pi t/8) (stored, 2K per element). Open
+    delta = x - t mod 2^(f+4) (20 bits each way): perfectly hiding. The
+    angle sums make every term a public coefficient times a dealt share:
+    local, one truncation. In parallel, LTZ on (x + 4, 4 - x) gives the
+    segment bits; one select (1 bit + 8 bytes per element per segment) joins them.
+    """
+    f, terms = ctx.frac_bits, len(cos_coeffs)
+    modulus = 1 << (f + FOURIER_PERIOD_LOG2)
+    half_period = 2.0 ** FOURIER_PERIOD_LOG2 / 2
+    ks = torch.arange(1, terms + 1, dtype=torch.float64)
+
+    def dealt_trig(t):
+        angle = ((t & (modulus - 1)).to(torch.float64) / 2 ** f).unsqueeze(-1) * ks.to(t.device) * math.pi / half_period
+        return ctx.backend.encode(torch.cat([torch.cos(angle), torch.sin(angle)], -1), f, "dealer trig")
+
+    t = ctx.rand(x.shape)
+    trig = ctx.derive(dealt_trig, t, shape=tuple(x.shape) + (2 * terms,))
+    delta = ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2) & (modulus - 1)
+    angle = (delta.to(torch.float64) / 2 ** f).unsqueeze(-1) * ks.to(delta.device) * math.pi / half_period
+    cos_d, sin_d = torch.cos(angle), torch.sin(angle)
+    a = torch.tensor(cos_coeffs, dtype=torch.float64, device=delta.device)
+    b = torch.tensor(sin_coeffs, dtype=torch.float64, device=delta.device)
+    on_cos_t = encode(ctx, a * cos_d + b * sin_d, "real")   # multiplies cos(k pi t / 8)
+    on_sin_t = encode(ctx, b * cos_d - a * sin_d, "real")   # multiplies sin(k pi t / 8)
+    acc = (on_cos_t * trig[..., :terms]).sum(-1) + (on_sin_t * trig[..., terms:]).sum(-1)
+    if linear:
+        acc = acc + x * round(linear * 2 ** f)
+    mid = add_public(ctx, trunc(ctx, acc), _public(ctx, constant, x))
+
+    bound = _public(ctx, FOURIER_HALF_RANGE, x)
+    outside = ltz_bits(ctx, torch.stack([add_public(ctx, x, bound), add_public(ctx, -x, bound)], -1))
+    targets = torch.stack([low(ctx, x) - mid, high(ctx, x) - mid], -1)
+    (chosen,) = select_bits(ctx, outside, [targets])
+    return mid + chosen.sum(-1)
+
+
+def gelu(ctx, x):
+    """GeLU within 2e-4 of the exact (erf) form on all reals in range: 0 below -4,
+    x above 4, x/2 + an 8-term cosine series between. Rounds ~ 10."""
+    coeffs = GELU_EVEN_COEFFS
+    return fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
+                            low=lambda ctx, x: torch.zeros_like(x), high=lambda ctx, x: x)
+
+
+def tanh(ctx, x):
+    """tanh within 3e-3 on all reals in range: -1 below -4, 1 above 4, an
+    8-term sine series between."""
+    return fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
+                            low=lambda ctx, x: _public(ctx, -1.0, x), high=lambda ctx, x: _public(ctx, 1.0, x))
+
+
+def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
+    """LayerNorm over the last axis: mean and variance by local sums and public
+    scalings, 1/sqrt by ``rsqrt``, then the server's gamma (elementwise product
+    with a server tensor, ``linear_server`` with mul) and beta (added locally)."""
+    if len(normalized_shape) != 1:
+        raise NotImplementedError("layer_norm over more than one axis")
+    n = normalized_shape[0]
+    mu = mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
+    centered = x - mu
+    variance = mul_scalar(ctx, square(ctx, centered).sum(-1, keepdim=True), 1.0 / n)
+    variance = add_public(ctx, variance, _public(ctx, eps, variance))
+    y, s = rsqrt(ctx, variance)
+    out = mul(ctx, mul(ctx, centered, s), y)
+    if weight is not None or "weight" in ctx.operand_types:  # the server's gamma (the client holds None)
+        w_ring = encode(ctx, weight, "real", ctx.operand_names["weight"]) if weight is not None else None
+        out = trunc(ctx, linear_server(ctx, out, w_ring, ctx.operand_types["weight"].shape,
+                                       ctx.operand_names["weight"], torch.mul))
+    if bias is not None and ctx.party == 1:
+        out = out + encode(ctx, bias, "real", ctx.operand_names["bias"])
+    return out
+
+
+def _attention_mask(mask, is_causal, shape, device):
+    keep = None
+    if mask is not None:
+        keep = mask if mask.dtype == torch.bool else mask > -1e4
+    if is_causal:
+        causal = torch.ones(shape[-2], shape[-1], dtype=torch.bool, device=device).tril()
+        keep = causal if keep is None else keep & causal
+    return None if keep is None else keep.expand(shape)
+
+
+def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
+    Beaver matmuls for q k^T and p v, a public scaling, masked softmax.
+    An additive float mask is split into its -inf part (a 0/1 mask) and the rest."""
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scores = mul_scalar(ctx, matmul_shares(ctx, query, key.transpose(-1, -2)), scale)
+    shape = tuple(scores.shape)
+    device = scores.device
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        finite = torch.where(attn_mask > -1e4, attn_mask, torch.zeros_like(attn_mask))
+        if ctx.meta or bool(finite.abs().max() > 0):
+            scores = add_public(ctx, scores, encode(ctx, finite.expand(shape).to(torch.float64), "real"))
+    keep = _attention_mask(attn_mask, is_causal, shape, device)
+    probs = softmax_masked(ctx, scores, keep)
+    return matmul_shares(ctx, probs, value)
+
+
+def _mpc(name, params, reference, doc, protocol):
+    return register(OpDef(name, tuple(params), reference, doc, "mpc", protocol=protocol))
+
+
+def _sdpa_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale)
+
+
+_mpc("mpc.exp", ("self",), torch.exp, "e^x on [-256, 0]", exp)
+_mpc("mpc.reciprocal", ("self",), torch.reciprocal, "1/x on [1, 4096)", lambda ctx, x: reciprocal(ctx, x))
+_mpc("mpc.rsqrt", ("self",), torch.rsqrt, "1/sqrt(x) on [1.5e-5, 4e6)",
+     lambda ctx, x: mul(ctx, *rsqrt(ctx, x)))
+_mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, reciprocal)",
+     lambda ctx, x, dim: softmax_masked(ctx, x.movedim(dim, -1), None).movedim(-1, dim))
+_mpc("mpc.gelu", ("self", "approximate"), lambda x, approximate="none": torch.nn.functional.gelu(x),
+     "GeLU, segmented Fourier (max error 2e-4 vs erf GeLU)", lambda ctx, x, approximate="none": gelu(ctx, x))
+_mpc("mpc.tanh", ("self",), torch.tanh, "tanh, segmented Fourier (max error 3e-3)", tanh)
+_mpc("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"),
+     lambda x, w, b, shape, eps: torch.nn.functional.layer_norm(x, shape, w, b, eps), "LayerNorm", layer_norm)
+_mpc("mpc.sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"),
+     _sdpa_reference, "attention: matmuls, masked exact softmax", sdpa)
+_mpc("mpc.mul_scalar", ("self", "value"), lambda x, value: x * value, "times a public real (24-bit encoded)",
+     mul_scalar)

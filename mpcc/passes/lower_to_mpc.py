@@ -1,0 +1,211 @@
+"""Lower every shared value's op to an MPC op with a protocol.
+
+Values a party knows stay plaintext ops run by that party; shape ops and
+sums run unchanged on shares; everything else becomes an ``mpc.*`` op.
+Operands that an MPC op needs as shares get an explicit ``mpc.share``
+(trivial sharing: no message). Outputs are opened to the client.
+
+    %linear = linear(%x, %p_w, %p_b) : real[1,8,32] shared
+      ->  %linear = mpc.linear_server(%x, %p_w, %p_b, transpose=True) : real[1,8,32] shared
+"""
+from __future__ import annotations
+
+from ..ir import Graph, IRError, Node, TensorType
+from ..ops import get_op
+from .names import fresh_name
+from .registry import register_pass
+
+__all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES"]
+
+LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "expand", "slice",
+                   "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat"}
+SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "relu": "mpc.relu", "exp": "mpc.exp", "rsqrt": "mpc.rsqrt",
+          "neg": "mpc.neg", "reciprocal": "mpc.reciprocal"}
+
+
+class LoweringError(IRError):
+    """A shared value's op has no MPC protocol (yet); names the op and module."""
+
+
+class _Lowering:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.taken = {n.name for n in graph.nodes}
+        self.nodes: list[Node] = []
+        self.shared_copy: dict[str, str] = {}
+
+    def vis(self, name):
+        return self.graph[name].type.vis
+
+    def emit(self, node: Node) -> str:
+        self.nodes.append(node)
+        return node.name
+
+    def shared(self, name: str, origin: str) -> str:
+        """``name`` as shares: itself if shared, else one ``mpc.share`` node (reused)."""
+        if self.vis(name) == "shared":
+            return name
+        if name not in self.shared_copy:
+            source = self.graph[name]
+            self.shared_copy[name] = self.emit(Node(fresh_name(f"{name}_shared", self.taken), "mpc.share", (name,), {},
+                                                    TensorType(source.type.shape, source.type.kind, "shared"), origin))
+        return self.shared_copy[name]
+
+    def fail(self, node: Node, why: str):
+        raise LoweringError(f"%{node.name} = {node.op}(...) in {node.origin or '<top>'}: {why}")
+
+    def lower(self, node: Node) -> None:
+        if node.type.vis != "shared":
+            self.nodes.append(node)
+            return
+        op, a = node.op, node.attrs
+        make = lambda mpc_op, operands, attrs=None, name=None: self.emit(  # noqa: E731
+            Node(name or node.name, mpc_op, tuple(operands), attrs or {}, node.type, node.origin))
+        share = lambda name: self.shared(name, node.origin)  # noqa: E731
+        if op in LOCAL_ON_SHARES:
+            index_params = get_op(op).index_params
+            params = get_op(op).operand_params(a)
+            operands = [o if p in index_params else share(o) for p, o in zip(params, node.operands)]
+            if any(p in index_params and self.vis(o) != "public" for p, o in zip(params, node.operands)):
+                self.fail(node, "a secret index")
+            make(op, operands, a)
+        elif op in ("add", "sub", "rsub"):
+            self.lower_add(node, make, share)
+        elif op == "mul":
+            self.lower_mul(node, make, share)
+        elif op == "div":
+            if len(node.operands) != 1 or a.get("rounding_mode"):
+                self.fail(node, "division by a secret is not supported yet; only by public scalars")
+            make("mpc.mul_scalar", [share(node.operands[0])], {"value": 1.0 / a["other"]})
+        elif op in SIMPLE:
+            make(SIMPLE[op], [share(node.operands[0])], {"approximate": a["approximate"]} if op == "gelu" else {})
+        elif op == "pow" and a.get("exponent") == 2:
+            make("mpc.square", [share(node.operands[0])])
+        elif op in ("linear", "addmm", "mm", "matmul", "bmm"):
+            self.lower_matmul(node, make, share)
+        elif op == "softmax":
+            make("mpc.softmax", [share(node.operands[0])], {"dim": a["dim"]})
+        elif op == "sdpa":
+            q, k, v, *mask = node.operands
+            if mask and self.vis(mask[0]) != "public":
+                self.fail(node, "the attention mask must be public")
+            attrs = {key: a[key] for key in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa") if key in a}
+            make("mpc.sdpa", [share(q), share(k), share(v)] + mask, attrs)
+        elif op == "layer_norm":
+            self.lower_layer_norm(node, make, share)
+        elif op == "mean":
+            dims = a.get("dim")
+            shape = self.graph[node.operands[0]].type.shape
+            count = 1
+            for d in (dims if dims is not None else range(len(shape))):
+                count *= shape[d]
+            total = fresh_name(f"{node.name}_sum", self.taken)
+            sum_type = node.type
+            self.emit(Node(total, "sum", (share(node.operands[0]),), {"dim": dims, "keepdim": a.get("keepdim", False),
+                                                                      "dtype": None}, sum_type, node.origin))
+            make("mpc.mul_scalar", [total], {"value": 1.0 / count})
+        elif op in ("amax", "argmax"):
+            dim = a.get("dim")
+            dim = dim[0] if isinstance(dim, (list, tuple)) and len(dim) == 1 else dim
+            if not isinstance(dim, int):
+                self.fail(node, f"{op} needs exactly one axis")
+            make(f"mpc.{op}", [share(node.operands[0])], {"dim": dim, "keepdim": a.get("keepdim", False)})
+        elif op in ("where",):
+            cond, x, y = node.operands
+            if self.vis(cond) == "public":
+                self.fail(node, "where with a public condition should have been folded into arithmetic")
+            make("mpc.where", [share(cond), share(x), share(y)])
+        else:
+            self.fail(node, f"no MPC protocol for {op!r} on shared values (see docs/protocols.md)")
+
+    def lower_add(self, node, make, share):
+        op, a = node.op, node.attrs
+        alpha = a.get("alpha", 1)
+        if len(node.operands) == 2:
+            if alpha != 1:
+                self.fail(node, "add/sub with alpha != 1")
+            x, y = (share(o) for o in node.operands)
+            if op == "rsub":
+                x, y = y, x
+            make("mpc.add" if op == "add" else "mpc.sub", [x, y])
+        else:
+            x = share(node.operands[0])
+            value = a["other"] * alpha
+            if op == "rsub":
+                negated = fresh_name(f"{node.name}_neg", self.taken)
+                self.emit(Node(negated, "mpc.neg", (x,), {}, node.type, node.origin))
+                make("mpc.add_public", [negated], {"value": value})
+            else:
+                make("mpc.add_public", [x], {"value": value if op == "add" else -value})
+
+    def lower_mul(self, node, make, share):
+        a = node.attrs
+        if len(node.operands) == 1:
+            value = a["other"]
+            if float(value).is_integer() or node.type.kind != "real":
+                make("mpc.mul_public", [share(node.operands[0])], {"value": value, "truncate": False})
+            else:
+                make("mpc.mul_scalar", [share(node.operands[0])], {"value": value})
+            return
+        x, y = node.operands
+        if self.vis(x) != "shared":
+            x, y = y, x
+        y_vis = self.vis(y)
+        kinds = {self.graph[x].type.kind, self.graph[y].type.kind}
+        if y_vis == "public":
+            make("mpc.mul_public", [share(x), y], {"truncate": self.graph[y].type.kind == "real"})
+        elif y_vis == "server" and self.graph[y].type.kind == "real":
+            make("mpc.mul_server", [share(x), y])
+        else:
+            make("mpc.mul", [share(x), share(y)], {"truncate": kinds == {"real"}})
+
+    def lower_matmul(self, node, make, share):
+        a = node.attrs
+        if node.op == "linear":
+            x, w, *bias = node.operands
+            transpose, bias_attr = True, {} if bias else {"bias": None}
+        elif node.op == "addmm":
+            b, x, w = node.operands
+            if a.get("beta", 1) != 1 or a.get("alpha", 1) != 1:
+                self.fail(node, "addmm with beta or alpha != 1")
+            bias, transpose, bias_attr = [b], False, {}
+        else:
+            x, w = node.operands
+            bias, transpose, bias_attr = [], False, {"bias": None}
+        if self.vis(w) == "server" and all(self.vis(b) == "server" for b in bias):
+            make("mpc.linear_server", [share(x), w] + bias, {"transpose": transpose, **bias_attr})
+        elif self.vis(w) == "shared" or self.vis(x) == "shared":
+            if bias or transpose:
+                self.fail(node, "linear with a secret-shared weight: write it as matmul + add")
+            make("mpc.matmul", [share(x), share(w)])
+        else:
+            self.fail(node, f"matmul of {self.vis(x)} and {self.vis(w)} operands")
+
+    def lower_layer_norm(self, node, make, share):
+        a = node.attrs
+        params = get_op("layer_norm").operand_params(a)
+        named = dict(zip(params, node.operands))
+        for key in ("weight", "bias"):
+            if key in named and self.vis(named[key]) not in ("server", "public"):
+                self.fail(node, f"layer_norm {key} must be the server's or public")
+        operands = [share(named["input"])] + [named[k] for k in ("weight", "bias") if k in named]
+        attrs = {"normalized_shape": a["normalized_shape"], "eps": a["eps"]}
+        attrs.update({k: None for k in ("weight", "bias") if k not in named})
+        make("mpc.layer_norm", operands, attrs)
+
+
+@register_pass("lower_to_mpc")
+def lower_to_mpc(graph: Graph) -> Graph:
+    lowering = _Lowering(graph)
+    for node in graph.nodes:
+        lowering.lower(node)
+    outputs = []
+    for name in graph.outputs:
+        if lowering.vis(name) in ("client", "public"):
+            outputs.append(name)
+            continue
+        shared = lowering.shared(name, "")
+        source = graph[name].type
+        outputs.append(lowering.emit(Node(fresh_name(f"{name}_revealed", lowering.taken), "mpc.reveal", (shared,),
+                                          {"to": "client"}, TensorType(source.shape, source.kind, "client"))))
+    return Graph(tuple(lowering.nodes), tuple(outputs))

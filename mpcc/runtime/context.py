@@ -1,0 +1,184 @@
+"""What a protocol may use: the context.
+
+A protocol is straight-line code over ``ctx``. The same code runs in three
+contexts, so the protocol, the dealer's material and the cost can never
+disagree:
+
+- ``PartyContext``: a real party; tensors are its shares, messages travel.
+- ``DealerContext`` (dealer.py): shapes only (meta tensors); every request for
+  correlated randomness is generated for real and stored.
+- ``CostContext`` (cost.py): shapes only; counts rounds, bytes and material.
+
+Rules for protocol code: no branching on data; requests for randomness
+(``rand``, ``derive``) are made by both parties in the same order (never
+inside ``if ctx.party == ...``); messages are ``exchange`` (both send, one
+round) or ``transfer`` (one sends, one round).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from ..backends.base import RingBackend
+from ..backends.prg import Prg
+
+__all__ = ["Context", "PartyContext", "Material", "payload_bytes", "SessionState", "ProtocolError"]
+
+
+class ProtocolError(RuntimeError):
+    """A party could not complete a protocol step (peer gone, bad message, missing material)."""
+
+
+def payload_bytes(tensor: torch.Tensor, bits: int | None = None) -> int:
+    """Bytes a tensor takes on the wire: bit tensors (uint8 0/1) are packed,
+    ring elements that only carry ``bits`` low bits are packed to those bits."""
+    if tensor.dtype == torch.uint8:
+        return math.ceil(tensor.numel() / 8)
+    width = bits if bits is not None else tensor.element_size() * 8
+    return math.ceil(tensor.numel() * width / 8)
+
+
+@dataclass(frozen=True)
+class Material:
+    """One piece of dealer material as a plan lists it."""
+    node: str
+    index: int
+    shape: tuple[int, ...]
+    kind: str      # ring | bits
+    holder: str    # both | client | server
+    stored: bool   # True: the dealer must store/send it; False: regenerated from a seed
+
+
+@dataclass
+class SessionState:
+    """What outlives one inference: values opened once per deployment."""
+    deployment: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Context:
+    """Interface shared by the party, dealer and cost contexts."""
+    party: int
+    backend: RingBackend
+    frac_bits: int
+    meta: bool = False               # True: tensors carry shapes only
+    operand_types: dict = {}         # param name -> TensorType, set by the executor per node
+    operand_names: dict = {}         # param name -> value name
+    out_type = None
+
+    @property
+    def device(self):
+        return torch.device("meta") if self.meta else self.backend.device
+
+    def begin(self, node: str) -> None:
+        self.node, self.counter = node, 0
+
+    def _label(self, scope: str | None) -> str:
+        label = f"deploy/{scope}" if scope else f"{self.node}/{self.counter}"
+        self.counter += 1
+        return label
+
+    def rand(self, shape, *, holder: str = "both", kind: str = "ring", scope: str | None = None):
+        raise NotImplementedError
+
+    def derive(self, fn: Callable, *values, shape, holder: str = "both", kind: str = "ring"):
+        """A value the dealer computes as ``fn(*values)`` from values it dealt
+        (``rand`` results); shared (``both``) or given to one party."""
+        raise NotImplementedError
+
+    def exchange(self, *tensors: torch.Tensor, bits: int | None = None) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def transfer(self, *tensors: torch.Tensor, sender: int, bits: int | None = None) -> tuple[torch.Tensor, ...] | None:
+        raise NotImplementedError
+
+    def deployment(self, key: str, make: Callable[[], torch.Tensor], like: torch.Tensor, *, sender: int):
+        raise NotImplementedError
+
+    # --- helpers every context shares
+    def open(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        (other,) = self.exchange(share, bits=bits)
+        if share.dtype == torch.uint8:
+            return share ^ other
+        return share + other
+
+    def public_share(self, value: torch.Tensor) -> torch.Tensor:
+        """A sharing of a public (already encoded) ring value: party 0 holds it."""
+        return value if self.party == 0 else torch.zeros_like(value)
+
+
+HOLDERS = {"both": None, "client": 0, "server": 1}
+
+
+class PartyContext(Context):
+    """A real party: holds its PRG seed from the dealer and its stored material."""
+
+    def __init__(self, party: int, backend: RingBackend, frac_bits: int, transport, dealer_seed: bytes,
+                 material: dict[str, list[torch.Tensor]], session: SessionState, inference: str):
+        self.party, self.backend, self.frac_bits = party, backend, frac_bits
+        self.transport = transport
+        self.prg = Prg(dealer_seed)
+        self.material = material
+        self.session = session
+        self.inference = inference
+        self.node, self.counter, self.stored_index = "", 0, 0
+
+    def begin(self, node: str) -> None:
+        super().begin(node)
+        self.stored_index = 0
+
+    def _draw(self, label: str, shape, kind: str, scope):
+        full = label if scope else f"{self.inference}/{label}"
+        tensor = self.prg.bits(full, shape) if kind == "bits" else self.prg.ring(full, shape)
+        return self.backend.to_device(tensor)
+
+    def _stored(self) -> torch.Tensor:
+        pieces = self.material.get(self.node, [])
+        if self.stored_index >= len(pieces):
+            raise ProtocolError(f"party {self.party}: dealer material for {self.node} is missing or short "
+                                f"(wanted item {self.stored_index}, have {len(pieces)})")
+        value = pieces[self.stored_index]
+        self.stored_index += 1
+        return self.backend.to_device(value)
+
+    def rand(self, shape, *, holder="both", kind="ring", scope=None):
+        label = self._label(scope)
+        owner = HOLDERS[holder]
+        if owner is not None and owner != self.party:
+            return None
+        return self._draw(label, tuple(shape), kind, scope)
+
+    def derive(self, fn, *values, shape, holder="both", kind="ring"):
+        label = self._label(None)
+        owner = HOLDERS[holder]
+        if owner is None and self.party == 0:
+            return self._draw(label, tuple(shape), kind, None)
+        if owner is not None and owner != self.party:
+            return None
+        value = self._stored()
+        if tuple(value.shape) != tuple(shape):
+            raise ProtocolError(f"party {self.party}: dealer material for {self.node} has shape "
+                                f"{tuple(value.shape)}, the protocol expects {tuple(shape)}")
+        return value
+
+    def exchange(self, *tensors, bits=None):
+        return self.transport.exchange(list(tensors), bits=bits)
+
+    def transfer(self, *tensors, sender, bits=None):
+        if self.party == sender:
+            self.transport.send(list(tensors), bits=bits)
+            return None
+        return tuple(self.transport.receive())
+
+    def deployment(self, key, make, like, *, sender):
+        if key not in self.session.deployment:
+            if self.party == sender:
+                value = make()
+                self.transport.send([value], setup=True)
+                self.session.deployment[key] = value
+            else:
+                (self.session.deployment[key],) = self.transport.receive(count_round=False)
+        return self.session.deployment[key] if self.party != sender else None
+

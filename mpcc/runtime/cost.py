@@ -1,0 +1,91 @@
+"""The cost model: rounds, bytes and dealer material of a plan, obtained by
+running its protocols on shapes in a ``CostContext`` for each party."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..backends import CpuRing
+from ..ops import get_op
+from .executor import execute
+from .shape_context import CostContext, OpCost
+
+__all__ = ["PlanCost", "plan_cost", "NETWORKS", "op_family"]
+
+# name -> (one-way latency in seconds, bandwidth in bytes per second)
+NETWORKS = {"lan": (0.0002, 1.25e9), "wan": (0.04, 12.5e6), "local": (0.0, float("inf"))}
+
+
+def op_family(op_name: str) -> str:
+    """Report bucket for an op: the MPC op's name, or its family for plaintext ops."""
+    if op_name.startswith("mpc."):
+        return op_name[4:]
+    return get_op(op_name).family
+
+
+@dataclass
+class PlanCost:
+    per_party: tuple[OpCost, OpCost]
+    by_node: tuple[dict, dict]
+    materials: list = field(default_factory=list)
+    node_ops: dict = field(default_factory=dict)
+
+    @property
+    def rounds(self) -> int:
+        return max(p.rounds for p in self.per_party)
+
+    @property
+    def online_bytes(self) -> int:
+        return sum(p.online_bytes for p in self.per_party)
+
+    @property
+    def offline_bytes(self) -> int:
+        return sum(p.offline_bytes for p in self.per_party)
+
+    @property
+    def setup_bytes(self) -> int:
+        return sum(p.setup_bytes for p in self.per_party)
+
+    def estimate_seconds(self, network: str = "lan") -> float:
+        latency, bandwidth = NETWORKS[network]
+        return self.rounds * latency + max(p.online_bytes for p in self.per_party) / bandwidth
+
+    def by_family(self) -> dict[str, dict[str, int]]:
+        families: dict[str, dict[str, int]] = {}
+        for party in (0, 1):
+            for node, cost in self.by_node[party].items():
+                entry = families.setdefault(op_family(self.node_ops[node]), {"rounds": 0, "online_bytes": 0,
+                                                                             "offline_bytes": 0})
+                entry["online_bytes"] += cost.online_bytes
+                entry["offline_bytes"] += cost.offline_bytes
+                if party == 0:
+                    entry["rounds"] += cost.rounds
+        return families
+
+    def summary(self, network: str = "lan") -> str:
+        lines = [f"rounds {self.rounds}, online {self.online_bytes / 1e6:.2f} MB "
+                 f"(client {self.per_party[0].online_bytes / 1e6:.2f}, server {self.per_party[1].online_bytes / 1e6:.2f}), "
+                 f"offline {self.offline_bytes / 1e6:.2f} MB, setup {self.setup_bytes / 1e6:.2f} MB once, "
+                 f"estimated {self.estimate_seconds(network):.3f} s on {network} (communication only)"]
+        for family, entry in sorted(self.by_family().items(), key=lambda kv: -kv[1]["online_bytes"]):
+            lines.append(f"  {family:14} rounds {entry['rounds']:5}  online {entry['online_bytes'] / 1e6:9.3f} MB  "
+                         f"offline {entry['offline_bytes'] / 1e6:9.3f} MB")
+        return "\n".join(lines)
+
+
+def plan_cost(plan) -> PlanCost:
+    contexts = []
+    with torch.no_grad():
+        for party in (0, 1):
+            ctx = CostContext(party, CpuRing(), plan.frac_bits)
+            execute(plan.graph, ctx)
+            contexts.append(ctx)
+    totals = []
+    for ctx in contexts:
+        total = OpCost()
+        for cost in ctx.by_node.values():
+            total.add(cost)
+        totals.append(total)
+    node_ops = {n.name: n.op for n in plan.graph.nodes}
+    return PlanCost(tuple(totals), (contexts[0].by_node, contexts[1].by_node), contexts[0].materials, node_ops)

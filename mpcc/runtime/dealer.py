@@ -1,0 +1,80 @@
+"""The dealer: produces, ahead of time, exactly the correlated randomness a
+plan's protocols ask for (it runs them on shapes in a ``DealerContext``).
+
+Party 0's share of everything comes from its seed; only party 1's
+(and any one-party items) are stored, counted as offline bytes, and can be
+written to safetensors files for a later run.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..backends import RingBackend, get_backend
+from ..backends.prg import new_seed
+from .executor import execute
+from .shape_context import DealerContext
+
+__all__ = ["Dealer", "DealtMaterial", "MaterialFileError"]
+
+
+class MaterialFileError(ValueError):
+    """A material file that does not belong to this plan or inference, or is damaged."""
+
+
+@dataclass
+class DealtMaterial:
+    inference: str
+    stored: tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]
+    materials: list = field(default_factory=list)
+    offline_bytes: tuple[int, int] = (0, 0)
+
+    def save(self, party: int, path: str | Path, plan_hash: str) -> Path:
+        tensors = {f"{node}/{i}": t.cpu().contiguous() for node, items in self.stored[party].items()
+                   for i, t in enumerate(items)}
+        save_file(tensors, str(path), metadata={"plan": plan_hash, "inference": self.inference, "party": str(party)})
+        return Path(path)
+
+    @staticmethod
+    def load_party(path: str | Path, plan_hash: str, party: int) -> tuple[str, dict[str, list[torch.Tensor]]]:
+        try:
+            from safetensors import safe_open
+            with safe_open(str(path), "pt") as handle:
+                meta = handle.metadata() or {}
+            tensors = load_file(str(path))
+        except Exception as error:  # safetensors raises several kinds for damaged files
+            raise MaterialFileError(f"{path}: not a readable material file ({error})") from None
+        if meta.get("plan") != plan_hash or meta.get("party") != str(party):
+            raise MaterialFileError(f"{path}: material for plan {meta.get('plan', '?')[:12]} party {meta.get('party')}, "
+                                    f"expected plan {plan_hash[:12]} party {party}")
+        items: dict[str, list[tuple[int, torch.Tensor]]] = {}
+        for key, tensor in tensors.items():
+            node, index = key.rsplit("/", 1)
+            items.setdefault(node, []).append((int(index), tensor))
+        return meta["inference"], {node: [t for _, t in sorted(v)] for node, v in items.items()}
+
+
+class Dealer:
+    """Deals material for one plan and one deployment (fixed seeds)."""
+
+    def __init__(self, plan, backend: str | RingBackend = "cpu", seeds: tuple[bytes, bytes] | None = None):
+        self.plan = plan
+        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        self.seeds = seeds or (new_seed(), new_seed())
+
+    def seed_for(self, party: int) -> bytes:
+        """What the dealer gives a party once: its PRG seed."""
+        return self.seeds[party]
+
+    def deal(self, inference: str) -> DealtMaterial:
+        ctx = DealerContext(self.backend, self.plan.frac_bits, self.seeds, inference)
+        with torch.no_grad():
+            execute(self.plan.graph, ctx)
+        return DealtMaterial(inference, ctx.stored, ctx.materials, tuple(ctx.offline_bytes))
+
+    def describe(self) -> str:
+        return json.dumps({"plan": self.plan.hash[:12], "backend": self.backend.name})

@@ -1,0 +1,104 @@
+"""Runs a lowered graph as one party (or, on shapes, as the dealer or the cost model).
+
+What a party holds for each value: public values and its own values in
+plaintext (float64 reals, int64 ints), shared values as its int64 share,
+the other party's values as ``None``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Mapping
+
+import torch
+
+from ..ir import Graph, Node, dtype_of_kind
+from ..ops import get_op
+
+__all__ = ["execute", "ExecutionError", "OWNER_PARTY"]
+
+OWNER_PARTY = {"client": 0, "server": 1}
+
+
+class ExecutionError(RuntimeError):
+    """A node failed while running; names it and its module."""
+
+
+def _knows(vis: str, party: int) -> bool:
+    return vis in ("public", "shared") or OWNER_PARTY.get(vis) == party
+
+
+def _meta_of(node: Node) -> torch.Tensor:
+    dtype = torch.int64 if node.type.vis == "shared" else dtype_of_kind(node.type.kind)
+    return torch.empty(node.type.shape, dtype=dtype, device="meta")
+
+
+def _plain(ctx, value):
+    if value is None or not isinstance(value, torch.Tensor):
+        return value
+    return torch.empty(value.shape, dtype=value.dtype, device="meta") if ctx.meta else value.to(ctx.device)
+
+
+def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
+            weights: Mapping[str, torch.Tensor] | None = None, *,
+            on_node: Callable[[Node, float], None] | None = None) -> dict[str, torch.Tensor | None]:
+    """Run every node for ``ctx.party``; returns the outputs this party holds.
+
+    Revealed outputs are decoded to plaintext; ``on_node(node, seconds)`` is
+    called after each node (for progress and timing by op).
+    """
+    env: dict[str, torch.Tensor | None] = {}
+    for node in graph.nodes:
+        start = time.perf_counter()
+        ctx.begin(node.name)
+        try:
+            env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
+        except Exception as error:
+            if isinstance(error, ExecutionError):
+                raise
+            raise ExecutionError(f"party {ctx.party}: %{node.name} = {node.op}(...) in {node.origin or '<top>'} "
+                                 f"failed: {type(error).__name__}: {error}") from error
+        value = env[node.name]
+        if value is not None and tuple(value.shape) != node.type.shape:
+            raise ExecutionError(f"party {ctx.party}: %{node.name} = {node.op}(...) produced shape "
+                                 f"{tuple(value.shape)}, its type says {node.type.shape}")
+        if on_node is not None:
+            on_node(node, time.perf_counter() - start)
+    return {name: env[name] for name in graph.outputs}
+
+
+def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
+    op = get_op(node.op)
+    vis = node.type.vis
+    if node.op == "mpc.reveal":
+        share = env[node.operands[0]]
+        ctx.operand_types = {"self": graph[node.operands[0]].type}
+        ring = op.protocol(ctx, share, **node.attrs)
+        if ring is None:
+            return None
+        if ctx.meta:
+            return torch.empty(node.type.shape, dtype=dtype_of_kind(node.type.kind), device="meta")
+        return ctx.backend.decode(ring, ctx.frac_bits).cpu() if node.type.kind == "real" else ring.cpu()
+    if not _knows(vis, ctx.party):
+        return None
+    if ctx.meta and vis != "shared":
+        return _meta_of(node)
+    if node.op == "input":
+        return inputs[node.name].to(dtype_of_kind(node.type.kind))
+    if node.op == "param":
+        return weights[node.attrs["key"]].detach().to(dtype_of_kind(node.type.kind))
+    if node.op == "const":
+        return node.attrs["value"]
+    operands = [env[name] for name in node.operands]
+    if vis != "shared":
+        return op.evaluate(operands, node.attrs).to(dtype_of_kind(node.type.kind))
+    params = op.operand_params(node.attrs)
+    ctx.operand_types = {p: graph[name].type for p, name in zip(params, node.operands)}
+    ctx.operand_names = {p: name for p, name in zip(params, node.operands)}
+    ctx.out_type = node.type
+    values = [value if graph[name].type.vis == "shared" else _plain(ctx, value)
+              for name, value in zip(node.operands, operands)]
+    if op.protocol is None:  # a shape op or a sum: the same on shares as on plaintext
+        return op.evaluate(values, node.attrs)
+    return op.protocol(ctx, *op.bind(values, node.attrs))
+
+

@@ -1,0 +1,202 @@
+"""Running a plan: both parties for real, in one process, one thread each.
+
+Each party's thread sees only its own inputs or weights, its dealer seed and
+stored material, and the messages it receives. A ``Session`` is one
+deployment: the server's masked weights are sent once and reused.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+
+from ..backends import RingBackend, get_backend
+from ..interpreter import check_inputs, check_weights
+from .context import PartyContext, SessionState
+from .cost import op_family
+from .dealer import Dealer
+from .executor import execute
+from .transport import InProcessChannel
+
+__all__ = ["Session", "RunStats", "run", "RunError"]
+
+
+class RunError(RuntimeError):
+    """Inputs, weights or the run itself failed; raised before any secret is shared where possible."""
+
+
+@dataclass
+class RunStats:
+    online_bytes: tuple[int, int] = (0, 0)      # sent by client, by server
+    offline_bytes: int = 0                      # dealer material stored/sent
+    setup_bytes: int = 0                        # once per deployment (masked weights)
+    rounds: int = 0
+    online_seconds: float = 0.0
+    offline_seconds: float = 0.0
+    total_seconds: float = 0.0
+    by_family: dict = field(default_factory=dict)   # family -> {"seconds", "bytes"}
+
+    @property
+    def online_bytes_total(self) -> int:
+        return sum(self.online_bytes)
+
+    def as_dict(self) -> dict:
+        return {"online_bytes_client": self.online_bytes[0], "online_bytes_server": self.online_bytes[1],
+                "online_bytes_total": self.online_bytes_total, "offline_bytes": self.offline_bytes,
+                "setup_bytes": self.setup_bytes, "rounds": self.rounds, "online_seconds": round(self.online_seconds, 4),
+                "offline_seconds": round(self.offline_seconds, 4), "total_seconds": round(self.total_seconds, 4),
+                "by_family": self.by_family}
+
+    def summary(self) -> str:
+        lines = [f"total {self.total_seconds:.3f} s (offline {self.offline_seconds:.3f} s, online "
+                 f"{self.online_seconds:.3f} s), rounds {self.rounds}, online {self.online_bytes_total / 1e6:.2f} MB "
+                 f"(client {self.online_bytes[0] / 1e6:.2f}, server {self.online_bytes[1] / 1e6:.2f}), "
+                 f"offline {self.offline_bytes / 1e6:.2f} MB, setup {self.setup_bytes / 1e6:.2f} MB (once)"]
+        for family, entry in sorted(self.by_family.items(), key=lambda kv: -kv[1]["seconds"]):
+            lines.append(f"  {family:14} {entry['seconds']:8.3f} s  {entry['bytes'] / 1e6:9.3f} MB")
+        return "\n".join(lines)
+
+
+def _check_token_ids(plan, inputs):
+    for node in plan.graph.nodes:
+        if node.op == "one_hot" and plan.graph[node.operands[0]].op == "input":
+            ids = inputs[node.operands[0]]
+            classes = node.attrs["num_classes"]
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= classes):
+                raise RunError(f"input {node.operands[0]!r}: token ids must lie in [0, {classes}); "
+                               f"got {int(ids.min())}..{int(ids.max())}")
+
+
+class Session:
+    """One deployment of a plan: the server's weights, a dealer, both parties.
+
+    Example:
+        >>> import torch, mpcc
+        >>> layer = torch.nn.Linear(4, 2)
+        >>> plan = mpcc.compile(layer, {"input": torch.zeros(1, 4)})
+        >>> session = mpcc.Session(plan, layer.state_dict())
+        >>> out, stats = session.run({"input": torch.ones(1, 4)})
+        >>> bool((out[0] - layer(torch.ones(1, 4))).abs().max() < 1e-3)
+        True
+    """
+
+    def __init__(self, plan, weights: Mapping[str, torch.Tensor], *, backend: str | RingBackend = "cpu",
+                 timeout: float = 120.0, progress: bool | None = None):
+        self.plan = plan
+        self.backend = get_backend(backend) if isinstance(backend, str) else backend
+        try:
+            check_weights(plan.graph, weights)
+        except Exception as error:
+            raise RunError(str(error)) from None
+        known = set(plan.info.get("unused_weights", [])) | set(plan.weight_keys)
+        extra = sorted(set(weights) - known)
+        if extra:
+            raise RunError(f"weights the plan does not use and the model did not have: {extra[:5]}"
+                           f"{' ...' if len(extra) > 5 else ''}")
+        self.weights = weights
+        self.dealer = Dealer(plan, self.backend)
+        self.states = (SessionState(), SessionState())
+        self.timeout = timeout
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.count = 0
+
+    def run(self, inputs: Mapping[str, torch.Tensor]):
+        """Run one private inference; returns ``(outputs, stats)`` (the client's outputs)."""
+        try:
+            check_inputs(self.plan.graph, inputs)
+        except Exception as error:
+            raise RunError(str(error)) from None
+        _check_token_ids(self.plan, inputs)
+        owners = self.plan.inputs
+        party_inputs = ({k: v for k, v in inputs.items() if owners[k] in ("client", "public")},
+                        {k: v for k, v in inputs.items() if owners[k] in ("server", "public")})
+        start = time.perf_counter()
+        self.count += 1
+        inference = f"inference-{self.count}"
+        material = self.dealer.deal(inference)
+        offline_seconds = time.perf_counter() - start
+        channel = InProcessChannel(self.timeout)
+        results: list = [None, None]
+        errors: list = [None, None]
+        timings: list[dict] = [{}, {}]
+
+        def party_main(party: int):
+            endpoint = channel.endpoints[party]
+            ctx = PartyContext(party, self.backend, self.plan.frac_bits, endpoint, self.dealer.seed_for(party),
+                               material.stored[party], self.states[party], inference)
+            last = [0]
+
+            def on_node(node, seconds):
+                sent = endpoint.stats.bytes_sent
+                entry = timings[party].setdefault(op_family(node.op), {"seconds": 0.0, "bytes": 0})
+                entry["seconds"] += seconds
+                entry["bytes"] += sent - last[0]
+                last[0] = sent
+                if bar is not None and party == 0:
+                    bar.advance(task)
+            try:
+                with torch.no_grad():
+                    results[party] = execute(self.plan.graph, ctx, party_inputs[party],
+                                             self.weights if party == 1 else None, on_node=on_node)
+            except BaseException as error:  # the peer must not wait for a dead party
+                errors[party] = error
+                endpoint.abort(f"{type(error).__name__}: {error}")
+
+        bar = task = None
+        if self.progress:
+            from rich.progress import Progress
+            bar = Progress(transient=True)
+            task = bar.add_task("secure inference", total=len(self.plan.graph.nodes))
+            bar.start()
+        online_start = time.perf_counter()
+        try:
+            threads = [threading.Thread(target=party_main, args=(p,), name=f"mpcc-party-{p}") for p in (0, 1)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            if bar is not None:
+                bar.stop()
+        online_seconds = time.perf_counter() - online_start
+        for party in (0, 1):
+            if errors[party] is not None and not _is_peer_abort(errors[party]):
+                raise RunError(f"{('client', 'server')[party]} failed: {errors[party]}") from errors[party]
+        for party in (0, 1):
+            if errors[party] is not None:
+                raise RunError(f"{('client', 'server')[party]} failed: {errors[party]}") from errors[party]
+        links = [e.stats for e in channel.endpoints]
+        families = {}
+        for party in (0, 1):
+            for family, entry in timings[party].items():
+                target = families.setdefault(family, {"seconds": 0.0, "bytes": 0})
+                target["seconds"] = max(target["seconds"], entry["seconds"])
+                target["bytes"] += entry["bytes"]
+        stats = RunStats((links[0].bytes_sent, links[1].bytes_sent), sum(material.offline_bytes),
+                         links[0].setup_bytes_sent + links[1].setup_bytes_sent, max(l.rounds for l in links),
+                         online_seconds, offline_seconds, time.perf_counter() - start, families)
+        outputs = [results[0][name] for name in self.plan.graph.outputs]
+        return outputs, stats
+
+
+def _is_peer_abort(error) -> bool:
+    return "the peer stopped" in str(error)
+
+
+def run(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], **options):
+    """Run ``plan`` once as a real two-party computation in this process.
+
+    Args:
+        plan: from ``mpcc.compile`` or ``mpcc.load``.
+        inputs: the model inputs by name (each goes only to its owner's thread).
+        weights: the model's ``state_dict()`` (only the server's thread sees it).
+        **options: ``backend`` ("cpu", "limb", "cuda"), ``timeout``, ``progress``.
+
+    Returns:
+        ``(outputs, stats)``: the client's outputs in plan order and a ``RunStats``.
+    """
+    return Session(plan, weights, **options).run(inputs)

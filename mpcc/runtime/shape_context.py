@@ -1,0 +1,160 @@
+"""Shape-only contexts: the dealer's (which generates material for real) and
+the cost model's (which counts). Both run the protocols on meta tensors."""
+from __future__ import annotations
+
+import torch
+
+from ..backends.base import RingBackend
+from ..backends.prg import Prg
+from .context import HOLDERS, Context, Material, payload_bytes
+
+__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost"]
+
+
+def _meta(shape, dtype=torch.int64):
+    return torch.empty(tuple(shape), dtype=dtype, device="meta")
+
+
+class ShapeContext(Context):
+    meta = True
+
+    def __init__(self, party: int, backend: RingBackend, frac_bits: int):
+        self.party, self.backend, self.frac_bits = party, backend, frac_bits
+        self.node, self.counter = "", 0
+        self.materials: list[Material] = []
+
+    def _record(self, shape, kind, holder, stored):
+        self.materials.append(Material(self.node, self.counter - 1, tuple(shape), kind, holder, stored))
+
+    def exchange(self, *tensors, bits=None):
+        return tuple(_meta(t.shape, t.dtype) for t in tensors)
+
+    def transfer(self, *tensors, sender, bits=None):
+        return None if self.party == sender else tuple(_meta(t.shape, t.dtype) for t in tensors)
+
+    def deployment(self, key, make, like, *, sender):
+        return None if self.party == sender else _meta(like.shape, like.dtype)
+
+
+class DealerContext(ShapeContext):
+    """Runs a plan's protocols on shapes and deals every requested item for real."""
+
+    def __init__(self, backend, frac_bits, seeds: tuple[bytes, bytes], inference: str):
+        super().__init__(0, backend, frac_bits)
+        self.prgs = (Prg(seeds[0]), Prg(seeds[1]))
+        self.inference = inference
+        self.values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id(meta) -> (meta, real)
+        self.stored: tuple[dict, dict] = ({}, {})                       # party -> node -> [tensor]
+        self.offline_bytes = [0, 0]
+
+    def begin(self, node):
+        super().begin(node)
+        self.values.clear()
+
+    def _draw(self, party, label, shape, kind, scope):
+        full = label if scope else f"{self.inference}/{label}"
+        prg = self.prgs[party]
+        value = prg.bits(full, shape) if kind == "bits" else prg.ring(full, shape)
+        return self.backend.to_device(value)
+
+    def _register(self, real, kind):
+        meta = _meta(real.shape, torch.uint8 if kind == "bits" else torch.int64)
+        self.values[id(meta)] = (meta, real)
+        return meta
+
+    def rand(self, shape, *, holder="both", kind="ring", scope=None):
+        label = self._label(scope)
+        shape = tuple(shape)
+        owner = HOLDERS[holder]
+        if owner is None:
+            a, b = (self._draw(p, label, shape, kind, scope) for p in (0, 1))
+            real = a ^ b if kind == "bits" else a + b
+        else:
+            real = self._draw(owner, label, shape, kind, scope)
+        self._record(shape, kind, holder, False)
+        return self._register(real, kind)
+
+    def derive(self, fn, *values, shape, holder="both", kind="ring"):
+        label = self._label(None)
+        reals = [self.values[id(v)][1] if isinstance(v, torch.Tensor) else v for v in values]
+        real = fn(*reals)
+        if kind == "bits":
+            real = real.to(torch.uint8)
+        if tuple(real.shape) != tuple(shape):
+            raise RuntimeError(f"{self.node}: dealt value has shape {tuple(real.shape)}, protocol said {tuple(shape)}")
+        owner = HOLDERS[holder]
+        if owner is None:
+            share0 = self._draw(0, label, tuple(shape), kind, None)
+            self._store(1, real ^ share0 if kind == "bits" else real - share0)
+        else:
+            self._store(owner, real)
+        self._record(shape, kind, holder, True)
+        return self._register(real, kind)
+
+    def _store(self, party, tensor):
+        self.stored[party].setdefault(self.node, []).append(tensor)
+        self.offline_bytes[party] += payload_bytes(tensor)
+
+
+class OpCost:
+    """Counters for one party: rounds, bytes sent online, setup, stored material."""
+
+    def __init__(self):
+        self.rounds = 0
+        self.online_bytes = 0
+        self.setup_bytes = 0
+        self.offline_bytes = 0
+
+    def add(self, other: "OpCost") -> None:
+        self.rounds += other.rounds
+        self.online_bytes += other.online_bytes
+        self.setup_bytes += other.setup_bytes
+        self.offline_bytes += other.offline_bytes
+
+    def as_dict(self):
+        return {"rounds": self.rounds, "online_bytes": self.online_bytes, "setup_bytes": self.setup_bytes,
+                "offline_bytes": self.offline_bytes}
+
+
+class CostContext(ShapeContext):
+    """Counts what one party sends and what the dealer stores for it, per node."""
+
+    def __init__(self, party, backend, frac_bits):
+        super().__init__(party, backend, frac_bits)
+        self.by_node: dict[str, OpCost] = {}
+
+    def _cost(self) -> OpCost:
+        return self.by_node.setdefault(self.node, OpCost())
+
+    def rand(self, shape, *, holder="both", kind="ring", scope=None):
+        self._label(scope)
+        self._record(shape, kind, holder, False)
+        return _meta(shape, torch.uint8 if kind == "bits" else torch.int64)
+
+    def derive(self, fn, *values, shape, holder="both", kind="ring"):
+        self._label(None)
+        self._record(shape, kind, holder, True)
+        tensor = _meta(shape, torch.uint8 if kind == "bits" else torch.int64)
+        owner = HOLDERS[holder]
+        if (owner is None and self.party == 1) or owner == self.party:
+            self._cost().offline_bytes += payload_bytes(tensor)
+        return tensor
+
+    def exchange(self, *tensors, bits=None):
+        cost = self._cost()
+        cost.rounds += 1
+        cost.online_bytes += sum(payload_bytes(t, bits) for t in tensors)
+        return super().exchange(*tensors, bits=bits)
+
+    def transfer(self, *tensors, sender, bits=None):
+        cost = self._cost()
+        cost.rounds += 1
+        if self.party == sender:
+            cost.online_bytes += sum(payload_bytes(t, bits) for t in tensors)
+        return super().transfer(*tensors, sender=sender, bits=bits)
+
+    def deployment(self, key, make, like, *, sender):
+        if self.party == sender and key not in getattr(self, "_deployed", set()):
+            self._deployed = getattr(self, "_deployed", set()) | {key}
+            self._cost().setup_bytes += payload_bytes(like)
+        return super().deployment(key, make, like, sender=sender)

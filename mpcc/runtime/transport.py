@@ -1,0 +1,89 @@
+"""In-process transport: two endpoints joined by queues, counting what a
+wire would carry (bytes per party, rounds, setup traffic apart).
+
+A party that fails sends an abort to its peer, so the peer raises at once
+instead of waiting; every wait has a time-out.
+"""
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+
+import torch
+
+from .context import ProtocolError, payload_bytes
+
+__all__ = ["InProcessChannel", "Endpoint", "LinkStats"]
+
+
+class _Abort:
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+@dataclass
+class LinkStats:
+    bytes_sent: int = 0
+    setup_bytes_sent: int = 0
+    rounds: int = 0
+    messages: int = 0
+
+
+@dataclass
+class Endpoint:
+    party: int
+    inbox: "queue.Queue"
+    outbox: "queue.Queue"
+    timeout: float
+    stats: LinkStats = field(default_factory=LinkStats)
+    record: list | None = None  # received tensors, kept when a test asks
+
+    def send(self, tensors: list[torch.Tensor], *, bits: int | None = None, setup: bool = False) -> None:
+        size = sum(payload_bytes(t, bits) for t in tensors)
+        if setup:
+            self.stats.setup_bytes_sent += size
+        else:
+            self.stats.bytes_sent += size
+            self.stats.rounds += 1
+            self.stats.messages += 1
+        self.outbox.put([t.detach() for t in tensors])
+
+    def receive(self, *, count_round: bool = True) -> list[torch.Tensor]:
+        """One message from the peer; a one-way transfer counts as a round for both sides."""
+        if count_round:
+            self.stats.rounds += 1
+        return self._get()
+
+    def _get(self) -> list[torch.Tensor]:
+        try:
+            item = self.inbox.get(timeout=self.timeout)
+        except queue.Empty:
+            raise ProtocolError(f"party {self.party}: no message from the peer within {self.timeout:.0f} s") from None
+        if isinstance(item, _Abort):
+            raise ProtocolError(f"party {self.party}: the peer stopped: {item.reason}")
+        if self.record is not None:
+            self.record.extend(item)
+        return item
+
+    def exchange(self, tensors: list[torch.Tensor], *, bits: int | None = None) -> tuple[torch.Tensor, ...]:
+        size = sum(payload_bytes(t, bits) for t in tensors)
+        self.stats.bytes_sent += size
+        self.stats.rounds += 1
+        self.stats.messages += 1
+        self.outbox.put([t.detach() for t in tensors])
+        received = self._get()
+        if len(received) != len(tensors) or any(a.shape != b.shape for a, b in zip(received, tensors)):
+            raise ProtocolError(f"party {self.party}: the peer sent {[tuple(t.shape) for t in received]}, "
+                                f"expected {[tuple(t.shape) for t in tensors]}")
+        return tuple(received)
+
+    def abort(self, reason: str) -> None:
+        self.outbox.put(_Abort(reason))
+
+
+class InProcessChannel:
+    """Two connected endpoints: ``channel.endpoints[0]`` is the client's."""
+
+    def __init__(self, timeout: float = 120.0):
+        to_client, to_server = queue.Queue(), queue.Queue()
+        self.endpoints = (Endpoint(0, to_client, to_server, timeout), Endpoint(1, to_server, to_client, timeout))
