@@ -32,6 +32,7 @@ def mul_scalar(ctx, x, value: float):
 
 
 def _public(ctx, value, like):
+    """A public constant, encoded (not a share: add it with ``add_public``)."""
     return encode(ctx, torch.full(tuple(like.shape), float(value), dtype=torch.float64), "real")
 
 
@@ -54,7 +55,7 @@ def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int):
     first, s takes the first bracket's value. All comparisons run in one call
     (rounds 8); the weighted sum of bits is local (exact powers of two).
     """
-    diffs = torch.stack([x - _public(ctx, 2.0 ** (step * m), x) for m in thresholds_log2], -1)
+    diffs = torch.stack([add_public(ctx, x, _public(ctx, -(2.0 ** (step * m)), x)) for m in thresholds_log2], -1)
     bits = ctx_not(ctx, ltz_bits(ctx, diffs))
     arithmetic = b2a(ctx, bits)
     first = thresholds_log2[0] - 1
@@ -191,7 +192,8 @@ def tanh(ctx, x):
     """tanh within 3e-3 on all reals in range: -1 below -4, 1 above 4, an
     8-term sine series between."""
     return fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
-                            low=lambda ctx, x: _public(ctx, -1.0, x), high=lambda ctx, x: _public(ctx, 1.0, x))
+                            low=lambda ctx, x: ctx.public_share(_public(ctx, -1.0, x)),
+                            high=lambda ctx, x: ctx.public_share(_public(ctx, 1.0, x)))
 
 
 def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
