@@ -34,9 +34,3 @@ class Prg:
         """Uniform int64 (the ring Z_2^64)."""
         count = math.prod(shape)
         return torch.frombuffer(bytearray(self._bytes(label, 8 * count)), dtype=torch.int64).reshape(tuple(shape))
-
-    def bits(self, label: str, shape) -> torch.Tensor:
-        """Uniform bits as uint8 0/1."""
-        count = math.prod(shape)
-        raw = torch.frombuffer(bytearray(self._bytes(label, count)), dtype=torch.uint8)
-        return (raw & 1).reshape(tuple(shape))

@@ -33,12 +33,17 @@ class ProtocolError(RuntimeError):
 
 
 def payload_bytes(tensor: torch.Tensor, bits: int | None = None) -> int:
-    """Bytes a tensor takes on the wire: bit tensors (uint8 0/1) are packed,
-    ring elements that only carry ``bits`` low bits are packed to those bits."""
-    if tensor.dtype == torch.uint8:
-        return math.ceil(tensor.numel() / 8)
+    """Bytes a tensor takes on the wire: elements that carry only their low
+    ``bits`` bits are packed to those bits (the transport packs them)."""
     width = bits if bits is not None else tensor.element_size() * 8
     return math.ceil(tensor.numel() * width / 8)
+
+
+def widths(tensors, bits) -> list:
+    """Per-tensor bit widths from ``bits`` (None, one int for all, or a list)."""
+    if isinstance(bits, (list, tuple)):
+        return list(bits)
+    return [bits] * len(tensors)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class Context:
         return label
 
     def rand(self, shape, *, holder: str = "both", kind: str = "ring", scope: str | None = None):
+        """Uniform int64 words from the dealer: additively shared (kind ``ring``),
+        XOR-shared (kind ``xor``) or known to one party (``holder``)."""
         raise NotImplementedError
 
     def derive(self, fn: Callable, *values, shape, holder: str = "both", kind: str = "ring"):
@@ -99,10 +106,14 @@ class Context:
 
     # --- helpers every context shares
     def open(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Reveal an additive sharing to both parties (1 round)."""
         (other,) = self.exchange(share, bits=bits)
-        if share.dtype == torch.uint8:
-            return share ^ other
         return share + other
+
+    def open_xor(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+        """Reveal an XOR sharing (of bit words) to both parties (1 round)."""
+        (other,) = self.exchange(share, bits=bits)
+        return share ^ other
 
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
         """A sharing of a public (already encoded) ring value: party 0 holds it."""
@@ -131,8 +142,7 @@ class PartyContext(Context):
 
     def _draw(self, label: str, shape, kind: str, scope):
         full = label if scope else f"{self.inference}/{label}"
-        tensor = self.prg.bits(full, shape) if kind == "bits" else self.prg.ring(full, shape)
-        return self.backend.to_device(tensor)
+        return self.backend.to_device(self.prg.ring(full, shape))
 
     def _stored(self) -> torch.Tensor:
         pieces = self.material.get(self.node, [])

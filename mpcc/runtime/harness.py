@@ -35,8 +35,9 @@ class ProtocolRun:
 
 
 def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = "cpu", integer: bool = False,
-                 record: bool = False, seed: int = 0, timeout: float = 60.0) -> ProtocolRun:
-    """``fn(ctx, *shares)`` on shares of ``values`` (reals, or ints with ``integer``)."""
+                 record: bool = False, seed: int = 0, timeout: float = 60.0, xor_result: bool = False) -> ProtocolRun:
+    """``fn(ctx, *shares)`` on shares of ``values`` (reals, or ints with ``integer``);
+    ``xor_result`` when the protocol returns an XOR sharing."""
     ring = get_backend(backend)
     generator = torch.Generator().manual_seed(seed)
     shares = ([], [])
@@ -80,7 +81,7 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
     for error in errors:
         if error is not None:
             raise error
-    if outputs[0].dtype == torch.uint8:
+    if xor_result:
         result = (outputs[0] ^ outputs[1]).to(torch.int64)
     else:
         result = outputs[0] + outputs[1]

@@ -6,7 +6,7 @@ import torch
 
 from ..backends.base import RingBackend
 from ..backends.prg import Prg
-from .context import HOLDERS, Context, Material, payload_bytes
+from .context import HOLDERS, Context, Material, payload_bytes, widths
 
 __all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost"]
 
@@ -54,11 +54,10 @@ class DealerContext(ShapeContext):
     def _draw(self, party, label, shape, kind, scope):
         full = label if scope else f"{self.inference}/{label}"
         prg = self.prgs[party]
-        value = prg.bits(full, shape) if kind == "bits" else prg.ring(full, shape)
-        return self.backend.to_device(value)
+        return self.backend.to_device(prg.ring(full, shape))
 
     def _register(self, real, kind):
-        meta = _meta(real.shape, torch.uint8 if kind == "bits" else torch.int64)
+        meta = _meta(real.shape)
         self.values[id(meta)] = (meta, real)
         return meta
 
@@ -68,7 +67,7 @@ class DealerContext(ShapeContext):
         owner = HOLDERS[holder]
         if owner is None:
             a, b = (self._draw(p, label, shape, kind, scope) for p in (0, 1))
-            real = a ^ b if kind == "bits" else a + b
+            real = a ^ b if kind == "xor" else a + b
         else:
             real = self._draw(owner, label, shape, kind, scope)
         self._record(shape, kind, holder, False)
@@ -78,14 +77,12 @@ class DealerContext(ShapeContext):
         label = self._label(None)
         reals = [self.values[id(v)][1] if isinstance(v, torch.Tensor) else v for v in values]
         real = fn(*reals)
-        if kind == "bits":
-            real = real.to(torch.uint8)
         if tuple(real.shape) != tuple(shape):
             raise RuntimeError(f"{self.node}: dealt value has shape {tuple(real.shape)}, protocol said {tuple(shape)}")
         owner = HOLDERS[holder]
         if owner is None:
             share0 = self._draw(0, label, tuple(shape), kind, None)
-            self._store(1, real ^ share0 if kind == "bits" else real - share0)
+            self._store(1, real ^ share0 if kind == "xor" else real - share0)
         else:
             self._store(owner, real)
         self._record(shape, kind, holder, True)
@@ -129,12 +126,12 @@ class CostContext(ShapeContext):
     def rand(self, shape, *, holder="both", kind="ring", scope=None):
         self._label(scope)
         self._record(shape, kind, holder, False)
-        return _meta(shape, torch.uint8 if kind == "bits" else torch.int64)
+        return _meta(shape)
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         self._label(None)
         self._record(shape, kind, holder, True)
-        tensor = _meta(shape, torch.uint8 if kind == "bits" else torch.int64)
+        tensor = _meta(shape)
         owner = HOLDERS[holder]
         if (owner is None and self.party == 1) or owner == self.party:
             self._cost().offline_bytes += payload_bytes(tensor)
@@ -143,14 +140,14 @@ class CostContext(ShapeContext):
     def exchange(self, *tensors, bits=None):
         cost = self._cost()
         cost.rounds += 1
-        cost.online_bytes += sum(payload_bytes(t, bits) for t in tensors)
+        cost.online_bytes += sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
         return super().exchange(*tensors, bits=bits)
 
     def transfer(self, *tensors, sender, bits=None):
         cost = self._cost()
         cost.rounds += 1
         if self.party == sender:
-            cost.online_bytes += sum(payload_bytes(t, bits) for t in tensors)
+            cost.online_bytes += sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
         return super().transfer(*tensors, sender=sender, bits=bits)
 
     def deployment(self, key, make, like, *, sender):

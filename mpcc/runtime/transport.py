@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .context import ProtocolError, payload_bytes
+from .context import ProtocolError, payload_bytes, widths
 
 __all__ = ["InProcessChannel", "Endpoint", "LinkStats"]
 
@@ -39,7 +39,7 @@ class Endpoint:
     record: list | None = None  # received tensors, kept when a test asks
 
     def send(self, tensors: list[torch.Tensor], *, bits: int | None = None, setup: bool = False) -> None:
-        size = sum(payload_bytes(t, bits) for t in tensors)
+        size = sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
         if setup:
             self.stats.setup_bytes_sent += size
         else:
@@ -66,7 +66,7 @@ class Endpoint:
         return item
 
     def exchange(self, tensors: list[torch.Tensor], *, bits: int | None = None) -> tuple[torch.Tensor, ...]:
-        size = sum(payload_bytes(t, bits) for t in tensors)
+        size = sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
         self.stats.bytes_sent += size
         self.stats.rounds += 1
         self.stats.messages += 1
