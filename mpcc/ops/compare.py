@@ -14,20 +14,41 @@ from .arith import mul
 from .base import OpDef, register
 
 __all__ = ["CMP_BITS", "WIDE_CMP_BITS", "and_gates", "lt_public", "ltz_bits", "b2a", "select_bits", "relu",
-           "max_last", "argmax_last", "compact_even"]
+           "max_last", "argmax_last", "bit_reverse", "not_bit"]
 
 CMP_BITS = 32
 WIDE_CMP_BITS = 48
-_EVEN_MASKS = (0x5555555555555555, 0x3333333333333333, 0x0F0F0F0F0F0F0F0F, 0x00FF00FF00FF00FF,
-               0x0000FFFF0000FFFF, 0x00000000FFFFFFFF)
+def _signed(value: int) -> int:
+    """A Python int as the int64 with the same low 64 bits."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def compact_even(word: torch.Tensor) -> torch.Tensor:
-    """Bits 0, 2, 4, ... of each word moved to bits 0, 1, 2, ... (the upper half cleared)."""
-    word = word & _EVEN_MASKS[0]
-    for shift, mask in zip((1, 2, 4, 8, 16), _EVEN_MASKS[1:]):
-        word = (word | (word >> shift)) & mask
-    return word
+def _index_swaps(width: int) -> list[tuple[int, int]]:
+    """(delta, mask) delta-swaps that move bit i to bit rev(i), rev reversing log2(width) index digits."""
+    levels = width.bit_length() - 1
+    swaps = []
+    for k in range(levels // 2):
+        j = levels - 1 - k
+        mask = sum(1 << p for p in range(width) if (p >> k) & 1 and not (p >> j) & 1)
+        swaps.append(((1 << j) - (1 << k), _signed(mask)))
+    return swaps
+
+
+def bit_reverse(word, width: int):
+    """Permute the low ``width`` bits (a power of two <= 64) so that bit i moves
+    to bit rev(i), the index with its log2(width) binary digits reversed.
+
+    In that order the adjacent pairs (2j, 2j+1) of the comparison tree sit
+    at (i, i + width/2), and so on at every level: each level is a plain half
+    split. Works on tensors (each element's word) and on Python ints.
+    """
+    for delta, mask in _index_swaps(width):
+        t = ((word >> delta) ^ word) & mask
+        word = word ^ t ^ (t << delta)
+    if isinstance(word, int):
+        return _signed(word & ((1 << width) - 1))
+    return word & _low(width)
 
 
 def _low(bits: int) -> int:
@@ -58,30 +79,30 @@ def and_gates(ctx, x, ys, bits: int):
 def lt_public(ctx, c, r, bits: int):
     """[c < r] on the low ``bits`` bits, for public words c and XOR-shared words r.
 
-    A log-depth tree over (greater, equal) pairs of adjacent bits:
+    A log-depth tree over (greater, equal) pairs of adjacent bit segments:
     G = G_hi ^ (E_hi & G_lo), E = E_hi & E_lo (G_hi and E_hi & G_lo never
-    both hold, so OR is XOR). Rounds ceil(log2 bits); about 1.5 bits per bit
-    of input, both. Returns an XOR-shared bit (word 0/1).
+    both hold, so OR is XOR). Bits are first put in bit-reversed order (a
+    local, linear map on XOR shares) so that each level splits words in
+    halves; widths are padded to a power of two with neutral (0, 1) pairs.
+    Rounds log2(width); about 1.5 bits sent per input bit, both.
+    Returns an XOR-shared bit (a 0/1 word).
     """
-    low = _low(bits)
-    not_c = ~c & low
-    g = not_c & r
-    e = ((not_c ^ r) if ctx.party == 0 else r) & low
-    width = bits
+    width = 1 << max(0, (bits - 1).bit_length())
+    valid = bit_reverse(_low(bits), width)       # positions of real bits, reversed (a Python int)
+    pad = _low(width) & ~valid
+    c_rev, r_rev = bit_reverse(c, width), bit_reverse(r, width)
+    not_c = ~c_rev & valid
+    g = not_c & r_rev
+    e = ((not_c ^ r_rev) | pad) if ctx.party == 0 else r_rev & valid
     while width > 1:
-        if width % 2:  # pad on top with a neutral pair: greater 0, equal 1
-            if ctx.party == 0:
-                e = e | (1 << width)
-            width += 1
-        g_lo, g_hi = compact_even(g), compact_even(g >> 1)
-        e_lo, e_hi = compact_even(e), compact_even(e >> 1)
         width //= 2
+        half = _low(width)
+        g_lo, g_hi, e_lo, e_hi = g & half, g >> width, e & half, e >> width
         if width == 1:
             (t,) = and_gates(ctx, e_hi, [g_lo], width)
-            g = g_hi ^ t
         else:
             t, e = and_gates(ctx, e_hi, [g_lo, e_lo], width)
-            g = g_hi ^ t
+        g = g_hi ^ t
     return g & 1
 
 
