@@ -1,5 +1,6 @@
 """Evaluate public subgraphs (masks, position ids, shape arithmetic) once, at
-compile time, so that no MPC work is spent on values everyone knows.
+compile time, so that no MPC work is spent on values everyone knows. Values
+that depend on a public *input* stay: both parties compute them at run time.
 
     %arange = arange(start=0, end=8, ...) : int[8] public
     %add = add(%arange, other=0, alpha=1) : int[8] public
@@ -33,8 +34,11 @@ def fold_public(graph: Graph) -> Graph:
             if op.family == "create":
                 operands = [torch.empty(graph[o].type.shape, dtype=dtype_of_kind(graph[o].type.kind))
                             for o in node.operands]
-            else:
+            elif all(o in values for o in node.operands):
                 operands = [values[o] for o in node.operands]
+            else:  # depends on a public input: known only at run time, computed by both parties
+                nodes.append(node)
+                continue
             value = op.evaluate(operands, node.attrs).to(dtype_of_kind(node.type.kind)).contiguous()
             values[node.name] = value
             nodes.append(node.with_(op="const", operands=(), attrs={"value": value}))

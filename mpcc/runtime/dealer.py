@@ -39,6 +39,15 @@ class DealtMaterial:
         save_file(tensors, str(path), metadata={"plan": plan_hash, "inference": self.inference, "party": str(party)})
         return Path(path)
 
+    @classmethod
+    def load(cls, client_path: str | Path, server_path: str | Path, plan_hash: str) -> "DealtMaterial":
+        """Both parties' files, as written by ``save``; they must be for the same inference."""
+        inference0, stored0 = cls.load_party(client_path, plan_hash, 0)
+        inference1, stored1 = cls.load_party(server_path, plan_hash, 1)
+        if inference0 != inference1:
+            raise MaterialFileError(f"material files are for different inferences ({inference0!r}, {inference1!r})")
+        return cls(inference0, (stored0, stored1))
+
     @staticmethod
     def load_party(path: str | Path, plan_hash: str, party: int) -> tuple[str, dict[str, list[torch.Tensor]]]:
         try:

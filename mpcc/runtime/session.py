@@ -103,9 +103,14 @@ class Session:
         self.timeout = timeout
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.count = 0
+        self.used: set[str] = set()
 
-    def run(self, inputs: Mapping[str, torch.Tensor]):
-        """Run one private inference; returns ``(outputs, stats)`` (the client's outputs)."""
+    def run(self, inputs: Mapping[str, torch.Tensor], *, material=None):
+        """Run one private inference; returns ``(outputs, stats)`` (the client's outputs).
+
+        ``material``: dealer material made ahead (``session.dealer.deal(...)``,
+        possibly saved and loaded); by default the dealer deals it now.
+        """
         try:
             check_inputs(self.plan.graph, inputs)
         except Exception as error:
@@ -116,8 +121,12 @@ class Session:
                         {k: v for k, v in inputs.items() if owners[k] in ("server", "public")})
         start = time.perf_counter()
         self.count += 1
-        inference = f"inference-{self.count}"
-        material = self.dealer.deal(inference)
+        if material is None:
+            material = self.dealer.deal(f"inference-{self.count}")
+        elif material.inference in self.used:
+            raise RunError(f"dealer material {material.inference!r} was already used; one-time material must not be reused")
+        self.used.add(material.inference)
+        inference = material.inference
         offline_seconds = time.perf_counter() - start
         channel = InProcessChannel(self.timeout)
         results: list = [None, None]

@@ -36,17 +36,18 @@ class Endpoint:
     outbox: "queue.Queue"
     timeout: float
     stats: LinkStats = field(default_factory=LinkStats)
-    record: list | None = None  # received tensors, kept when a test asks
+    record: list | None = None  # (tensor, bit width) of every received message, kept when a test asks
 
     def send(self, tensors: list[torch.Tensor], *, bits: int | None = None, setup: bool = False) -> None:
-        size = sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
+        bit_widths = widths(tensors, bits)
+        size = sum(payload_bytes(t, b) for t, b in zip(tensors, bit_widths))
         if setup:
             self.stats.setup_bytes_sent += size
         else:
             self.stats.bytes_sent += size
             self.stats.rounds += 1
             self.stats.messages += 1
-        self.outbox.put([t.detach() for t in tensors])
+        self.outbox.put(([t.detach() for t in tensors], bit_widths))
 
     def receive(self, *, count_round: bool = True) -> list[torch.Tensor]:
         """One message from the peer; a one-way transfer counts as a round for both sides."""
@@ -61,18 +62,21 @@ class Endpoint:
             raise ProtocolError(f"party {self.party}: no message from the peer within {self.timeout:.0f} s") from None
         if isinstance(item, _Abort):
             raise ProtocolError(f"party {self.party}: the peer stopped: {item.reason}")
+        tensors, bit_widths = item
         if self.record is not None:
-            self.record.extend(item)
-        return item
+            self.record.extend(zip(tensors, bit_widths))
+        return tensors
 
     def exchange(self, tensors: list[torch.Tensor], *, bits: int | None = None) -> tuple[torch.Tensor, ...]:
-        size = sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
+        bit_widths = widths(tensors, bits)
+        size = sum(payload_bytes(t, b) for t, b in zip(tensors, bit_widths))
         self.stats.bytes_sent += size
         self.stats.rounds += 1
         self.stats.messages += 1
-        self.outbox.put([t.detach() for t in tensors])
+        self.outbox.put(([t.detach() for t in tensors], bit_widths))
         received = self._get()
-        if len(received) != len(tensors) or any(a.shape != b.shape for a, b in zip(received, tensors)):
+        if len(received) != len(tensors) or any(a.shape != b.shape or a.dtype != b.dtype
+                                                 for a, b in zip(received, tensors)):
             raise ProtocolError(f"party {self.party}: the peer sent {[tuple(t.shape) for t in received]}, "
                                 f"expected {[tuple(t.shape) for t in tensors]}")
         return tuple(received)

@@ -1,0 +1,82 @@
+"""Ring backends: bit-exact arithmetic, limb matmul, fixed-point encoding."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from mpcc.backends import FixedPointRangeError, get_backend, limb_matmul
+from mpcc.backends.limb import MAX_INNER_DIM
+
+int64s = st.integers(-2**63, 2**63 - 1)
+
+
+def ring_tensor(seed, *shape):
+    return torch.randint(-2**63, 2**63 - 1, shape, dtype=torch.int64, generator=torch.Generator().manual_seed(seed))
+
+
+@given(st.integers(1, 6), st.integers(1, 70), st.integers(1, 6), st.integers(0, 2**32), st.booleans())
+def test_limb_matmul_is_bit_exact(m, k, n, seed, batched):
+    shape_a, shape_b = ((2, m, k), (2, k, n)) if batched else ((m, k), (k, n))
+    a, b = ring_tensor(seed, *shape_a), ring_tensor(seed + 1, *shape_b)
+    assert torch.equal(limb_matmul(a, b), torch.matmul(a, b))
+
+
+@pytest.mark.parametrize("inner", [1, 255, 4096])
+def test_limb_matmul_full_ring_extremes(inner):
+    a = torch.full((3, inner), -2**63, dtype=torch.int64)
+    a[1] = 2**63 - 1
+    a[2] = ring_tensor(inner, inner)
+    b = torch.full((inner, 2), 2**63 - 1, dtype=torch.int64)
+    b[:, 1] = -1
+    assert torch.equal(limb_matmul(a, b), a @ b)
+
+
+def test_limb_matmul_refuses_inexact_sizes():
+    with pytest.raises(ValueError, match="exact only"):
+        limb_matmul(torch.zeros(1, MAX_INNER_DIM + 1, dtype=torch.int64), torch.zeros(MAX_INNER_DIM + 1, 1, dtype=torch.int64))
+
+
+@given(st.lists(int64s, min_size=1, max_size=8), st.lists(int64s, min_size=1, max_size=8))
+def test_int64_ops_wrap_like_the_ring(xs, ys):
+    n = min(len(xs), len(ys))
+    a, b = torch.tensor(xs[:n]), torch.tensor(ys[:n])
+    modulus = 2**64
+    wrap = lambda v: (v + 2**63) % modulus - 2**63  # noqa: E731
+    assert (a + b).tolist() == [wrap(x + y) for x, y in zip(xs, ys)]
+    assert (a * b).tolist() == [wrap(x * y) for x, y in zip(xs, ys)]
+
+
+@pytest.mark.parametrize("name", ["cpu", "limb"])
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=10))
+def test_encode_decode_round_trip(name, values):
+    ring = get_backend(name)
+    x = torch.tensor(values, dtype=torch.float64)
+    assert (ring.decode(ring.encode(x, 16), 16) - x).abs().max() <= 2**-17 + 1e-12
+
+
+def test_encoding_out_of_range_names_the_tensor():
+    ring = get_backend("cpu")
+    with pytest.raises(FixedPointRangeError, match="attention.scores.*2\\^46"):
+        ring.encode(torch.tensor([1.0, 2.0**47]), 16, "attention.scores")
+    with pytest.raises(FixedPointRangeError, match="inf or nan"):
+        ring.encode(torch.tensor([float("nan")]), 16, "x")
+
+
+def test_logical_shift():
+    ring = get_backend("cpu")
+    x = torch.tensor([-1, -2**63, 5])
+    assert ring.rshift_logical(x, 60).tolist() == [15, 8, 0]
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend"):
+        get_backend("tpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matmul_matches_cpu():
+    ring = get_backend("cuda")
+    a, b = ring_tensor(1, 64, 512), ring_tensor(2, 512, 32)
+    assert torch.equal(ring.matmul(a.cuda(), b.cuda()).cpu(), a @ b)

@@ -1,0 +1,162 @@
+"""Each protocol against its plaintext meaning, with the transport's counts
+equal to the cost model's and the dealer's material equal to what was listed."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+from mpcc.ops import arith, compare, nonlinear as nl
+from mpcc.runtime.harness import run_protocol
+
+ULP = 2.0 ** -16
+
+
+def shapes(max_dims=3, max_side=6):
+    return st.lists(st.integers(1, max_side), min_size=1, max_size=max_dims).map(tuple)
+
+
+def reals(shape, low, high, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(shape, generator=g, dtype=torch.float64) * (high - low) + low)
+
+
+def check_counts(run):
+    assert run.rounds == run.cost_rounds, "rounds counted by the transport differ from cost()"
+    assert run.bytes_sent == run.cost_bytes, "bytes counted by the transport differ from cost()"
+    assert run.dealt_bytes == run.cost_offline, "dealer material differs from what the cost model listed"
+
+
+seeds = st.integers(0, 2**31)
+
+
+@given(shapes(), seeds)
+def test_mul_and_square(shape, seed):
+    x, y = reals(shape, -100, 100, seed), reals(shape, -100, 100, seed + 1)
+    run = run_protocol(lambda ctx, a, b: arith.mul(ctx, a, b), x, y, seed=seed)
+    check_counts(run)
+    assert (run.decoded - x * y).abs().max() <= 4 * ULP * 100 + 2 * ULP
+    run = run_protocol(lambda ctx, a: arith.square(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert (run.decoded - x * x).abs().max() <= 4 * ULP * 100 + 2 * ULP
+
+
+@given(st.integers(1, 4), st.integers(1, 9), st.integers(1, 4), seeds)
+def test_matmul_of_shares(m, k, n, seed):
+    x, y = reals((2, m, k), -10, 10, seed), reals((2, k, n), -10, 10, seed + 1)
+    run = run_protocol(lambda ctx, a, b: arith.matmul_shares(ctx, a, b), x, y, seed=seed)
+    check_counts(run)
+    assert (run.decoded - x @ y).abs().max() <= k * 20 * ULP + 2 * ULP
+
+
+@given(shapes(), seeds, st.integers(1, 30))
+def test_trunc_is_faithful(shape, seed, shift):
+    x = torch.randint(-2**61, 2**61, shape, generator=torch.Generator().manual_seed(seed))
+    run = run_protocol(lambda ctx, a: arith.trunc(ctx, a, shift), x, integer=True, seed=seed)
+    check_counts(run)
+    exact = torch.div(x, 2**shift, rounding_mode="floor")
+    assert ((run.result - exact).abs() <= 1).all()
+
+
+@given(st.integers(1, 4), st.integers(1, 8), st.integers(1, 5), seeds)
+def test_linear_with_server_weight(m, k, n, seed):
+    x, w = reals((m, k), -5, 5, seed), reals((n, k), -1, 1, seed + 1)
+    w_ring = torch.round(w * 2**16).to(torch.int64)
+
+    def protocol(ctx, a):
+        if ctx.party == 0:
+            weight = None
+        else:
+            weight = torch.empty((n, k), dtype=torch.int64, device="meta") if ctx.meta else w_ring
+        fn = lambda p, q: p @ q.transpose(-1, -2)  # noqa: E731
+        return arith.trunc(ctx, arith.linear_server(ctx, a, weight, (n, k), "w", fn))
+    run = run_protocol(protocol, x, seed=seed)
+    check_counts(run)
+    assert run.bytes_sent[0] == 8 * m * k + 8 * m * n, "the client sends x - A once, plus the truncation opening"
+    assert (run.decoded - x @ w.T).abs().max() <= k * 6 * ULP + 4 * ULP
+
+
+@given(shapes(), seeds)
+def test_ltz_relu_select(shape, seed):
+    x = reals(shape, -30000, 30000, seed)
+    x.view(-1)[0] = 0.0
+    run = run_protocol(lambda ctx, a: compare.b2a(ctx, compare.ltz_bits(ctx, a)), x, seed=seed)
+    check_counts(run)
+    assert torch.equal(run.result, (x < 0).to(torch.int64) if x.numel() else run.result)
+    run = run_protocol(lambda ctx, a: compare.relu(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert (run.decoded - x.relu()).abs().max() <= ULP
+
+
+@given(st.integers(1, 12), st.integers(1, 3), seeds)
+def test_max_and_argmax(n, rows, seed):
+    x = reals((rows, n), -1000, 1000, seed)
+    run = run_protocol(lambda ctx, a: compare.max_last(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert (run.decoded - x.amax(-1)).abs().max() <= ULP
+    run = run_protocol(lambda ctx, a: compare.argmax_last(ctx, a), x, seed=seed)
+    assert torch.equal(run.result, x.argmax(-1))
+
+
+@given(shapes(2, 8), seeds)
+def test_exp_on_non_positive_inputs(shape, seed):
+    x = reals(shape, -40, 0, seed)
+    run = run_protocol(lambda ctx, a: nl.exp(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert (run.decoded - x.exp()).abs().max() <= 3e-5
+
+
+@given(shapes(2, 8), seeds)
+def test_reciprocal_and_rsqrt(shape, seed):
+    x = reals(shape, 1, 4000, seed)
+    run = run_protocol(lambda ctx, a: nl.reciprocal(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert ((run.decoded - 1 / x).abs() <= 4 * ULP + 1e-4 / x).all()
+    v = reals(shape, 1e-3, 1e6, seed + 1)
+    run = run_protocol(lambda ctx, a: arith.mul(ctx, *nl.rsqrt(ctx, a)), v, seed=seed)
+    check_counts(run)
+    assert ((run.decoded - v.rsqrt()).abs() <= 1e-3 * v.rsqrt() + 4 * ULP).all()
+
+
+@given(st.integers(1, 3), st.integers(1, 16), seeds, st.booleans())
+def test_softmax_with_and_without_mask(rows, n, seed, masked):
+    x = reals((rows, n), -20, 20, seed)
+    mask = torch.ones(rows, n, dtype=torch.bool)
+    if masked:
+        mask = torch.rand(rows, n, generator=torch.Generator().manual_seed(seed)) > 0.3
+        mask[:, 0] = True
+    run = run_protocol(lambda ctx, a: nl.softmax_masked(ctx, a, mask.to(ctx.device) if masked else None), x, seed=seed)
+    check_counts(run)
+    expected = torch.softmax(x.masked_fill(~mask, float("-inf")), -1)
+    assert (run.decoded - expected).abs().max() <= 2e-4
+
+
+@given(shapes(2, 10), seeds, st.floats(1, 1000))
+def test_gelu_and_tanh_on_all_reals(shape, seed, spread):
+    x = reals(shape, -spread, spread, seed)
+    run = run_protocol(lambda ctx, a: nl.gelu(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert (run.decoded - F.gelu(x)).abs().max() <= 1e-3
+    run = run_protocol(lambda ctx, a: nl.tanh(ctx, a), x, seed=seed)
+    check_counts(run)
+    assert (run.decoded - torch.tanh(x)).abs().max() <= 5e-3
+
+
+def test_gelu_dense_grid_within_1e_2_of_exact():
+    x = torch.linspace(-20, 20, 8001, dtype=torch.float64)
+    run = run_protocol(lambda ctx, a: nl.gelu(ctx, a), x)
+    assert (run.decoded - F.gelu(x)).abs().max() <= 1e-3
+    assert nl.GELU_FIT_ERROR < 1e-4 and nl.TANH_FIT_ERROR < 2e-3
+
+
+def test_integer_bit_select_needs_no_truncation():
+    x = torch.tensor([1.5, -2.25, 3.0])
+    bits = torch.tensor([1, 0, 1])
+    run = run_protocol(lambda ctx, a: compare.select_bits(
+        ctx, bits.to(ctx.device) if (ctx.party == 0 and not ctx.meta) else torch.zeros_like(a), [a])[0], x)
+    assert torch.equal(run.decoded, x * bits)
+    assert run.rounds == (1, 1)
+    assert math.isclose(run.bytes_sent[0], 3 * 8 + 1)

@@ -1,0 +1,225 @@
+"""Two-party runs of whole plans: agreement with float64 torch, counts equal
+to the cost model, dealer files, failure paths, and what each party sees."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch.utils._pytree import tree_leaves
+
+import mpcc
+from mpcc.ops import arith, nonlinear as nl
+from mpcc.runtime import DealtMaterial, MaterialFileError, RunError, Session
+from mpcc.runtime.context import ProtocolError
+from mpcc.runtime.harness import run_protocol
+from mpcc.runtime.transport import InProcessChannel
+
+from .conftest import token_ids
+
+
+def torch_outputs(model, inputs):
+    kwargs = dict(inputs)
+    if "use_cache" in model.forward.__code__.co_varnames:
+        kwargs["use_cache"] = False
+    with torch.no_grad():
+        return [t.double() for t in tree_leaves(model(**kwargs)) if isinstance(t, torch.Tensor)]
+
+
+@pytest.fixture(scope="module")
+def bert_session(tiny_bert):
+    inputs = {"input_ids": token_ids(6, 120)}
+    plan = mpcc.compile(tiny_bert, inputs)
+    return plan, Session(plan, tiny_bert.state_dict(), progress=False), inputs
+
+
+def test_tiny_bert_exact_matches_torch_and_cost(bert_session, tiny_bert):
+    plan, session, inputs = bert_session
+    outputs, stats = session.run(inputs)
+    for got, want in zip(outputs, torch_outputs(tiny_bert, inputs)):
+        assert (got - want).abs().max() < 1e-2
+    cost = plan.cost()
+    assert stats.rounds == cost.rounds
+    assert stats.online_bytes == (cost.per_party[0].online_bytes, cost.per_party[1].online_bytes)
+    assert stats.offline_bytes == cost.offline_bytes
+    assert stats.setup_bytes == cost.setup_bytes
+    again, second = session.run(inputs)
+    assert second.setup_bytes == 0, "masked weights are sent once per deployment"
+    assert second.online_bytes == stats.online_bytes
+
+
+def test_tiny_gpt2_greedy_next_token(tiny_gpt2):
+    inputs = {"input_ids": token_ids(7, 120, seed=3)}
+    plan = mpcc.compile(tiny_gpt2, inputs)
+    assert "gelu" in {n.op.removeprefix("mpc.") for n in plan.graph.nodes}, "GPT-2's GeLU is fused"
+    (logits,), _ = mpcc.run(plan, inputs, tiny_gpt2.state_dict(), progress=False)
+    (expected,) = torch_outputs(tiny_gpt2, inputs)
+    assert (logits - expected).abs().max() < 1e-2
+    assert int(logits[0, -1].argmax()) == int(expected[0, -1].argmax())
+
+
+def test_minilm_sentence_embeddings(minilm):
+    words = ["cats", "dogs", "privacy", "secure computation", "transformers", "weather", "music", "football",
+             "cooking", "travel", "books", "science", "history", "art", "math", "physics", "chemistry",
+             "biology", "movies", "coffee"]
+    batch = minilm.tokenizer([f"a sentence about {w}" for w in words], return_tensors="pt", padding=True)
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    plan = mpcc.compile(minilm.model, inputs, owners={"attention_mask": "public"})
+    (hidden, _), _ = mpcc.run(plan, inputs, minilm.model.state_dict(), progress=False)
+    expected = torch_outputs(minilm.model, inputs)[0]
+    mask = batch["attention_mask"].unsqueeze(-1).double()
+    pooled = lambda h: (h * mask).sum(1) / mask.sum(1)  # noqa: E731
+    cosine = torch.nn.functional.cosine_similarity(pooled(hidden), pooled(expected))
+    assert len(cosine) == 20 and cosine.min() >= 0.999
+
+
+def test_errors_before_any_secret_is_shared(bert_session, tiny_bert):
+    plan, session, inputs = bert_session
+    with pytest.raises(RunError, match="shape"):
+        session.run({"input_ids": token_ids(7, 120)})
+    with pytest.raises(RunError, match=r"token ids must lie in \[0, 120\)"):
+        session.run({"input_ids": torch.tensor([[1, 2, 3, 4, 5, 120]])})
+    with pytest.raises(RunError, match="missing"):
+        session.run({})
+    weights = dict(tiny_bert.state_dict())
+    weights.pop("encoder.layer.0.output.dense.weight")
+    with pytest.raises(RunError, match="missing weight 'encoder.layer.0.output.dense.weight'"):
+        Session(plan, weights)
+    with pytest.raises(RunError, match="does not use"):
+        Session(plan, {**tiny_bert.state_dict(), "stowaway": torch.zeros(2)})
+
+
+def test_dealer_material_files(tmp_path, bert_session):
+    plan, session, inputs = bert_session
+    dealt = session.dealer.deal("ahead-1")
+    for party, name in ((0, "client.safetensors"), (1, "server.safetensors")):
+        dealt.save(party, tmp_path / name, plan.hash)
+    loaded = DealtMaterial.load(tmp_path / "client.safetensors", tmp_path / "server.safetensors", plan.hash)
+    outputs, _ = session.run(inputs, material=loaded)
+    reference, _ = session.run(inputs)
+    assert (outputs[0] - reference[0]).abs().max() < 1e-2
+    with pytest.raises(RunError, match="already used"):
+        session.run(inputs, material=loaded)
+    with pytest.raises(MaterialFileError, match="expected plan"):
+        DealtMaterial.load(tmp_path / "client.safetensors", tmp_path / "server.safetensors", "0" * 64)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(MaterialFileError, match="not a readable"):
+        DealtMaterial.load(tmp_path / "bad.safetensors", tmp_path / "server.safetensors", plan.hash)
+
+
+def test_plan_file_round_trip_then_run(tmp_path, bert_session, tiny_bert):
+    plan, session, inputs = bert_session
+    loaded = mpcc.load(plan.save(tmp_path / "p.mpcc"))
+    assert loaded.hash == plan.hash
+    outputs, _ = mpcc.run(loaded, inputs, tiny_bert.state_dict(), progress=False)
+    assert (outputs[0] - torch_outputs(tiny_bert, inputs)[0]).abs().max() < 1e-2
+
+
+def test_peer_failures_are_errors_not_hangs():
+    channel = InProcessChannel(timeout=0.5)
+    client, server = channel.endpoints
+    with pytest.raises(ProtocolError, match="no message from the peer within"):
+        client.exchange([torch.zeros(3, dtype=torch.int64)])
+    server.abort("server crashed")
+    with pytest.raises(ProtocolError, match="server crashed"):
+        client.receive()
+    server.send([torch.zeros(4, dtype=torch.int64)])
+    with pytest.raises(ProtocolError, match=r"peer sent \[\(4,\)\], expected \[\(3,\)\]"):
+        client.exchange([torch.zeros(3, dtype=torch.int64)])
+
+    def failing(ctx, a):
+        if ctx.party == 1 and not ctx.meta:
+            raise RuntimeError("server bug")
+        return arith.mul(ctx, a, a)
+    with pytest.raises(Exception, match="server bug|peer stopped"):
+        run_protocol(failing, torch.ones(3), timeout=5)
+
+
+def _bit_frequencies(messages):
+    """Fraction of ones at each meaningful bit position, over all received elements."""
+    counts, totals = torch.zeros(64), torch.zeros(64)
+    for tensor, width in messages:
+        width = width or 64
+        words = tensor.reshape(-1, 1)
+        bits = (words >> torch.arange(width)) & 1
+        counts[:width] += bits.sum(0).double().float()
+        totals[:width] += words.shape[0]
+    return counts, totals
+
+
+def _indistinguishable(a, b):
+    (ca, ta), (cb, tb) = _bit_frequencies(a), _bit_frequencies(b)
+    used = (ta > 0) & (tb > 0)
+    pa, pb = ca[used] / ta[used], cb[used] / tb[used]
+    sigma = (0.25 / ta[used] + 0.25 / tb[used]).sqrt()
+    uniform = ((pa - 0.5).abs() < 6 * (0.25 / ta[used]).sqrt()).all()
+    return bool(((pa - pb).abs() < 6 * sigma).all()) and bool(uniform)
+
+
+def _layer(ctx, a):
+    w = torch.linspace(-1, 1, 64).reshape(8, 8)
+    w_ring = torch.round(w * 2**16).to(torch.int64)
+    weight = None if ctx.party == 0 else (torch.empty(8, 8, dtype=torch.int64, device="meta") if ctx.meta else w_ring)
+    h = arith.trunc(ctx, arith.linear_server(ctx, a, weight, (8, 8), "w", lambda p, q: p @ q))
+    h = nl.gelu(ctx, h)
+    return nl.softmax_masked(ctx, h, None)
+
+
+@pytest.mark.parametrize("party", [0, 1])
+def test_views_do_not_depend_on_the_secret_input(party):
+    """What a party receives for two different secrets passes the same uniformity test."""
+    secret_a = torch.zeros(64, 8)
+    secret_b = torch.linspace(-50, 50, 512).reshape(64, 8)
+    view_a = run_protocol(_layer, secret_a, record=True, seed=1).received[party]
+    view_b = run_protocol(_layer, secret_b, record=True, seed=2).received[party]
+    assert _indistinguishable(view_a, view_b)
+
+
+def test_the_view_test_can_fail():
+    def leaky(ctx, a):
+        (other,) = ctx.exchange(a + (a if ctx.party == 0 else -a))  # sends 2x its share or 0: reveals x
+        return a
+    secret_a, secret_b = torch.zeros(64, 8), torch.full((64, 8), 3.0)
+    view_a = run_protocol(leaky, secret_a, record=True, seed=1).received[1]
+    view_b = run_protocol(leaky, secret_b, record=True, seed=2).received[1]
+    assert not _indistinguishable(view_a, view_b)
+
+
+def test_only_declared_outputs_are_opened_to_the_client(bert_session):
+    plan, _, _ = bert_session
+    reveals = [n for n in plan.graph.nodes if n.op == "mpc.reveal"]
+    assert {n.name for n in reveals} == set(plan.graph.outputs)
+    assert all(n.attrs["to"] == "client" for n in reveals)
+
+
+def test_runs_use_separate_threads(bert_session):
+    plan, session, inputs = bert_session
+    seen = set()
+    original = threading.Thread.start
+
+    def spy(self):
+        seen.add(self.name)
+        return original(self)
+    threading.Thread.start = spy
+    try:
+        session.run(inputs)
+    finally:
+        threading.Thread.start = original
+    assert {"mpcc-party-0", "mpcc-party-1"} <= seen
+
+
+def _layer_with(weight_values):
+    def protocol(ctx, a):
+        w_ring = torch.round(weight_values * 2**16).to(torch.int64)
+        weight = None if ctx.party == 0 else (
+            torch.empty(8, 8, dtype=torch.int64, device="meta") if ctx.meta else w_ring)
+        h = arith.trunc(ctx, arith.linear_server(ctx, a, weight, (8, 8), "w", lambda p, q: p @ q))
+        return nl.gelu(ctx, h)
+    return protocol
+
+
+def test_client_view_does_not_depend_on_the_weights():
+    x = torch.linspace(-3, 3, 512).reshape(64, 8)
+    view_a = run_protocol(_layer_with(torch.zeros(8, 8)), x, record=True, seed=1).received[0]
+    view_b = run_protocol(_layer_with(torch.linspace(-2, 2, 64).reshape(8, 8)), x, record=True, seed=2).received[0]
+    assert _indistinguishable(view_a, view_b)
