@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import mpcc
 from mpcc.ir import Graph, Node, TensorType
-from mpcc.passes import (DEFAULT_PIPELINE, PassError, SecretIndexError, UnknownPassError, get_pass, register_pass,
+from mpcc.passes import (DEFAULT_PIPELINE, SECURE_PIPELINE, PassError, SecretIndexError, UnknownPassError, get_pass, register_pass,
                          run_pipeline)
 from mpcc.passes.registry import PASSES
 
@@ -35,7 +35,7 @@ def derived_only_from(graph: Graph, name: str) -> set[str]:
 @pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2"])
 def test_visibility_and_no_secret_index(request, fixture):
     model = request.getfixturevalue(fixture)
-    graph = mpcc.compile(model, {"input_ids": token_ids(6, 120)}).graph
+    graph = run_pipeline(mpcc.trace(model, {"input_ids": token_ids(6, 120)}))
     client_values = derived_only_from(graph, "input_ids")
     assert {"input_ids"} < client_values, "the one-hot of the ids must be the client's"
     for name in client_values:
@@ -82,12 +82,12 @@ class ArgmaxLookup(torch.nn.Module):
 
 def test_secret_index_is_refused_with_node_and_module():
     with pytest.raises(SecretIndexError, match=r"table.*shared.*index"):
-        mpcc.compile(ArgmaxLookup(), (torch.randn(2, 4),))
+        mpcc.compile(ArgmaxLookup(), {"x": torch.randn(2, 4)})
 
 
 def test_server_owned_indices_stay_local():
     model = ArgmaxLookup()
-    graph = mpcc.compile(model.table, {"input": torch.tensor([[1, 2]])}, owners={"input": "server"}).graph
+    graph = run_pipeline(mpcc.trace(model.table, {"input": torch.tensor([[1, 2]])}, owners={"input": "server"}))
     assert [n.type.vis for n in graph.nodes if n.op == "embedding"] == ["server"]
 
 
@@ -137,12 +137,13 @@ class Golden(torch.nn.Module):
         return torch.nn.functional.gelu(self.proj(torch.softmax(scores, -1) @ x))
 
 
-@pytest.mark.parametrize("after", ["import"] + list(DEFAULT_PIPELINE))
+@pytest.mark.parametrize("after", ["import"] + list(SECURE_PIPELINE))
 def test_golden_ir_after_each_pass(after):
-    """Snapshot of a tiny model's IR after each pass; set MPCC_UPDATE_GOLDEN=1 to rewrite (and say why)."""
+    """Snapshot of a tiny model's IR after each pass, the last being its plan; set
+    MPCC_UPDATE_GOLDEN=1 to rewrite (and say why in the commit)."""
     graph = mpcc.trace(Golden(), {"ids": torch.tensor([[1, 2, 3]])})
     if after != "import":
-        graph = run_pipeline(graph, DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index(after) + 1])
+        graph = run_pipeline(graph, SECURE_PIPELINE[:SECURE_PIPELINE.index(after) + 1])
     path = GOLDEN / f"golden_after_{after}.ir"
     if os.environ.get("MPCC_UPDATE_GOLDEN"):
         path.write_text(graph.dump())

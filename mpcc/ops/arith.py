@@ -203,3 +203,21 @@ _mpc("mpc.mul_server", ("self", "other"), torch.mul, "elementwise product with t
      _proto_mul_server)
 _mpc("mpc.trunc", ("self", "shift"), lambda x, shift: x, "fixed-point truncation (dealer-assisted)",
      lambda ctx, x, shift: trunc(ctx, x, shift))
+
+
+def _proto_masked_fill(ctx, x, mask, value):
+    """Public mask: x where not mask, the public value where mask. Local."""
+    keep = (~mask.to(torch.bool)).to(torch.int64)
+    fill = encode(ctx, (mask.to(torch.float64) * float(value)).expand(ctx.out_type.shape), ctx.out_type.kind)
+    return x * keep + ctx.public_share(fill)
+
+
+def _proto_where_public(ctx, condition, x, y):
+    """Public condition: y + c (x - y) with c a public 0/1 integer. Local."""
+    return y + condition.to(torch.int64) * (x - y)
+
+
+_mpc("mpc.masked_fill_public", ("self", "mask", "value"), lambda x, mask, value: x.masked_fill(mask.bool(), value),
+     "fill where a public mask holds (local)", _proto_masked_fill)
+_mpc("mpc.where_public", ("condition", "self", "other"), lambda c, x, y: torch.where(c.bool(), x, y),
+     "select by a public condition (local)", _proto_where_public)

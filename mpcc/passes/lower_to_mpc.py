@@ -88,7 +88,8 @@ class _Lowering:
         elif op == "sdpa":
             q, k, v, *mask = node.operands
             if mask and self.vis(mask[0]) != "public":
-                self.fail(node, "the attention mask must be public")
+                self.fail(node, f"the attention mask is {self.vis(mask[0])}, it must be public: declare the mask "
+                                "input public (owners={'attention_mask': 'public'}), which reveals the padding")
             attrs = {key: a[key] for key in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa") if key in a}
             make("mpc.sdpa", [share(q), share(k), share(v)] + mask, attrs)
         elif op == "layer_norm":
@@ -110,11 +111,17 @@ class _Lowering:
             if not isinstance(dim, int):
                 self.fail(node, f"{op} needs exactly one axis")
             make(f"mpc.{op}", [share(node.operands[0])], {"dim": dim, "keepdim": a.get("keepdim", False)})
-        elif op in ("where",):
+        elif op == "where":
             cond, x, y = node.operands
             if self.vis(cond) == "public":
-                self.fail(node, "where with a public condition should have been folded into arithmetic")
-            make("mpc.where", [share(cond), share(x), share(y)])
+                make("mpc.where_public", [cond, share(x), share(y)])
+            else:
+                make("mpc.where", [share(cond), share(x), share(y)])
+        elif op == "masked_fill":
+            x, mask = node.operands[:2]
+            if self.vis(mask) != "public" or len(node.operands) != 2:
+                self.fail(node, "masked_fill needs a public mask and a scalar value")
+            make("mpc.masked_fill_public", [share(x), mask], {"value": a["value"]})
         else:
             self.fail(node, f"no MPC protocol for {op!r} on shared values (see docs/protocols.md)")
 
