@@ -1,4 +1,4 @@
-"""The ``mpcc`` command: compile, dump, interpret, ops, demo."""
+"""The ``mpcc`` command: compile, dump, interpret, run, cost, bench, ops, demo."""
 from __future__ import annotations
 
 import argparse
@@ -96,6 +96,65 @@ def cmd_interpret(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_run(args) -> int:
+    import mpcc
+    loaded, inputs = _load(args)
+    plan = mpcc.compile(loaded.model, inputs)
+    outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict(), backend=args.backend)
+    worst = _report_secure(loaded, inputs, plan, outputs)
+    print(stats.summary())
+    if args.json:
+        import json
+        print(json.dumps(stats.as_dict()))
+    return 0 if worst < 1e-1 else 1
+
+
+def _report_secure(loaded, inputs, plan, outputs) -> float:
+    import torch
+    from torch.utils._pytree import tree_leaves
+    kwargs = dict(inputs)
+    if "use_cache" in loaded.model.forward.__code__.co_varnames:
+        kwargs["use_cache"] = False
+    with torch.no_grad():
+        expected = [t.double() for t in tree_leaves(loaded.model(**kwargs)) if isinstance(t, torch.Tensor)]
+    worst = 0.0
+    for name, got, want in zip(plan.graph.outputs, outputs, expected):
+        error = float((got - want).abs().max())
+        worst = max(worst, error)
+        print(f"output %{name} {list(got.shape)}: max |secure - torch| = {error:.2e}")
+        if got.dim() == 3 and got.shape[-1] == getattr(loaded.model.config, "vocab_size", -1):
+            print(f"  next token (greedy): secure {int(got[0, -1].argmax())}, torch {int(want[0, -1].argmax())}")
+    return worst
+
+
+def cmd_cost(args) -> int:
+    import mpcc
+    if _is_plan_file(args.model):
+        plan = mpcc.load(args.model)
+    else:
+        loaded, inputs = _load(args)
+        plan = mpcc.compile(loaded.model, inputs)
+    print(plan.cost().summary(args.network))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import json
+    import torch
+    from .bench import HEADER, bert_layer, format_row, measure_model
+    layer = bert_layer()
+    rows = []
+    for seq in args.seq:
+        x = torch.randn(1, seq, 768, generator=torch.Generator().manual_seed(1))
+        rows.append(measure_model(f"bert-layer seq {seq}", layer, {"hidden_states": x}, repeats=args.repeats,
+                                  backend=args.backend))
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    print(json.dumps(rows))
+    return 0
+
+
 def cmd_ops(args) -> int:
     from .aten_table import supported_aten_ops
     from .ops import REGISTRY
@@ -110,6 +169,7 @@ def cmd_ops(args) -> int:
 def cmd_demo(args) -> int:
     args.model, args.seq, args.input = "tiny-bert", None, None
     import mpcc
+    from .passes import DEFAULT_PIPELINE, run_pipeline
     loaded, inputs = _load(args)
     start = time.perf_counter()
     plan = mpcc.compile(loaded.model, inputs)
@@ -117,8 +177,15 @@ def cmd_demo(args) -> int:
           f"{time.perf_counter() - start:.2f} s")
     _print_summary(plan.graph)
     print("== plaintext interpreter (float64) against torch:")
-    for name, shape, error in _agreement(loaded, inputs, plan.graph):
+    analysed = run_pipeline(mpcc.trace(loaded.model, inputs), DEFAULT_PIPELINE)
+    for name, shape, error in _agreement(loaded, inputs, analysed):
         print(f"output %{name} {list(shape)}: max abs error {error:.2e}")
+    print("== cost model:")
+    print(plan.cost().summary())
+    print("== secure two-party run (client and server threads, dealer included) against torch:")
+    outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict())
+    _report_secure(loaded, inputs, plan, outputs)
+    print(stats.summary())
     return 0
 
 
@@ -147,6 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(run=cmd_interpret)
 
+    p = sub.add_parser("run", help="compile and run securely (client and server in this process), compare with torch")
+    model_args(p)
+    p.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
+    p.add_argument("--json", action="store_true", help="also print the stats as JSON")
+    p.set_defaults(run=cmd_run)
+
+    p = sub.add_parser("cost", help="rounds, bytes and dealer material of a model or plan file")
+    model_args(p)
+    p.add_argument("--network", default="lan", choices=["lan", "wan", "local"])
+    p.set_defaults(run=cmd_cost)
+
+    p = sub.add_parser("bench", help="one BERT-base encoder layer, secure, timed (see benchmarks/)")
+    p.add_argument("--seq", type=int, nargs="+", default=[128])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
+    p.set_defaults(run=cmd_bench)
+
     p = sub.add_parser("ops", help="list the IR ops (or, with --aten, the ATen ops mpcc imports)")
     p.add_argument("--aten", action="store_true")
     p.set_defaults(run=cmd_ops)
@@ -162,9 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     from .interpreter import InterpretError
     from .models import ModelLoadError
     from .plan import PlanFormatError
+    from .runtime import RunError
     try:
         return args.run(args)
-    except (TraceError, InterpretError, ModelLoadError, PlanFormatError, ValueError, OSError) as error:
+    except (TraceError, InterpretError, ModelLoadError, PlanFormatError, RunError, ValueError, OSError) as error:
         print(f"mpcc {args.command}: error: {error}", file=sys.stderr)
         return 2
 

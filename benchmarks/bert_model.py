@@ -1,0 +1,39 @@
+"""Whole models at sequence 128: BERT-base (12 layers, random weights) and the
+pretrained all-MiniLM-L6-v2, run securely; prints the same table as
+bert_layer.py and JSON. Heavy: minutes on a 2-core machine.
+
+    python benchmarks/bert_model.py [--models bert-base minilm] [--seq 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from mpcc.bench import HEADER, format_row, measure_model
+from mpcc.models import example_inputs, load_model
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["bert-base", "minilm"])
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rows = []
+    for name in args.models:
+        loaded = load_model(name)
+        inputs = example_inputs(loaded, seq_len=args.seq)
+        rows.append(measure_model(f"{name} seq {args.seq}", loaded.model, inputs, repeats=args.repeats))
+        print(format_row(rows[-1]), flush=True)
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    print(json.dumps(rows))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

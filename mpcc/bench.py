@@ -1,0 +1,60 @@
+"""Measurements shared by ``mpcc bench`` and ``benchmarks/``: one BERT-base
+encoder layer (or a whole model) run securely, against float64 torch."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+__all__ = ["bert_layer", "measure_model", "format_row", "HEADER"]
+
+HEADER = (f"{'case':>18} {'total s':>8} {'online s':>9} {'offline s':>9} {'online MB':>10} {'client MB':>10} "
+          f"{'server MB':>10} {'offline MB':>10} {'rounds':>7} {'max err':>9}")
+
+
+def bert_layer(hidden=768, heads=12, ffn=3072, seed=0):
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=hidden, num_attention_heads=heads, intermediate_size=ffn)
+    return BertLayer(config).eval()
+
+
+def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=None, backend: str = "cpu") -> dict:
+    """Compile, run ``repeats`` times in one session (setup once), keep the fastest run."""
+    import mpcc
+    from torch.utils._pytree import tree_leaves
+    start = time.perf_counter()
+    plan = mpcc.compile(model, inputs, owners=owners)
+    compile_seconds = time.perf_counter() - start
+    cost = plan.cost()
+    with torch.no_grad():
+        kwargs = dict(inputs)
+        if "use_cache" in model.forward.__code__.co_varnames:
+            kwargs["use_cache"] = False
+        expected = [t.double() for t in tree_leaves(model(**kwargs)) if isinstance(t, torch.Tensor)]
+    session = mpcc.Session(plan, model.state_dict(), progress=False, backend=backend)
+    runs = []
+    for _ in range(repeats):
+        outputs, stats = session.run(inputs)
+        error = max(float((o - e).abs().max()) for o, e in zip(outputs, expected))
+        runs.append((stats, error))
+    stats, error = min(runs[1:] or runs, key=lambda r: r[0].total_seconds)
+    return {"case": name, "compile_s": round(compile_seconds, 3), "total_s": round(stats.total_seconds, 3),
+            "online_s": round(stats.online_seconds, 3), "offline_s": round(stats.offline_seconds, 3),
+            "online_MB": round(stats.online_bytes_total / 1e6, 2),
+            "online_MB_client": round(stats.online_bytes[0] / 1e6, 2),
+            "online_MB_server": round(stats.online_bytes[1] / 1e6, 2),
+            "offline_MB": round(stats.offline_bytes / 1e6, 2), "setup_MB": round(cost.setup_bytes / 1e6, 2),
+            "rounds": stats.rounds, "max_abs_error": error, "first_run_s": round(runs[0][0].total_seconds, 3),
+            "by_family": {k: {"s": round(v["seconds"], 3), "MB": round(v["bytes"] / 1e6, 2)}
+                          for k, v in sorted(stats.by_family.items(), key=lambda kv: -kv[1]["seconds"])},
+            "cost_model": {"rounds": cost.rounds, "online_MB": round(cost.online_bytes / 1e6, 2),
+                           "lan_estimate_s": round(cost.estimate_seconds("lan"), 3),
+                           "wan_estimate_s": round(cost.estimate_seconds("wan"), 3)}}
+
+
+def format_row(r: dict) -> str:
+    return (f"{r['case']:>18} {r['total_s']:>8.3f} {r['online_s']:>9.3f} {r['offline_s']:>9.3f} {r['online_MB']:>10.2f} "
+            f"{r['online_MB_client']:>10.2f} {r['online_MB_server']:>10.2f} {r['offline_MB']:>10.2f} "
+            f"{r['rounds']:>7} {r['max_abs_error']:>9.2e}")
