@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from ..backends import RingBackend, get_backend
 from ..backends.prg import new_seed
 from .executor import execute
-from .shape_context import DealerContext
+from .shape_context import DealerContext, replay
 
 __all__ = ["Dealer", "DealtMaterial", "MaterialFileError"]
 
@@ -74,16 +74,28 @@ class Dealer:
         self.plan = plan
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.seeds = seeds or (new_seed(), new_seed())
+        self._tape = None
+        self._materials = None
+
+    def tape(self):
+        """The plan's requests for randomness, recorded once from a shape-only run."""
+        if self._tape is None:
+            ctx = DealerContext(self.backend, self.plan.frac_bits)
+            with torch.no_grad():
+                execute(self.plan.graph, ctx)
+            self._tape, self._materials = ctx.tape, ctx.materials
+        return self._tape
 
     def seed_for(self, party: int) -> bytes:
         """What the dealer gives a party once: its PRG seed."""
         return self.seeds[party]
 
     def deal(self, inference: str) -> DealtMaterial:
-        ctx = DealerContext(self.backend, self.plan.frac_bits, self.seeds, inference)
+        """Fresh material for one inference (``inference`` must never repeat)."""
+        tape = self.tape()
         with torch.no_grad():
-            execute(self.plan.graph, ctx)
-        return DealtMaterial(inference, ctx.stored, ctx.materials, tuple(ctx.offline_bytes))
+            stored, offline = replay(tape, self.backend, self.seeds, inference)
+        return DealtMaterial(inference, stored, self._materials, tuple(offline))
 
     def describe(self) -> str:
         return json.dumps({"plan": self.plan.hash[:12], "backend": self.backend.name})

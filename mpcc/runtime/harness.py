@@ -15,7 +15,7 @@ import torch
 from ..backends import get_backend
 from ..backends.prg import new_seed
 from .context import PartyContext, SessionState
-from .shape_context import CostContext, DealerContext
+from .shape_context import CostContext, DealerContext, replay
 from .transport import InProcessChannel
 
 __all__ = ["run_protocol", "ProtocolRun"]
@@ -48,10 +48,11 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
         shares[1].append(ring.to_device(encoded - mask))
     metas = [torch.empty(v.shape, dtype=torch.int64, device="meta") for v in values]
     seeds = (new_seed(), new_seed())
-    dealer = DealerContext(ring, frac_bits, seeds, "test")
+    dealer = DealerContext(ring, frac_bits)
     dealer.begin("p")
     with torch.no_grad():
         fn(dealer, *metas)
+        stored, dealt_bytes = replay(dealer.tape, ring, seeds, "test")
     costs = []
     for party in (0, 1):
         cost = CostContext(party, ring, frac_bits)
@@ -64,7 +65,7 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
         endpoint.record = [] if record else None
 
     def main(party):
-        ctx = PartyContext(party, ring, frac_bits, channel.endpoints[party], seeds[party], dealer.stored[party],
+        ctx = PartyContext(party, ring, frac_bits, channel.endpoints[party], seeds[party], stored[party],
                            SessionState(), "test")
         ctx.begin("p")
         try:
@@ -91,5 +92,5 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
     return ProtocolRun(result.cpu(), result.cpu().to(torch.float64) / 2 ** frac_bits,
                        tuple(s.rounds for s in stats), tuple(s.bytes_sent for s in stats),
                        tuple(c.rounds for c in costs), tuple(c.online_bytes for c in costs),
-                       tuple(dealer.offline_bytes), tuple(c.offline_bytes for c in costs),
+                       tuple(dealt_bytes), tuple(c.offline_bytes for c in costs),
                        tuple(e.record or [] for e in channel.endpoints))

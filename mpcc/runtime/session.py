@@ -162,6 +162,8 @@ class Session:
             task = bar.add_task("secure inference", total=len(self.plan.graph.nodes))
             bar.start()
         online_start = time.perf_counter()
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads_before // 2))  # one party per core rather than four threads on two
         try:
             threads = [threading.Thread(target=party_main, args=(p,), name=f"mpcc-party-{p}") for p in (0, 1)]
             for thread in threads:
@@ -169,6 +171,7 @@ class Session:
             for thread in threads:
                 thread.join()
         finally:
+            torch.set_num_threads(threads_before)
             if bar is not None:
                 bar.stop()
         online_seconds = time.perf_counter() - online_start

@@ -8,7 +8,7 @@ from ..backends.base import RingBackend
 from ..backends.prg import Prg
 from .context import HOLDERS, Context, Material, payload_bytes, widths
 
-__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost"]
+__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "replay"]
 
 
 def _meta(shape, dtype=torch.int64):
@@ -37,60 +37,72 @@ class ShapeContext(Context):
 
 
 class DealerContext(ShapeContext):
-    """Runs a plan's protocols on shapes and deals every requested item for real."""
+    """Runs a plan's protocols on shapes once and records every request for
+    randomness as a tape; ``replay`` deals the tape for real for one inference.
 
-    def __init__(self, backend, frac_bits, seeds: tuple[bytes, bytes], inference: str):
+    The requests never depend on data, so the tape is the same for every
+    inference: the (slow) shape run happens once per plan.
+    """
+
+    def __init__(self, backend, frac_bits):
         super().__init__(0, backend, frac_bits)
-        self.prgs = (Prg(seeds[0]), Prg(seeds[1]))
-        self.inference = inference
-        self.values: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # id(meta) -> (meta, real)
-        self.stored: tuple[dict, dict] = ({}, {})                       # party -> node -> [tensor]
-        self.offline_bytes = [0, 0]
+        self.tape: list[tuple] = []              # (node, label, op, shape, kind, holder, scope, fn, arg slots)
+        self.slots: dict[int, tuple[torch.Tensor, int]] = {}   # id(meta) -> (meta, slot)
 
     def begin(self, node):
         super().begin(node)
-        self.values.clear()
+        self.slots.clear()
 
-    def _draw(self, party, label, shape, kind, scope):
-        full = label if scope else f"{self.inference}/{label}"
-        prg = self.prgs[party]
-        return self.backend.to_device(prg.ring(full, shape))
-
-    def _register(self, real, kind):
-        meta = _meta(real.shape)
-        self.values[id(meta)] = (meta, real)
+    def _slot(self, shape):
+        meta = _meta(shape)
+        self.slots[id(meta)] = (meta, len(self.tape) - 1)
         return meta
 
     def rand(self, shape, *, holder="both", kind="ring", scope=None):
         label = self._label(scope)
-        shape = tuple(shape)
-        owner = HOLDERS[holder]
-        if owner is None:
-            a, b = (self._draw(p, label, shape, kind, scope) for p in (0, 1))
-            real = a ^ b if kind == "xor" else a + b
-        else:
-            real = self._draw(owner, label, shape, kind, scope)
+        self.tape.append((self.node, label, "rand", tuple(shape), kind, holder, scope, None, ()))
         self._record(shape, kind, holder, False)
-        return self._register(real, kind)
+        return self._slot(shape)
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         label = self._label(None)
-        reals = [self.values[id(v)][1] if isinstance(v, torch.Tensor) else v for v in values]
-        real = fn(*reals)
-        if tuple(real.shape) != tuple(shape):
-            raise RuntimeError(f"{self.node}: dealt value has shape {tuple(real.shape)}, protocol said {tuple(shape)}")
-        owner = HOLDERS[holder]
-        if owner is None:
-            share0 = self._draw(0, label, tuple(shape), kind, None)
-            self._store(1, real ^ share0 if kind == "xor" else real - share0)
-        else:
-            self._store(owner, real)
+        args = tuple(("slot", self.slots[id(v)][1]) if isinstance(v, torch.Tensor) else ("value", v) for v in values)
+        self.tape.append((self.node, label, "derive", tuple(shape), kind, holder, None, fn, args))
         self._record(shape, kind, holder, True)
-        return self._register(real, kind)
+        return self._slot(shape)
 
-    def _store(self, party, tensor):
-        self.stored[party].setdefault(self.node, []).append(tensor)
-        self.offline_bytes[party] += payload_bytes(tensor)
+
+def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str):
+    """Deal a recorded tape: returns (stored per party per node, offline bytes per party)."""
+    prgs = (Prg(seeds[0]), Prg(seeds[1]))
+    values: list[torch.Tensor | None] = []
+    stored: tuple[dict, dict] = ({}, {})
+    offline = [0, 0]
+
+    def draw(party, label, shape, scope):
+        return backend.to_device(prgs[party].ring(label if scope else f"{inference}/{label}", shape))
+
+    for node, label, op, shape, kind, holder, scope, fn, args in tape:
+        owner = HOLDERS[holder]
+        if op == "rand":
+            if owner is None:
+                a, b = draw(0, label, shape, scope), draw(1, label, shape, scope)
+                values.append(a ^ b if kind == "xor" else a + b)
+            else:
+                values.append(draw(owner, label, shape, scope))
+            continue
+        real = fn(*[values[ref] if how == "slot" else ref for how, ref in args])
+        if tuple(real.shape) != shape:
+            raise RuntimeError(f"{node}: dealt value has shape {tuple(real.shape)}, protocol said {shape}")
+        if owner is None:
+            share0 = draw(0, label, shape, None)
+            piece, party = (real ^ share0 if kind == "xor" else real - share0), 1
+        else:
+            piece, party = real, owner
+        stored[party].setdefault(node, []).append(piece)
+        offline[party] += payload_bytes(piece)
+        values.append(real)
+    return stored, offline
 
 
 class OpCost:
