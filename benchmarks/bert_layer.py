@@ -8,11 +8,9 @@ torch, the time and bytes by op, and JSON.
 from __future__ import annotations
 
 import argparse
-import json
-
 import torch
 
-from mpcc.bench import HEADER, bert_layer, format_row, measure_model
+from mpcc.bench import bert_layer, measure_model, report
 
 
 def main():
@@ -26,15 +24,7 @@ def main():
     for seq in args.seq:
         x = torch.randn(1, seq, 768, generator=torch.Generator().manual_seed(1))
         rows.append(measure_model(f"bert-layer seq {seq}", layer, {"hidden_states": x}, repeats=args.repeats))
-    print(HEADER)
-    for row in rows:
-        print(format_row(row))
-    for row in rows:
-        print(f"{row['case']} by op: " + ", ".join(f"{k} {v['s']} s / {v['MB']} MB" for k, v in row["by_family"].items()))
-    print(json.dumps(rows))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=1)
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ bert_layer.py and JSON. Heavy: minutes on a 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 
-from mpcc.bench import HEADER, format_row, measure_model
+from mpcc.bench import format_row, measure_model, report
 from mpcc.models import example_inputs, load_model
 
 
@@ -26,13 +25,7 @@ def main():
         inputs = example_inputs(loaded, seq_len=args.seq)
         rows.append(measure_model(f"{name} seq {args.seq}", loaded.model, inputs, repeats=args.repeats))
         print(format_row(rows[-1]), flush=True)
-    print(HEADER)
-    for row in rows:
-        print(format_row(row))
-    print(json.dumps(rows))
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(rows, handle, indent=1)
+    report(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-__all__ = ["bert_layer", "measure_model", "format_row", "HEADER"]
+__all__ = ["bert_layer", "measure_model", "format_row", "report", "HEADER"]
 
 HEADER = (f"{'case':>18} {'total s':>8} {'online s':>9} {'offline s':>9} {'online MB':>10} {'client MB':>10} "
           f"{'server MB':>10} {'offline MB':>10} {'rounds':>7} {'max err':>9}")
@@ -34,13 +34,15 @@ def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=No
             kwargs["use_cache"] = False
         expected = [t.double() for t in tree_leaves(model(**kwargs)) if isinstance(t, torch.Tensor)]
     session = mpcc.Session(plan, model.state_dict(), progress=False, backend=backend)
+    setup_seconds = session.setup_seconds
     runs = []
     for _ in range(repeats):
         outputs, stats = session.run(inputs)
         error = max(float((o - e).abs().max()) for o, e in zip(outputs, expected))
         runs.append((stats, error))
     stats, error = min(runs[1:] or runs, key=lambda r: r[0].total_seconds)
-    return {"case": name, "compile_s": round(compile_seconds, 3), "total_s": round(stats.total_seconds, 3),
+    return {"case": name, "compile_s": round(compile_seconds, 3), "dealer_setup_s": round(setup_seconds, 3),
+            "total_s": round(stats.total_seconds, 3),
             "online_s": round(stats.online_seconds, 3), "offline_s": round(stats.offline_seconds, 3),
             "online_MB": round(stats.online_bytes_total / 1e6, 2),
             "online_MB_client": round(stats.online_bytes[0] / 1e6, 2),
@@ -58,3 +60,17 @@ def format_row(r: dict) -> str:
     return (f"{r['case']:>18} {r['total_s']:>8.3f} {r['online_s']:>9.3f} {r['offline_s']:>9.3f} {r['online_MB']:>10.2f} "
             f"{r['online_MB_client']:>10.2f} {r['online_MB_server']:>10.2f} {r['offline_MB']:>10.2f} "
             f"{r['rounds']:>7} {r['max_abs_error']:>9.2e}")
+
+
+def report(rows: list[dict], json_path: str | None = None) -> None:
+    """Print the table, the op-by-op breakdown and the JSON; optionally write the JSON."""
+    import json
+    print(HEADER)
+    for row in rows:
+        print(format_row(row))
+    for row in rows:
+        print(f"{row['case']} by op: " + ", ".join(f"{k} {v['s']} s / {v['MB']} MB" for k, v in row["by_family"].items()))
+    print(json.dumps(rows))
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump(rows, handle, indent=1)

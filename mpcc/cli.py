@@ -139,19 +139,15 @@ def cmd_cost(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import json
     import torch
-    from .bench import HEADER, bert_layer, format_row, measure_model
+    from .bench import bert_layer, measure_model, report
     layer = bert_layer()
     rows = []
     for seq in args.seq:
         x = torch.randn(1, seq, 768, generator=torch.Generator().manual_seed(1))
         rows.append(measure_model(f"bert-layer seq {seq}", layer, {"hidden_states": x}, repeats=args.repeats,
                                   backend=args.backend))
-    print(HEADER)
-    for row in rows:
-        print(format_row(row))
-    print(json.dumps(rows))
+    report(rows)
     return 0
 
 

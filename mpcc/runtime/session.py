@@ -99,6 +99,9 @@ class Session:
                            f"{' ...' if len(extra) > 5 else ''}")
         self.weights = weights
         self.dealer = Dealer(plan, self.backend)
+        start = time.perf_counter()
+        self.dealer.tape()  # the dealer's one-time shape run of the plan (per deployment, not per inference)
+        self.setup_seconds = time.perf_counter() - start
         self.states = (SessionState(), SessionState())
         self.timeout = timeout
         self.progress = sys.stderr.isatty() if progress is None else progress
