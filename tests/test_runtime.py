@@ -223,3 +223,15 @@ def test_client_view_does_not_depend_on_the_weights():
     view_a = run_protocol(_layer_with(torch.zeros(8, 8)), x, record=True, seed=1).received[0]
     view_b = run_protocol(_layer_with(torch.linspace(-2, 2, 64).reshape(8, 8)), x, record=True, seed=2).received[0]
     assert _indistinguishable(view_a, view_b)
+
+
+def test_dealer_failure_stops_the_parties(bert_session, monkeypatch):
+    plan, _, inputs = bert_session
+    session = Session(plan, bert_session[1].weights, progress=False, timeout=10)
+    import mpcc.runtime.dealer as dealer_module
+
+    def broken_replay(*args, **kwargs):
+        raise RuntimeError("dealer disk full")
+    monkeypatch.setattr(dealer_module, "replay", broken_replay)
+    with pytest.raises(RunError, match="dealer disk full"):
+        session.run(inputs)

@@ -24,7 +24,8 @@ SCALAR_FRAC = 24            # public scalars are encoded with more bits than f
 MASK_FILL = -(2.0 ** 14)    # what masked attention scores become before the max (LTZ range 2^15)
 FOURIER_PERIOD_LOG2 = 4     # period 16: t is uniform mod 2^(f+4), so x - t hides x exactly
 FOURIER_HALF_RANGE = 4.0    # the series covers [-4, 4]; outside, the function's asymptote
-FOURIER_TERMS = 8
+GELU_TERMS = 7             # fit error 8e-5
+TANH_TERMS = 8             # fit error 2e-3 (ridge keeps coefficients small, so rounding stays small)
 
 
 def mul_scalar(ctx, x, value: float):
@@ -74,10 +75,11 @@ def exp(ctx, x):
 
 
 def encode_scaled(ctx, value, frac: int):
-    """A public real as an integer with ``frac`` fractional bits (any device, meta included)."""
+    """A public real known to be in range, as an integer with ``frac`` fractional bits
+    (no range check: for values the protocol itself bounds)."""
     if ctx.meta:
         return torch.empty(tuple(value.shape), dtype=torch.int64, device="meta")
-    return torch.round(value * 2.0 ** frac).to(torch.int64)
+    return (value * 2.0 ** frac).round_().to(torch.int64)
 
 
 def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int):
@@ -163,8 +165,8 @@ def _fit(function, odd: bool, terms: int, ridge: float):
 
 _erf = np.vectorize(math.erf)
 # GeLU(x) = x/2 + g(x) with g even; tanh odd. Fits are least squares on [-4, 4].
-GELU_EVEN_COEFFS, GELU_FIT_ERROR = _fit(lambda x: 0.5 * x * _erf(x / math.sqrt(2)), False, FOURIER_TERMS, 1e-12)
-TANH_ODD_COEFFS, TANH_FIT_ERROR = _fit(np.tanh, True, FOURIER_TERMS, 1e-6)
+GELU_EVEN_COEFFS, GELU_FIT_ERROR = _fit(lambda x: 0.5 * x * _erf(x / math.sqrt(2)), False, GELU_TERMS, 1e-12)
+TANH_ODD_COEFFS, TANH_FIT_ERROR = _fit(np.tanh, True, TANH_TERMS, 1e-5)
 
 
 def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high):
@@ -180,22 +182,25 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
     """
     f, terms = ctx.frac_bits, len(cos_coeffs)
     modulus = 1 << (f + FOURIER_PERIOD_LOG2)
-    half_period = 2.0 ** FOURIER_PERIOD_LOG2 / 2
-    ks = torch.arange(1, terms + 1, dtype=torch.float64)
+    step = math.pi / (2.0 ** FOURIER_PERIOD_LOG2 / 2)
+    ks = torch.arange(1, terms + 1, dtype=torch.float64) * step
 
     def dealt_trig(t):
-        angle = ((t & (modulus - 1)).to(torch.float64) / 2 ** f).unsqueeze(-1) * ks.to(t.device) * math.pi / half_period
-        return ctx.backend.encode(torch.cat([torch.cos(angle), torch.sin(angle)], -1), f, "dealer trig")
+        angle = ((t & (modulus - 1)).to(torch.float64) * 2.0 ** -f).unsqueeze(-1) * ks.to(t.device)
+        out = torch.empty(tuple(t.shape) + (2 * terms,), dtype=torch.int64, device=t.device)
+        out[..., :terms] = torch.cos(angle).mul_(2.0 ** f).round_()
+        out[..., terms:] = torch.sin(angle).mul_(2.0 ** f).round_()
+        return out
 
     t = ctx.rand(x.shape)
     trig = ctx.derive(dealt_trig, t, shape=tuple(x.shape) + (2 * terms,))
     delta = ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2) & (modulus - 1)
-    angle = (delta.to(torch.float64) / 2 ** f).unsqueeze(-1) * ks.to(delta.device) * math.pi / half_period
+    angle = (delta.to(torch.float64) * 2.0 ** -f).unsqueeze(-1) * ks.to(delta.device)
     cos_d, sin_d = torch.cos(angle), torch.sin(angle)
     a = torch.tensor(cos_coeffs, dtype=torch.float64, device=delta.device)
     b = torch.tensor(sin_coeffs, dtype=torch.float64, device=delta.device)
-    on_cos_t = encode(ctx, a * cos_d + b * sin_d, "real")   # multiplies cos(k pi t / 8)
-    on_sin_t = encode(ctx, b * cos_d - a * sin_d, "real")   # multiplies sin(k pi t / 8)
+    on_cos_t = encode_scaled(ctx, a * cos_d + b * sin_d, f)   # multiplies cos(k pi t / 8); |.| < 8, no range check
+    on_sin_t = encode_scaled(ctx, b * cos_d - a * sin_d, f)   # multiplies sin(k pi t / 8)
     acc = (on_cos_t * trig[..., :terms]).sum(-1) + (on_sin_t * trig[..., terms:]).sum(-1)
     if linear:
         acc = acc + x * round(linear * 2 ** f)
@@ -210,7 +215,7 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
 
 def gelu(ctx, x):
     """GeLU within 2e-4 of the exact (erf) form on all reals in range: 0 below -4,
-    x above 4, x/2 + an 8-term cosine series between. Rounds ~ 10."""
+    x above 4, x/2 + a 7-term cosine series between. Rounds ~ 10."""
     coeffs = GELU_EVEN_COEFFS
     return fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
                             low=lambda ctx, x: torch.zeros_like(x), high=lambda ctx, x: x)
@@ -218,7 +223,7 @@ def gelu(ctx, x):
 
 def tanh(ctx, x):
     """tanh within 3e-3 on all reals in range: -1 below -4, 1 above 4, an
-    8-term sine series between."""
+    8-term sine series (ridge-regularised fit) between."""
     return fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
                             low=lambda ctx, x: ctx.public_share(_public(ctx, -1.0, x)),
                             high=lambda ctx, x: ctx.public_share(_public(ctx, 1.0, x)))

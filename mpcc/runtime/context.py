@@ -145,7 +145,10 @@ class PartyContext(Context):
         return self.backend.to_device(self.prg.ring(full, shape))
 
     def _stored(self) -> torch.Tensor:
-        pieces = self.material.get(self.node, [])
+        if hasattr(self.material, "items") and callable(getattr(self.material, "publish", None)):
+            pieces = self.material.items(self.party, self.node)   # a MaterialStream still being dealt
+        else:
+            pieces = self.material.get(self.node, [])
         if self.stored_index >= len(pieces):
             raise ProtocolError(f"party {self.party}: dealer material for {self.node} is missing or short "
                                 f"(wanted item {self.stored_index}, have {len(pieces)})")

@@ -8,6 +8,8 @@ written to safetensors files for a later run.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from ..backends.prg import new_seed
 from .executor import execute
 from .shape_context import DealerContext, replay
 
-__all__ = ["Dealer", "DealtMaterial", "MaterialFileError"]
+__all__ = ["Dealer", "DealtMaterial", "MaterialStream", "MaterialFileError"]
 
 
 class MaterialFileError(ValueError):
@@ -65,6 +67,60 @@ class DealtMaterial:
             node, index = key.rsplit("/", 1)
             items.setdefault(node, []).append((int(index), tensor))
         return meta["inference"], {node: [t for _, t in sorted(v)] for node, v in items.items()}
+
+
+class MaterialStream:
+    """Material dealt in a background thread while the parties run: a party
+    asking for a node's stored items waits until the dealer has published them."""
+
+    def __init__(self, inference: str, timeout: float):
+        self.inference = inference
+        self.stored: tuple[dict, dict] = ({}, {})
+        self.offline_bytes = (0, 0)
+        self.seconds = 0.0
+        self.timeout = timeout
+        self._ready: set[str] = set()
+        self._done = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def publish(self, node: str) -> None:
+        with self._cond:
+            self._ready.add(node)
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._cond:
+            self._done, self._error = True, error
+            self._cond.notify_all()
+
+    def items(self, party: int, node: str) -> list:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: node in self._ready or self._done, timeout=self.timeout)
+            if self._error is not None:
+                raise RuntimeError(f"the dealer failed: {self._error}")
+            if not ok:
+                raise RuntimeError(f"no dealer material for {node} within {self.timeout:.0f} s")
+        return self.stored[party].get(node, [])
+
+    def start(self, dealer: "Dealer") -> threading.Thread:
+        tape = dealer.tape()
+
+        def work():
+            start = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    _, self.offline_bytes = replay(tape, dealer.backend, dealer.seeds, self.inference,
+                                                   self.stored, self.publish)
+                self.offline_bytes = tuple(self.offline_bytes)
+                self.finish()
+            except BaseException as error:  # parties waiting on material must not hang
+                self.finish(error)
+            finally:
+                self.seconds = time.perf_counter() - start
+        thread = threading.Thread(target=work, name="mpcc-dealer", daemon=True)
+        thread.start()
+        return thread
 
 
 class Dealer:

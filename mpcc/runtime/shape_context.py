@@ -72,17 +72,26 @@ class DealerContext(ShapeContext):
         return self._slot(shape)
 
 
-def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str):
-    """Deal a recorded tape: returns (stored per party per node, offline bytes per party)."""
+def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None):
+    """Deal a recorded tape: returns (stored per party per node, offline bytes per party).
+
+    ``publish(node)`` is called once all of a node's items are dealt, so that
+    parties can consume material while the rest is still being made.
+    """
     prgs = (Prg(seeds[0]), Prg(seeds[1]))
     values: list[torch.Tensor | None] = []
-    stored: tuple[dict, dict] = ({}, {})
+    stored = stored if stored is not None else ({}, {})
     offline = [0, 0]
+    current = None
 
     def draw(party, label, shape, scope):
         return backend.to_device(prgs[party].ring(label if scope else f"{inference}/{label}", shape))
 
     for node, label, op, shape, kind, holder, scope, fn, args in tape:
+        if node != current:
+            if current is not None and publish is not None:
+                publish(current)
+            current = node
         owner = HOLDERS[holder]
         if op == "rand":
             if owner is None:
@@ -102,6 +111,8 @@ def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str):
         stored[party].setdefault(node, []).append(piece)
         offline[party] += payload_bytes(piece)
         values.append(real)
+    if current is not None and publish is not None:
+        publish(current)
     return stored, offline
 
 
