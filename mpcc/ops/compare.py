@@ -66,13 +66,16 @@ def and_gates(ctx, x, ys, bits: int):
     a = ctx.rand(x.shape, kind="xor")
     bs = [ctx.rand(y.shape, kind="xor") for y in ys]
     cs = [ctx.derive(lambda a, b: a & b, a, b, shape=y.shape, kind="xor") for y, b in zip(ys, bs)]
-    opened = ctx.exchange((x ^ a) & low, *[(y ^ b) & low for y, b in zip(ys, bs)], bits=bits)
-    e = (x ^ a ^ opened[0]) & low
+    masked = [x ^ a] + [y ^ b for y, b in zip(ys, bs)]
+    opened = ctx.exchange(*masked, bits=bits)  # bits above ``bits`` are masks: never used, not counted
+    e = masked[0] ^ opened[0]
     outs = []
-    for y, b, c, other in zip(ys, bs, cs, opened[1:]):
-        d = (y ^ b ^ other) & low
-        z = (c ^ (e & b) ^ (d & a)) & low
-        outs.append(z ^ (e & d) if ctx.party == 0 else z)
+    for m, b, c, other in zip(masked[1:], bs, cs, opened[1:]):
+        d = m ^ other
+        z = c ^ (e & b) ^ (d & a)
+        if ctx.party == 0:
+            z = z ^ (e & d)
+        outs.append(z & low)
     return outs
 
 
