@@ -39,6 +39,7 @@ class RunStats:
     offline_seconds: float = 0.0    # the dealer's busy time (overlapping the online phase)
     total_seconds: float = 0.0      # the whole run call
     by_family: dict = field(default_factory=dict)   # family -> {"seconds", "bytes"}
+    wait_seconds: tuple[float, float] = (0.0, 0.0)  # time each party spent blocked on the other
 
     @property
     def online_bytes_total(self) -> int:
@@ -49,6 +50,7 @@ class RunStats:
                 "online_bytes_total": self.online_bytes_total, "offline_bytes": self.offline_bytes,
                 "setup_bytes": self.setup_bytes, "rounds": self.rounds, "online_seconds": round(self.online_seconds, 4),
                 "offline_seconds": round(self.offline_seconds, 4), "total_seconds": round(self.total_seconds, 4),
+                "wait_seconds": [round(w, 4) for w in self.wait_seconds],
                 "by_family": self.by_family}
 
     def summary(self) -> str:
@@ -198,7 +200,8 @@ class Session:
                 target["bytes"] += entry["bytes"]
         stats = RunStats((links[0].bytes_sent, links[1].bytes_sent), sum(material.offline_bytes),
                          links[0].setup_bytes_sent + links[1].setup_bytes_sent, max(l.rounds for l in links),
-                         online_seconds, offline_seconds, time.perf_counter() - start, families)
+                         online_seconds, offline_seconds, time.perf_counter() - start, families,
+                         (links[0].wait_seconds, links[1].wait_seconds))
         outputs = [results[0][name] for name in self.plan.graph.outputs]
         return outputs, stats
 

@@ -7,6 +7,7 @@ instead of waiting; every wait has a time-out.
 from __future__ import annotations
 
 import queue
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ class LinkStats:
     setup_bytes_sent: int = 0
     rounds: int = 0
     messages: int = 0
+    wait_seconds: float = 0.0   # time blocked waiting for the peer
 
 
 @dataclass
@@ -56,10 +58,12 @@ class Endpoint:
         return self._get()
 
     def _get(self) -> list[torch.Tensor]:
+        start = time.perf_counter()
         try:
             item = self.inbox.get(timeout=self.timeout)
         except queue.Empty:
             raise ProtocolError(f"party {self.party}: no message from the peer within {self.timeout:.0f} s") from None
+        self.stats.wait_seconds += time.perf_counter() - start
         if isinstance(item, _Abort):
             raise ProtocolError(f"party {self.party}: the peer stopped: {item.reason}")
         tensors, bit_widths = item
