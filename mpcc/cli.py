@@ -47,7 +47,7 @@ def cmd_compile(args) -> int:
 def cmd_dump(args) -> int:
     import mpcc
     from .frontend import trace
-    from .passes import DEFAULT_PIPELINE, PASSES, run_pipeline
+    from .passes import PASSES, SECURE_PIPELINE, run_pipeline
     if _is_plan_file(args.model):
         if args.after:
             raise SystemExit("--after needs a model, not a compiled plan (a plan holds only the final IR)")
@@ -56,11 +56,11 @@ def cmd_dump(args) -> int:
         loaded, inputs = _load(args)
         graph = trace(loaded.model, inputs)
         if args.after != "import":
-            if args.after and args.after not in DEFAULT_PIPELINE:
-                known = ", ".join(("import",) + DEFAULT_PIPELINE)
-                extra = " (it is registered but not in the default pipeline)" if args.after in PASSES else ""
+            if args.after and args.after not in SECURE_PIPELINE:
+                known = ", ".join(("import",) + SECURE_PIPELINE)
+                extra = " (it is registered but not in the pipeline)" if args.after in PASSES else ""
                 raise SystemExit(f"unknown pass {args.after!r}{extra}; choose one of: {known}")
-            names = DEFAULT_PIPELINE[:DEFAULT_PIPELINE.index(args.after) + 1] if args.after else DEFAULT_PIPELINE
+            names = SECURE_PIPELINE[:SECURE_PIPELINE.index(args.after) + 1] if args.after else SECURE_PIPELINE
             graph = run_pipeline(graph, names)
     if args.summary:
         _print_summary(graph)
