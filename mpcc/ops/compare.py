@@ -35,34 +35,41 @@ def _index_swaps(width: int) -> list[tuple[int, int]]:
     return swaps
 
 
-def bit_reverse(word, width: int):
-    """Permute the low ``width`` bits (a power of two <= 64) so that bit i moves
-    to bit rev(i), the index with its log2(width) binary digits reversed.
+def _lanes_mask(mask: int, lanes: int) -> int:
+    """A per-lane mask repeated in each 64/lanes-bit lane of a word."""
+    mask &= (1 << (64 // lanes)) - 1 if lanes > 1 else (1 << 64) - 1
+    return _signed(sum(mask << (lane * 64 // lanes) for lane in range(lanes)))
+
+
+def bit_reverse(word, width: int, lanes: int = 1):
+    """Permute the low ``width`` bits (a power of two <= 64) of each lane so that
+    bit i moves to bit rev(i), the index with its log2(width) binary digits reversed.
 
     In that order the adjacent pairs (2j, 2j+1) of the comparison tree sit
     at (i, i + width/2), and so on at every level: each level is a plain half
     split. Works on tensors (each element's word) and on Python ints.
     """
     for delta, mask in _index_swaps(width):
+        mask = _lanes_mask(mask, lanes)
         t = ((word >> delta) ^ word) & mask
         word = word ^ t ^ (t << delta)
     if isinstance(word, int):
         return _signed(word & ((1 << width) - 1))
-    return word & _low(width)
+    return word & _lanes_mask(_low(width), lanes)
 
 
 def _low(bits: int) -> int:
     return (1 << bits) - 1 if bits < 64 else -1
 
 
-def and_gates(ctx, x, ys, bits: int):
+def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
     """x AND y (bitwise, low ``bits`` bits) for each y, one round; x's mask is shared by all gates.
 
     Dealer: words a, b_i (seeded) and c_i = a & b_i (stored). Open x^a and
     each y_i^b_i; z_i = c_i ^ (e & b_i) ^ (d_i & a) ^ [p0](e & d_i).
     Bytes: (1 + len(ys)) * bits / 8 per element, both. (Beaver for GF(2).)
     """
-    low = _low(bits)
+    low = _low(bits) if mask is None else mask
     a = ctx.rand(x.shape, kind="xor")
     bs = [ctx.rand(y.shape, kind="xor") for y in ys]
     cs = [ctx.derive(lambda a, b: a & b, a, b, shape=y.shape, kind="xor") for y, b in zip(ys, bs)]
@@ -91,22 +98,45 @@ def lt_public(ctx, c, r, bits: int):
     Returns an XOR-shared bit (a 0/1 word).
     """
     width = 1 << max(0, (bits - 1).bit_length())
-    valid = bit_reverse(_low(bits), width)       # positions of real bits, reversed (a Python int)
-    pad = _low(width) & ~valid
-    c_rev, r_rev = bit_reverse(c, width), bit_reverse(r, width)
+    lanes = 2 if width <= 32 and c.numel() >= 2 else 1   # two elements per word: half the passes
+    shape = tuple(c.shape)
+    if lanes == 2:
+        c, r = _pack_pairs(c), _pack_pairs(r)
+    valid = _lanes_mask(bit_reverse(_low(bits), width), lanes)   # positions of real bits, reversed
+    pad = _lanes_mask(_low(width), lanes) & ~valid
+    c_rev, r_rev = bit_reverse(c, width, lanes), bit_reverse(r, width, lanes)
     not_c = ~c_rev & valid
     g = not_c & r_rev
     e = ((not_c ^ r_rev) | pad) if ctx.party == 0 else r_rev & valid
     while width > 1:
         width //= 2
-        half = _low(width)
-        g_lo, g_hi, e_lo, e_hi = g & half, g >> width, e & half, e >> width
+        half = _lanes_mask(_low(width), lanes)
+        g_lo, g_hi, e_lo, e_hi = g & half, (g >> width) & half, e & half, (e >> width) & half
         if width == 1:
-            (t,) = and_gates(ctx, e_hi, [g_lo], width)
+            (t,) = and_gates(ctx, e_hi, [g_lo], width * lanes, half)
         else:
-            t, e = and_gates(ctx, e_hi, [g_lo, e_lo], width)
+            t, e = and_gates(ctx, e_hi, [g_lo, e_lo], width * lanes, half)
         g = g_hi ^ t
+    if lanes == 2:
+        return _unpack_pairs(g, shape)
     return g & 1
+
+
+def _pack_pairs(words):
+    """Elements 2i and 2i+1 (low 32 bits each) side by side in one int64 word."""
+    flat = words.reshape(-1)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, torch.zeros(1, dtype=flat.dtype, device=flat.device)])
+    return (flat[0::2] & 0xFFFFFFFF) | (flat[1::2] << 32)
+
+
+def _unpack_pairs(words, shape):
+    """Bit 0 of each lane back to one element each (the inverse of ``_pack_pairs`` for 0/1 results)."""
+    count = 1
+    for side in shape:
+        count *= side
+    both = torch.stack([words & 1, (words >> 32) & 1], -1).reshape(-1)
+    return both[:count].reshape(shape)
 
 
 def ltz_bits(ctx, x, bits: int = CMP_BITS):
