@@ -159,18 +159,26 @@ def _proto_share(ctx, x):
     return torch.zeros(ctx.out_type.shape, dtype=torch.int64, device=ctx.device)
 
 
+def _server_ring(ctx, param: str, value):
+    """The server's plaintext operand, encoded (once per deployment when it is a weight)."""
+    if value is None:
+        return None
+    name = ctx.operand_names[param]
+    return ctx.encode_static(name, value, lambda: encode(ctx, value, "real", name))
+
+
 def _proto_linear(ctx, x, weight, bias, transpose):
     weight_type = ctx.operand_types["weight"]
     fn = (lambda a, w: ctx.backend.matmul(a, w.transpose(-1, -2))) if transpose else ctx.backend.matmul
-    w_ring = encode(ctx, weight, "real", ctx.operand_names["weight"]) if weight is not None else None
+    w_ring = _server_ring(ctx, "weight", weight)
     z = trunc(ctx, linear_server(ctx, x, w_ring, weight_type.shape, ctx.operand_names["weight"], fn))
     if bias is not None and ctx.party == 1:
-        z = z + encode(ctx, bias, "real", ctx.operand_names["bias"])
+        z = z + _server_ring(ctx, "bias", bias)
     return z
 
 
 def _proto_mul_server(ctx, x, other):
-    w_ring = encode(ctx, other, "real", ctx.operand_names["other"]) if other is not None else None
+    w_ring = _server_ring(ctx, "other", other)
     return trunc(ctx, linear_server(ctx, x, w_ring, ctx.operand_types["other"].shape, ctx.operand_names["other"],
                                     torch.mul))
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import torch
 
-from .arith import add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
+from .arith import _server_ring, add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
 from .base import OpDef, register
 from .compare import CMP_BITS, WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, relu, select_bits
 
@@ -243,11 +243,11 @@ def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     y, s = rsqrt(ctx, variance)
     out = mul(ctx, mul(ctx, centered, s), y)
     if weight is not None or "weight" in ctx.operand_types:  # the server's gamma (the client holds None)
-        w_ring = encode(ctx, weight, "real", ctx.operand_names["weight"]) if weight is not None else None
+        w_ring = _server_ring(ctx, "weight", weight)
         out = trunc(ctx, linear_server(ctx, out, w_ring, ctx.operand_types["weight"].shape,
                                        ctx.operand_names["weight"], torch.mul))
     if bias is not None and ctx.party == 1:
-        out = out + encode(ctx, bias, "real", ctx.operand_names["bias"])
+        out = out + _server_ring(ctx, "bias", bias)
     return out
 
 

@@ -59,8 +59,13 @@ class Material:
 
 @dataclass
 class SessionState:
-    """What outlives one inference: values opened once per deployment."""
+    """What outlives one inference: values opened once per deployment, masks
+    drawn for the deployment, and encodings of values fixed for the deployment
+    (functions of the weights alone)."""
     deployment: dict[str, torch.Tensor] = field(default_factory=dict)
+    scoped_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    encoded: dict[str, torch.Tensor] = field(default_factory=dict)
+    static: frozenset = frozenset()   # names of values that depend only on weights and constants
 
 
 class Context:
@@ -115,6 +120,9 @@ class Context:
         (other,) = self.exchange(share, bits=bits)
         return share ^ other
 
+    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        return make()
+
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
         """A sharing of a public (already encoded) ring value: party 0 holds it."""
         return value if self.party == 0 else torch.zeros_like(value)
@@ -161,7 +169,20 @@ class PartyContext(Context):
         owner = HOLDERS[holder]
         if owner is not None and owner != self.party:
             return None
+        if scope:  # the same for every inference of the deployment: draw once
+            if label not in self.session.scoped_masks:
+                self.session.scoped_masks[label] = self._draw(label, tuple(shape), kind, scope)
+            return self.session.scoped_masks[label]
         return self._draw(label, tuple(shape), kind, scope)
+
+    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()`` (an encoding of ``value``), computed once per deployment when
+        ``name`` depends only on the weights."""
+        if name not in self.session.static:
+            return make()
+        if name not in self.session.encoded:
+            self.session.encoded[name] = make()
+        return self.session.encoded[name]
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         label = self._label(None)

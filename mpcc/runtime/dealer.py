@@ -111,7 +111,7 @@ class MaterialStream:
             try:
                 with torch.no_grad():
                     _, self.offline_bytes = replay(tape, dealer.backend, dealer.seeds, self.inference,
-                                                   self.stored, self.publish)
+                                                   self.stored, self.publish, dealer.scoped)
                 self.offline_bytes = tuple(self.offline_bytes)
                 self.finish()
             except BaseException as error:  # parties waiting on material must not hang
@@ -132,6 +132,7 @@ class Dealer:
         self.seeds = seeds or (new_seed(), new_seed())
         self._tape = None
         self._materials = None
+        self.scoped: dict = {}   # deployment-scoped masks, drawn once
 
     def tape(self):
         """The plan's requests for randomness, recorded once from a shape-only run."""
@@ -150,7 +151,7 @@ class Dealer:
         """Fresh material for one inference (``inference`` must never repeat)."""
         tape = self.tape()
         with torch.no_grad():
-            stored, offline = replay(tape, self.backend, self.seeds, inference)
+            stored, offline = replay(tape, self.backend, self.seeds, inference, scoped=self.scoped)
         return DealtMaterial(inference, stored, self._materials, tuple(offline))
 
     def describe(self) -> str:

@@ -104,7 +104,8 @@ class Session:
         start = time.perf_counter()
         self.dealer.tape()  # the dealer's one-time shape run of the plan (per deployment, not per inference)
         self.setup_seconds = time.perf_counter() - start
-        self.states = (SessionState(), SessionState())
+        static = frozenset(_static_values(plan.graph))
+        self.states = (SessionState(static=static), SessionState(static=static))
         self.timeout = timeout
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.count = 0
@@ -204,6 +205,16 @@ class Session:
                          (links[0].wait_seconds, links[1].wait_seconds))
         outputs = [results[0][name] for name in self.plan.graph.outputs]
         return outputs, stats
+
+
+def _static_values(graph):
+    """Values that depend only on weights and constants (fixed for a deployment)."""
+    static = set()
+    for node in graph.nodes:
+        if node.op in ("param", "const") or (node.op != "input" and node.type.vis != "shared"
+                                              and node.operands and all(o in static for o in node.operands)):
+            static.add(node.name)
+    return static
 
 
 def _is_peer_abort(error) -> bool:

@@ -72,11 +72,12 @@ class DealerContext(ShapeContext):
         return self._slot(shape)
 
 
-def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None):
+def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
     """Deal a recorded tape: returns (stored per party per node, offline bytes per party).
 
     ``publish(node)`` is called once all of a node's items are dealt, so that
     parties can consume material while the rest is still being made.
+    ``scoped`` caches deployment-scoped draws across inferences.
     """
     prgs = (Prg(seeds[0]), Prg(seeds[1]))
     values: list[torch.Tensor | None] = []
@@ -84,8 +85,14 @@ def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=Non
     offline = [0, 0]
     current = None
 
+    scoped = {} if scoped is None else scoped
+
     def draw(party, label, shape, scope):
-        return backend.to_device(prgs[party].ring(label if scope else f"{inference}/{label}", shape))
+        if scope:
+            if (party, label) not in scoped:
+                scoped[(party, label)] = backend.to_device(prgs[party].ring(label, shape))
+            return scoped[(party, label)]
+        return backend.to_device(prgs[party].ring(f"{inference}/{label}", shape))
 
     for node, label, op, shape, kind, holder, scope, fn, args in tape:
         if node != current:
