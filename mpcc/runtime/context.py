@@ -153,7 +153,8 @@ class PartyContext(Context):
         return self.backend.to_device(self.prg.ring(full, shape))
 
     def _stored(self) -> torch.Tensor:
-        if hasattr(self.material, "items") and callable(getattr(self.material, "publish", None)):
+        streaming = hasattr(self.material, "items") and callable(getattr(self.material, "publish", None))
+        if streaming:
             pieces = self.material.items(self.party, self.node)   # a MaterialStream still being dealt
         else:
             pieces = self.material.get(self.node, [])
@@ -161,6 +162,8 @@ class PartyContext(Context):
             raise ProtocolError(f"party {self.party}: dealer material for {self.node} is missing or short "
                                 f"(wanted item {self.stored_index}, have {len(pieces)})")
         value = pieces[self.stored_index]
+        if streaming:
+            pieces[self.stored_index] = None  # one-time material: let it go once used
         self.stored_index += 1
         return self.backend.to_device(value)
 

@@ -80,7 +80,7 @@ def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=Non
     ``scoped`` caches deployment-scoped draws across inferences.
     """
     prgs = (Prg(seeds[0]), Prg(seeds[1]))
-    values: list[torch.Tensor | None] = []
+    values: dict[int, torch.Tensor] = {}   # tape index -> full value; only the current node's are kept
     stored = stored if stored is not None else ({}, {})
     offline = [0, 0]
     current = None
@@ -94,18 +94,19 @@ def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=Non
             return scoped[(party, label)]
         return backend.to_device(prgs[party].ring(f"{inference}/{label}", shape))
 
-    for node, label, op, shape, kind, holder, scope, fn, args in tape:
+    for index, (node, label, op, shape, kind, holder, scope, fn, args) in enumerate(tape):
         if node != current:
             if current is not None and publish is not None:
                 publish(current)
             current = node
+            values.clear()
         owner = HOLDERS[holder]
         if op == "rand":
             if owner is None:
                 a, b = draw(0, label, shape, scope), draw(1, label, shape, scope)
-                values.append(a ^ b if kind == "xor" else a + b)
+                values[index] = a ^ b if kind == "xor" else a + b
             else:
-                values.append(draw(owner, label, shape, scope))
+                values[index] = draw(owner, label, shape, scope)
             continue
         real = fn(*[values[ref] if how == "slot" else ref for how, ref in args])
         if tuple(real.shape) != shape:
@@ -117,7 +118,7 @@ def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=Non
             piece, party = real, owner
         stored[party].setdefault(node, []).append(piece)
         offline[party] += payload_bytes(piece)
-        values.append(real)
+        values[index] = real
     if current is not None and publish is not None:
         publish(current)
     return stored, offline
