@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     from .runtime import RunError
     try:
         return args.run(args)
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+        return 0
     except (TraceError, InterpretError, ModelLoadError, PlanFormatError, RunError, ValueError, OSError) as error:
         print(f"mpcc {args.command}: error: {error}", file=sys.stderr)
         return 2
