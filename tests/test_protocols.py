@@ -160,3 +160,17 @@ def test_integer_bit_select_needs_no_truncation():
     assert torch.equal(run.decoded, x * bits)
     assert run.rounds == (1, 1)
     assert math.isclose(run.bytes_sent[0], 3 * 8 + 1)
+
+
+def test_op_cost_from_types_alone():
+    from mpcc.ir import TensorType
+    from mpcc.runtime.cost import op_cost
+    shared = TensorType((4, 4), "real", "shared")
+    cost = op_cost("mpc.mul", {"self": shared, "other": shared}, {"truncate": True})
+    assert cost.rounds == 2 and cost.per_party[0].online_bytes == 2 * 16 * 8 + 16 * 8
+    linear = op_cost("mpc.linear_server", {"input": TensorType((2, 8), "real", "shared"),
+                                           "weight": TensorType((3, 8), "real", "server")},
+                     {"bias": None, "transpose": True})
+    assert linear.per_party[0].online_bytes == 2 * 8 * 8 + 2 * 3 * 8   # x - A, then the truncation opening
+    assert linear.per_party[1].online_bytes == 2 * 3 * 8                # the truncation opening only
+    assert linear.setup_bytes == 3 * 8 * 8                                # W - B, once per deployment

@@ -84,8 +84,9 @@ def mul(ctx, x, y, truncate: bool = True):
 
 
 def square(ctx, x, truncate: bool = True):
-    """x^2 with one opening: dealer deals a, c = a^2; open e = x - a;
-    x^2 = c + 2ea + [p0] e^2. Rounds 1 (+1 trunc); bytes 8n both (+8n)."""
+    """x^2 with one opening: dealer deals a (seeded), c = a^2 (stored); open
+    e = x - a; x^2 = c + 2ea + [p0] e^2. Rounds 1 (+1 trunc); bytes 8n both
+    (+8n). (Beaver's trick specialised to squares, as in CrypTen.)"""
     a = ctx.rand(x.shape)
     c = ctx.derive(lambda a: a * a, a, shape=x.shape)
     (e_peer,) = ctx.exchange(x - a)
@@ -113,6 +114,8 @@ def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     client), C0 is a PRG output; see docs/security.md.
     Rounds 1 (client -> server); online bytes 8|x| from the client only;
     offline 8|z| (C1); setup 8|W| once per deployment. Result has 2f bits.
+    (Beaver with one operand known to one party; the once-per-deployment
+    opening of W - B follows the "known weights" setting of REFERENCES.md.)
     """
     like_w = torch.empty(weight_shape, dtype=torch.int64, device="meta")
     out_shape = shape_of(fn, x, like_w)
@@ -137,7 +140,8 @@ def mul_public(ctx, x, ring_value, truncate: bool):
 
 
 def reveal(ctx, x, to: int):
-    """Open a share to one party: the other sends its share. Rounds 1; 8n bytes one way."""
+    """Open a share to one party: the other sends its share. Rounds 1; 8n bytes
+    one way; no randomness."""
     if ctx.party == to:
         (other,) = ctx.transfer(x, sender=1 - to)
         return x + other

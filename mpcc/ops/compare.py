@@ -166,7 +166,8 @@ def ltz_bits(ctx, x, bits: int = CMP_BITS):
 def b2a(ctx, bit):
     """XOR-shared bit -> additive share of 0/1. Dealer: a random bit rho
     (seeded word, low bit) and its additive shares (stored). Open
-    beta = bit ^ rho (1 bit each way); bit = beta + rho - 2 beta rho. Rounds 1."""
+    beta = bit ^ rho (1 bit each way); bit = beta + rho - 2 beta rho. Rounds 1.
+    (The dealer-assisted B2A of CrypTen's TTP mode and ABY3.)"""
     rho = ctx.rand(bit.shape, kind="xor")
     rho_a = ctx.derive(lambda r: r & 1, rho, shape=bit.shape)
     beta = ctx.open_xor((bit ^ rho) & 1, bits=1) & 1
@@ -181,6 +182,8 @@ def select_bits(ctx, bit, values):
     (stored). Open beta = bit ^ rho and e_i = v_i - a_i together; then
     rho*v_i = rho*e_i + rho*a_i and bit*v_i = beta v_i + (1 - 2 beta) rho v_i.
     No truncation (the bit is an integer). Bytes: 1 bit + 8 bytes per element, both.
+    (B2A and the bit-times-value product fused into one round with one
+    Beaver-style mask per value.)
     """
     rho = ctx.rand(bit.shape, kind="xor")
     rho_a = ctx.derive(lambda r: r & 1, rho, shape=bit.shape)

@@ -50,7 +50,9 @@ def exp(ctx, x):
     from ``lt_public``; V = V0 + w (V1 - V0) by one select; then
     e^x = e^delta * V, a public factor times a share, and one truncation.
     Rounds ~15; about 40 bytes per element each way (the (1 + x/2^8)^(2^8)
-    limit form costs ~136).
+    limit form costs ~136). Randomness: t (seeded), t's XOR sharing and V0,
+    V1 (stored). (mpcc's construction: SecFormer's masked-opening idea applied
+    to the exponent, with the wrap bit recovered by a public-vs-shared compare.)
     """
     f = ctx.frac_bits
     span_bits = f + EXP_SPAN_LOG2
@@ -106,6 +108,8 @@ def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     y0 = 24/17 - 8/17 x' (relative error < 1/17), then Newton
     y <- y (2 - x' y) three times (relative error < 1e-8 before rounding);
     1/x = y 2^-m. Absolute error a few 2^-16. Rounds ~ 8 + 2 + 12 + 2.
+    (Newton-Raphson as in CrypTen, with an initial guess from bracketing
+    comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
     s = _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1)
     x_norm = mul(ctx, x, s)
@@ -122,6 +126,9 @@ def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11):
     Normalise x' = x 4^-m into [1, 4) (m from bracketing bits, s = 2^-m),
     start from y0 = 7/6 - x'/6 (error < 18%), Newton y <- y (3 - x' y^2) / 2
     four times; 1/sqrt(x) = y s. Relative error ~1e-4 (fixed-point rounding).
+    Randomness: that of one batch of wide LTZ, one b2a and the products.
+    (Newton for rsqrt as in CrypTen; normalisation by powers of four as in
+    SecFormer's Goldschmidt rsqrt.)
     """
     s = _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2)
     x_norm = mul(ctx, mul(ctx, x, s), s)

@@ -11,7 +11,7 @@ from ..ops import get_op
 from .executor import execute
 from .shape_context import CostContext, OpCost
 
-__all__ = ["PlanCost", "plan_cost", "NETWORKS", "op_family"]
+__all__ = ["PlanCost", "plan_cost", "op_cost", "NETWORKS", "op_family"]
 
 # name -> (one-way latency in seconds, bandwidth in bytes per second)
 NETWORKS = {"lan": (0.0002, 1.25e9), "wan": (0.04, 12.5e6), "local": (0.0, float("inf"))}
@@ -89,3 +89,38 @@ def plan_cost(plan) -> PlanCost:
         totals.append(total)
     node_ops = {n.name: n.op for n in plan.graph.nodes}
     return PlanCost(tuple(totals), (contexts[0].by_node, contexts[1].by_node), contexts[0].materials, node_ops)
+
+
+def op_cost(op_name: str, operands: dict, attrs: dict | None = None, out_shape=None, frac_bits: int = 16) -> PlanCost:
+    """The cost and dealer material of one MPC op, from operand types alone.
+
+    Args:
+        op_name: e.g. ``"mpc.mul"``.
+        operands: param name -> ``TensorType`` (visibility ``shared`` for secret
+            shares, ``server``/``client``/``public`` for plaintext operands).
+        attrs: the op's attributes.
+        out_shape: the result shape (default: the first operand's).
+
+    Example:
+        >>> from mpcc.ir import TensorType
+        >>> cost = op_cost("mpc.mul", {"self": TensorType((4, 4), "real", "shared"),
+        ...                            "other": TensorType((4, 4), "real", "shared")}, {"truncate": True})
+        >>> cost.rounds, cost.per_party[0].online_bytes
+        (2, 384)
+    """
+    from ..ir import Graph, Node, TensorType
+    from ..plan import Plan
+    nodes, names = [], []
+    for param, tensor_type in operands.items():
+        owner = "client" if tensor_type.vis in ("shared", "public") else tensor_type.vis
+        nodes.append(Node(f"in_{param}", "input", (), {"owner": owner},
+                          TensorType(tensor_type.shape, tensor_type.kind, owner)))
+        name = f"in_{param}"
+        if tensor_type.vis == "shared":
+            nodes.append(Node(f"sh_{param}", "mpc.share", (name,), {}, tensor_type))
+            name = f"sh_{param}"
+        names.append(name)
+    first = next(iter(operands.values()))
+    out = TensorType(tuple(out_shape or first.shape), first.kind, "shared")
+    nodes.append(Node("op", op_name, tuple(names), dict(attrs or {}), out))
+    return plan_cost(Plan(Graph(tuple(nodes), ("op",)), frac_bits=frac_bits))
