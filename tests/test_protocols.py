@@ -170,7 +170,7 @@ def test_op_cost_from_types_alone():
     assert cost.rounds == 2 and cost.per_party[0].online_bytes == 2 * 16 * 8 + 16 * 8
     linear = op_cost("mpc.linear_server", {"input": TensorType((2, 8), "real", "shared"),
                                            "weight": TensorType((3, 8), "real", "server")},
-                     {"bias": None, "transpose": True})
+                     {"bias": None, "transpose": True}, out_shape=(2, 3))
     assert linear.per_party[0].online_bytes == 2 * 8 * 8 + 2 * 3 * 8   # x - A, then the truncation opening
     assert linear.per_party[1].online_bytes == 2 * 3 * 8                # the truncation opening only
     assert linear.setup_bytes == 3 * 8 * 8                                # W - B, once per deployment
