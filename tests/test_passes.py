@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import mpcc
 from mpcc.ir import Graph, Node, TensorType
-from mpcc.passes import (DEFAULT_PIPELINE, SECURE_PIPELINE, PassError, SecretIndexError, UnknownPassError, get_pass, register_pass,
+from mpcc.passes import (SECURE_PIPELINE, PassError, SecretIndexError, UnknownPassError, get_pass, register_pass,
                          run_pipeline)
 from mpcc.passes.registry import PASSES
 

@@ -6,7 +6,6 @@ import torch
 
 import mpcc
 from mpcc.cli import main
-from mpcc.plan import PLAN_FORMAT_VERSION
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import OpDef, register
+from .base import define
 
-__all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server",
+__all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "add_public", "mul_public", "reveal"]
 
 RING_SHIFT_LIMIT = 62
@@ -150,8 +150,8 @@ def reveal(ctx, x, to: int):
 
 
 # ----------------------------------------------------------------------------- IR records
-def _mpc(name, params, reference, doc, protocol, family="mpc"):
-    return register(OpDef(name, tuple(params), reference, doc, family, protocol=protocol))
+def _mpc(name, params, reference, doc, protocol):
+    return define(name, params, reference, doc, "mpc", protocol=protocol)
 
 
 def _proto_share(ctx, x):
@@ -163,7 +163,7 @@ def _proto_share(ctx, x):
     return torch.zeros(ctx.out_type.shape, dtype=torch.int64, device=ctx.device)
 
 
-def _server_ring(ctx, param: str, value):
+def server_ring(ctx, param: str, value):
     """The server's plaintext operand, encoded (once per deployment when it is a weight)."""
     if value is None:
         return None
@@ -174,15 +174,15 @@ def _server_ring(ctx, param: str, value):
 def _proto_linear(ctx, x, weight, bias, transpose):
     weight_type = ctx.operand_types["weight"]
     fn = (lambda a, w: ctx.backend.matmul(a, w.transpose(-1, -2))) if transpose else ctx.backend.matmul
-    w_ring = _server_ring(ctx, "weight", weight)
+    w_ring = server_ring(ctx, "weight", weight)
     z = trunc(ctx, linear_server(ctx, x, w_ring, weight_type.shape, ctx.operand_names["weight"], fn))
     if bias is not None and ctx.party == 1:
-        z = z + _server_ring(ctx, "bias", bias)
+        z = z + server_ring(ctx, "bias", bias)
     return z
 
 
 def _proto_mul_server(ctx, x, other):
-    w_ring = _server_ring(ctx, "other", other)
+    w_ring = server_ring(ctx, "other", other)
     return trunc(ctx, linear_server(ctx, x, w_ring, ctx.operand_types["other"].shape, ctx.operand_names["other"],
                                     torch.mul))
 

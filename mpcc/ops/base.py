@@ -12,7 +12,8 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["OpDef", "REGISTRY", "register", "get_op", "UnknownOpError", "bind_arguments", "MARK", "KIND_DTYPES"]
+__all__ = ["OpDef", "REGISTRY", "register", "define", "get_op", "UnknownOpError", "bind_arguments", "MARK",
+           "KIND_DTYPES"]
 
 MARK = "$"
 KIND_DTYPES = {"real": torch.float64, "int": torch.int64, "bool": torch.bool}
@@ -81,6 +82,11 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op {op.name} registered twice")
     REGISTRY[op.name] = op
     return op
+
+
+def define(name, params, reference, doc, family="elementwise", **fields) -> OpDef:
+    """Build and register an OpDef (the shorthand every op table uses)."""
+    return register(OpDef(name, tuple(params), reference, doc, family, **fields))
 
 
 def get_op(name: str) -> OpDef:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .arith import mul
-from .base import OpDef, register
+from .base import define
 
 __all__ = ["CMP_BITS", "WIDE_CMP_BITS", "and_gates", "lt_public", "ltz_bits", "b2a", "select_bits", "relu",
            "max_last", "argmax_last", "bit_reverse", "not_bit"]
@@ -247,7 +247,7 @@ def _along(fn, dim, keepdim):
 
 
 def _mpc(name, params, reference, doc, protocol):
-    return register(OpDef(name, tuple(params), reference, doc, "mpc", protocol=protocol))
+    return define(name, params, reference, doc, "mpc", protocol=protocol)
 
 
 _mpc("mpc.ltz", ("self",), lambda x: (x < 0).to(torch.int64), "[x < 0] as a shared 0/1 integer",

@@ -6,14 +6,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import OpDef, register
+from .base import define
 from .tensor import dtype_arg
 
 __all__ = []
 
 
 def _op(name, params, reference, doc, family="nn", **extra):
-    return register(OpDef(name, tuple(params), reference, doc, family, **extra))
+    return define(name, params, reference, doc, family, **extra)
 
 
 def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

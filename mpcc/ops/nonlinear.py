@@ -9,9 +9,9 @@ import math
 import numpy as np
 import torch
 
-from .arith import _server_ring, add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
-from .base import OpDef, register
-from .compare import CMP_BITS, WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, relu, select_bits
+from .arith import server_ring, add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
+from .base import define
+from .compare import WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, relu, select_bits
 
 __all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "gelu", "tanh", "layer_norm",
            "mul_scalar", "encode_scaled", "MASK_FILL"]
@@ -250,11 +250,11 @@ def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     y, s = rsqrt(ctx, variance)
     out = mul(ctx, mul(ctx, centered, s), y)
     if weight is not None or "weight" in ctx.operand_types:  # the server's gamma (the client holds None)
-        w_ring = _server_ring(ctx, "weight", weight)
+        w_ring = server_ring(ctx, "weight", weight)
         out = trunc(ctx, linear_server(ctx, out, w_ring, ctx.operand_types["weight"].shape,
                                        ctx.operand_names["weight"], torch.mul))
     if bias is not None and ctx.party == 1:
-        out = out + _server_ring(ctx, "bias", bias)
+        out = out + server_ring(ctx, "bias", bias)
     return out
 
 
@@ -286,7 +286,7 @@ def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
 
 
 def _mpc(name, params, reference, doc, protocol):
-    return register(OpDef(name, tuple(params), reference, doc, "mpc", protocol=protocol))
+    return define(name, params, reference, doc, "mpc", protocol=protocol)
 
 
 def _sdpa_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):

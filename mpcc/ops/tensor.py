@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import KIND_DTYPES, OpDef, register
+from .base import KIND_DTYPES, define
 
 __all__ = ["dtype_arg"]
 
@@ -17,7 +17,7 @@ def dtype_arg(kind):
 
 
 def _op(name, params, reference, doc, family="elementwise", **extra):
-    return register(OpDef(name, tuple(params), reference, doc, family, **extra))
+    return define(name, params, reference, doc, family, **extra)
 
 
 # --- sources: where values come from

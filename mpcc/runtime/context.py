@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -52,7 +52,7 @@ class Material:
     node: str
     index: int
     shape: tuple[int, ...]
-    kind: str      # ring | bits
+    kind: str      # ring (additive shares) | xor (XOR shares of bit words)
     holder: str    # both | client | server
     stored: bool   # True: the dealer must store/send it; False: regenerated from a seed
 

@@ -7,7 +7,6 @@ written to safetensors files for a later run.
 """
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,6 +152,3 @@ class Dealer:
         with torch.no_grad():
             stored, offline = replay(tape, self.backend, self.seeds, inference, scoped=self.scoped)
         return DealtMaterial(inference, stored, self._materials, tuple(offline))
-
-    def describe(self) -> str:
-        return json.dumps({"plan": self.plan.hash[:12], "backend": self.backend.name})
