@@ -173,3 +173,14 @@ def test_op_cost_from_types_alone():
     assert linear.per_party[0].online_bytes == 2 * 8 * 8 + 2 * 3 * 8   # x - A, then the truncation opening
     assert linear.per_party[1].online_bytes == 2 * 3 * 8                # the truncation opening only
     assert linear.setup_bytes == 3 * 8 * 8                                # W - B, once per deployment
+
+
+@given(shapes(2, 9), seeds, st.integers(1, 20))
+def test_fuzzy_ltz_is_exact_away_from_zero(shape, seed, fuzz):
+    x = torch.randint(-2**30, 2**30, shape, generator=torch.Generator().manual_seed(seed))
+    run = run_protocol(lambda ctx, a: compare.b2a(ctx, compare.ltz_bits(ctx, a, fuzz_bits=fuzz)), x, integer=True,
+                       seed=seed)
+    check_counts(run)
+    far = x.abs() >= 2**fuzz
+    assert torch.equal(run.result[far], (x[far] < 0).to(torch.int64))
+    assert ((run.result == 0) | (run.result == 1)).all()

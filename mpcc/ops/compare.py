@@ -98,10 +98,10 @@ def lt_public(ctx, c, r, bits: int):
     Returns an XOR-shared bit (a 0/1 word).
     """
     width = 1 << max(0, (bits - 1).bit_length())
-    lanes = 2 if width <= 32 and c.numel() >= 2 else 1   # two elements per word: half the passes
+    lanes = 4 if width <= 16 else 2 if width <= 32 else 1   # several elements per word: fewer passes
     shape = tuple(c.shape)
-    if lanes == 2:
-        c, r = _pack_pairs(c), _pack_pairs(r)
+    if lanes > 1:
+        c, r = _pack(c, lanes), _pack(r, lanes)
     valid = _lanes_mask(bit_reverse(_low(bits), width), lanes)   # positions of real bits, reversed
     pad = _lanes_mask(_low(width), lanes) & ~valid
     c_rev, r_rev = bit_reverse(c, width, lanes), bit_reverse(r, width, lanes)
@@ -117,30 +117,42 @@ def lt_public(ctx, c, r, bits: int):
         else:
             t, e = and_gates(ctx, e_hi, [g_lo, e_lo], width * lanes, half)
         g = g_hi ^ t
-    if lanes == 2:
-        return _unpack_pairs(g, shape)
+    if lanes > 1:
+        return _unpack(g, lanes, shape)
     return g & 1
 
 
-def _pack_pairs(words):
-    """Elements 2i and 2i+1 (low 32 bits each) side by side in one int64 word."""
+def _pack(words, lanes: int):
+    """Elements lanes*i ... lanes*i + lanes-1 (low 64/lanes bits each) side by side in one int64 word."""
     flat = words.reshape(-1)
-    if flat.numel() % 2:
-        flat = torch.cat([flat, torch.zeros(1, dtype=flat.dtype, device=flat.device)])
-    return (flat[0::2] & 0xFFFFFFFF) | (flat[1::2] << 32)
+    if flat.numel() % lanes:
+        pad = lanes - flat.numel() % lanes
+        flat = torch.cat([flat, torch.zeros(pad, dtype=flat.dtype, device=flat.device)])
+    lane_bits = 64 // lanes
+    packed = flat[0::lanes] & _low(lane_bits)
+    for lane in range(1, lanes):
+        packed = packed | ((flat[lane::lanes] & _low(lane_bits)) << (lane * lane_bits))
+    return packed
 
 
-def _unpack_pairs(words, shape):
-    """Bit 0 of each lane back to one element each (the inverse of ``_pack_pairs`` for 0/1 results)."""
+def _unpack(words, lanes: int, shape):
+    """Bit 0 of each lane back to one element each (the inverse of ``_pack`` for 0/1 results)."""
     count = 1
     for side in shape:
         count *= side
-    both = torch.stack([words & 1, (words >> 32) & 1], -1).reshape(-1)
-    return both[:count].reshape(shape)
+    lane_bits = 64 // lanes
+    every = torch.stack([(words >> (lane * lane_bits)) & 1 for lane in range(lanes)], -1).reshape(-1)
+    return every[:count].reshape(shape)
 
 
-def ltz_bits(ctx, x, bits: int = CMP_BITS):
-    """XOR-shared bit [x < 0] for |x| < 2^(bits-1).
+def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
+    """XOR-shared bit [x < 0] for |x| < 2^(bits-1), exact wherever |x| >= 2^fuzz_bits.
+
+    With ``fuzz_bits`` > 0 the borrow tree skips the low ``fuzz_bits`` bits:
+    the result may be either value for |x| < 2^fuzz_bits ring units, and the
+    tree is that much narrower (a 16-bit tree packs four elements per word).
+    Callers whose result does not care near 0 use it (GeLU segments, the
+    softmax max).
 
     Steps: y = x + 2^(bits-1) lies in [0, 2^bits). The dealer deals r
     (seeded) and an XOR sharing of r mod 2^bits (stored). Open
@@ -156,7 +168,8 @@ def ltz_bits(ctx, x, bits: int = CMP_BITS):
     y = x + (1 << (bits - 1)) if ctx.party == 0 else x
     c = ctx.open((y + r) & low, bits=bits) & low
     top = bits - 1
-    borrow = lt_public(ctx, c & _low(top), r_xor & _low(top), top)
+    middle = top - fuzz_bits
+    borrow = lt_public(ctx, (c >> fuzz_bits) & _low(middle), (r_xor >> fuzz_bits) & _low(middle), middle)
     msb = borrow ^ ((r_xor >> top) & 1)
     if ctx.party == 0:
         msb = msb ^ ((c >> top) & 1) ^ 1
@@ -213,13 +226,14 @@ def _split_pairs(x):
     return x[..., :half], x[..., half: 2 * half], x[..., 2 * half:]
 
 
-def max_last(ctx, x):
+def max_last(ctx, x, fuzz_bits: int = 0):
     """Max over the last axis by a tournament: ceil(log2 n) levels of
-    LTZ + select, all pairs of a level in one call."""
+    LTZ + select, all pairs of a level in one call. With ``fuzz_bits`` the
+    result may be below the max by up to 2^fuzz_bits ring units per level."""
     while x.shape[-1] > 1:
         a, b, rest = _split_pairs(x)
         diff = a - b
-        (chosen,) = select_bits(ctx, not_bit(ctx, ltz_bits(ctx, diff)), [diff])
+        (chosen,) = select_bits(ctx, not_bit(ctx, ltz_bits(ctx, diff, fuzz_bits=fuzz_bits)), [diff])
         x = torch.cat([b + chosen, rest], -1)
     return x[..., 0]
 
