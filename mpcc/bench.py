@@ -54,6 +54,8 @@ def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=No
             "online_MB_server": round(stats.online_bytes[1] / 1e6, 2),
             "offline_MB": round(stats.offline_bytes / 1e6, 2), "setup_MB": round(cost.setup_bytes / 1e6, 2),
             "rounds": stats.rounds, "max_abs_error": error, "first_run_s": round(runs[0][0].total_seconds, 3),
+            "median_total_s": round(sorted(r[0].total_seconds for r in runs[1:] or runs)[len(runs[1:] or runs) // 2], 3),
+            "all_total_s": [round(r[0].total_seconds, 3) for r in runs],
             "by_family": {k: {"s": round(v["seconds"], 3), "MB": round(v["bytes"] / 1e6, 2)}
                           for k, v in sorted(stats.by_family.items(), key=lambda kv: -kv[1]["seconds"])},
             "cost_model": {"rounds": cost.rounds, "online_MB": round(cost.online_bytes / 1e6, 2),
