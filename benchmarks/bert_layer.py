@@ -5,7 +5,7 @@ the whole run (the dealer works beside the parties), the online phase alone
 against float64 torch, the time and bytes by op, and JSON. Best of the runs
 after the first (which also sends the once-per-deployment setup).
 
-    python benchmarks/bert_layer.py [--seq 32 128] [--repeats 2] [--json out.json]
+    python benchmarks/bert_layer.py [--seq 32 128] [--repeats 4] [--json out.json]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from mpcc.bench import bert_layer, measure_model, report
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     layer = bert_layer()
