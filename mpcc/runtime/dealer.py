@@ -134,12 +134,17 @@ class Dealer:
         self.scoped: dict = {}   # deployment-scoped masks, drawn once
 
     def tape(self):
-        """The plan's requests for randomness, recorded once from a shape-only run."""
+        """The plan's requests for randomness, recorded once per plan object from a
+        shape-only run (kept on the plan in memory, so later sessions reuse it)."""
         if self._tape is None:
-            ctx = DealerContext(self.backend, self.plan.frac_bits)
-            with torch.no_grad():
-                execute(self.plan.graph, ctx)
-            self._tape, self._materials = ctx.tape, ctx.materials
+            tapes = self.plan.__dict__.setdefault("_dealer_tapes", {})  # per backend: fns close over its matmul
+            cached = tapes.get(self.backend.name)
+            if cached is None:
+                ctx = DealerContext(self.backend, self.plan.frac_bits)
+                with torch.no_grad():
+                    execute(self.plan.graph, ctx)
+                cached = tapes[self.backend.name] = (ctx.tape, ctx.materials)
+            self._tape, self._materials = cached
         return self._tape
 
     def seed_for(self, party: int) -> bytes:
