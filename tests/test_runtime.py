@@ -235,3 +235,14 @@ def test_dealer_failure_stops_the_parties(bert_session, monkeypatch):
     monkeypatch.setattr(dealer_module, "replay", broken_replay)
     with pytest.raises(RunError, match="dealer disk full"):
         session.run(inputs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "limb", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")])])
+def test_same_results_on_every_backend(backend, tiny_gpt2):
+    inputs = {"input_ids": token_ids(5, 120, seed=9)}
+    plan = mpcc.compile(tiny_gpt2, inputs)
+    (logits,), stats = mpcc.run(plan, inputs, tiny_gpt2.state_dict(), backend=backend, progress=False)
+    (expected,) = torch_outputs(tiny_gpt2, inputs)
+    assert (logits - expected).abs().max() < 1e-2
+    assert stats.rounds == plan.cost().rounds
