@@ -73,6 +73,9 @@ def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
     a = ctx.rand(x.shape, kind="xor")
     bs = [ctx.rand(y.shape, kind="xor") for y in ys]
     cs = [ctx.derive(lambda a, b: a & b, a, b, shape=y.shape, kind="xor") for y, b in zip(ys, bs)]
+    if ctx.meta:  # shapes only (dealer, cost model): same requests and messages, no bit arithmetic
+        ctx.exchange(x, *ys, bits=bits)
+        return list(ys)
     masked = [x ^ a] + [y ^ b for y, b in zip(ys, bs)]
     opened = ctx.exchange(*masked, bits=bits)  # bits above ``bits`` are masks: never used, not counted
     e = masked[0] ^ opened[0]
@@ -100,6 +103,13 @@ def lt_public(ctx, c, r, bits: int):
     width = 1 << max(0, (bits - 1).bit_length())
     lanes = 4 if width <= 16 else 2 if width <= 32 else 1   # several elements per word: fewer passes
     shape = tuple(c.shape)
+    if ctx.meta:  # shapes only: the same gates on words of the packed count, no bit arithmetic
+        count = -(-c.numel() // lanes)
+        word = torch.empty(count, dtype=torch.int64, device="meta") if lanes > 1 else c
+        while width > 1:
+            width //= 2
+            and_gates(ctx, word, [word] if width == 1 else [word, word], width * lanes)
+        return torch.empty(shape, dtype=torch.int64, device="meta")
     if lanes > 1:
         c, r = _pack(c, lanes), _pack(r, lanes)
     valid = _lanes_mask(bit_reverse(_low(bits), width), lanes)   # positions of real bits, reversed
