@@ -23,16 +23,12 @@ def bert_layer(hidden=768, heads=12, ffn=3072, seed=0):
 def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=None, backend: str = "cpu") -> dict:
     """Compile, run ``repeats`` times in one session (setup once), keep the fastest run."""
     import mpcc
-    from torch.utils._pytree import tree_leaves
+    from .frontend import reference_outputs
     start = time.perf_counter()
     plan = mpcc.compile(model, inputs, owners=owners)
     compile_seconds = time.perf_counter() - start
     cost = plan.cost()
-    with torch.no_grad():
-        kwargs = dict(inputs)
-        if "use_cache" in model.forward.__code__.co_varnames:
-            kwargs["use_cache"] = False
-        expected = [t.double() for t in tree_leaves(model(**kwargs)) if isinstance(t, torch.Tensor)]
+    expected = reference_outputs(model, inputs)
     session = mpcc.Session(plan, model.state_dict(), progress=False, backend=backend)
     setup_seconds = session.setup_seconds
     runs = []

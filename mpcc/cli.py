@@ -70,16 +70,11 @@ def cmd_dump(args) -> int:
 
 
 def _agreement(loaded, inputs, graph):
-    import torch
-    from torch.utils._pytree import tree_leaves
     import mpcc
-    with torch.no_grad():
-        kwargs = dict(inputs)
-        if "use_cache" in loaded.model.forward.__code__.co_varnames:
-            kwargs["use_cache"] = False
-        expected = [t for t in tree_leaves(loaded.model(**kwargs)) if isinstance(t, torch.Tensor)]
+    from .frontend import reference_outputs
+    expected = reference_outputs(loaded.model, inputs)
     outputs = mpcc.interpret(graph, inputs, loaded.model.state_dict())
-    return [(name, tuple(o.shape), float((o - e.double()).abs().max()))
+    return [(name, tuple(o.shape), float((o - e).abs().max()))
             for name, o, e in zip(graph.outputs, outputs, expected)]
 
 
@@ -110,13 +105,8 @@ def cmd_run(args) -> int:
 
 
 def _report_secure(loaded, inputs, plan, outputs) -> float:
-    import torch
-    from torch.utils._pytree import tree_leaves
-    kwargs = dict(inputs)
-    if "use_cache" in loaded.model.forward.__code__.co_varnames:
-        kwargs["use_cache"] = False
-    with torch.no_grad():
-        expected = [t.double() for t in tree_leaves(loaded.model(**kwargs)) if isinstance(t, torch.Tensor)]
+    from .frontend import reference_outputs
+    expected = reference_outputs(loaded.model, inputs)
     worst = 0.0
     for name, got, want in zip(plan.graph.outputs, outputs, expected):
         error = float((got - want).abs().max())

@@ -20,7 +20,7 @@ from .aten_table import (ASSERT_OPS, ATEN_TO_IR, CAST_OPS, DROPPED_ARGS, IDENTIT
 from .ir import Graph, IRError, Node, TensorType, kind_of_dtype
 from .ops import MARK, get_op
 
-__all__ = ["trace", "import_exported", "UnsupportedOpError", "TraceError", "module_path"]
+__all__ = ["trace", "import_exported", "reference_outputs", "UnsupportedOpError", "TraceError", "module_path"]
 
 OWNERS = ("client", "server", "public")
 
@@ -79,6 +79,16 @@ def trace(model: torch.nn.Module, example_inputs, *, owners: Mapping[str, str] |
     finally:
         model.train(was_training)
     return import_exported(exported, owners or {})
+
+
+def reference_outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
+    """The model's own outputs in float64, called as ``trace`` calls it
+    (``use_cache=False`` where accepted) and flattened in the order the traced
+    graph returns them: what mpcc's results are compared against."""
+    from torch.utils._pytree import tree_leaves
+    args, kwargs = _split_inputs(model, example_inputs)
+    with torch.no_grad():
+        return [t.double() for t in tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor)]
 
 
 def _split_inputs(model, example_inputs) -> tuple[tuple, dict]:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
 
 import mpcc
+from mpcc.frontend import reference_outputs
 from mpcc.ir import parse
 from mpcc.passes import run_pipeline
 from mpcc.verify import lint
@@ -13,12 +13,6 @@ from mpcc.verify import lint
 from .conftest import token_ids
 
 
-def torch_outputs(model, inputs):
-    kwargs = dict(inputs)
-    if "use_cache" in model.forward.__code__.co_varnames:
-        kwargs["use_cache"] = False
-    with torch.no_grad():
-        return [t for t in tree_leaves(model(**kwargs)) if isinstance(t, torch.Tensor)]
 
 
 def check_model(model, inputs, *, tolerance=1e-5):
@@ -27,7 +21,7 @@ def check_model(model, inputs, *, tolerance=1e-5):
     assert parse(graph.dump()) == graph
     compiled = run_pipeline(graph)
     assert parse(compiled.dump()) == compiled
-    expected = torch_outputs(model, inputs)
+    expected = reference_outputs(model, inputs)
     for g in (graph, compiled):
         outputs = mpcc.interpret(g, inputs, model.state_dict())
         assert len(outputs) == len(expected)

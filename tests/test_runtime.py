@@ -6,9 +6,9 @@ import threading
 
 import pytest
 import torch
-from torch.utils._pytree import tree_leaves
 
 import mpcc
+from mpcc.frontend import reference_outputs
 from mpcc.ops import arith, nonlinear as nl
 from mpcc.runtime import DealtMaterial, MaterialFileError, RunError, Session
 from mpcc.runtime.context import ProtocolError
@@ -18,12 +18,6 @@ from mpcc.runtime.transport import InProcessChannel
 from .conftest import token_ids
 
 
-def torch_outputs(model, inputs):
-    kwargs = dict(inputs)
-    if "use_cache" in model.forward.__code__.co_varnames:
-        kwargs["use_cache"] = False
-    with torch.no_grad():
-        return [t.double() for t in tree_leaves(model(**kwargs)) if isinstance(t, torch.Tensor)]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +30,7 @@ def bert_session(tiny_bert):
 def test_tiny_bert_exact_matches_torch_and_cost(bert_session, tiny_bert):
     plan, session, inputs = bert_session
     outputs, stats = session.run(inputs)
-    for got, want in zip(outputs, torch_outputs(tiny_bert, inputs)):
+    for got, want in zip(outputs, reference_outputs(tiny_bert, inputs)):
         assert (got - want).abs().max() < 1e-2
     cost = plan.cost()
     assert stats.rounds == cost.rounds
@@ -53,7 +47,7 @@ def test_tiny_gpt2_greedy_next_token(tiny_gpt2):
     plan = mpcc.compile(tiny_gpt2, inputs)
     assert "gelu" in {n.op.removeprefix("mpc.") for n in plan.graph.nodes}, "GPT-2's GeLU is fused"
     (logits,), _ = mpcc.run(plan, inputs, tiny_gpt2.state_dict(), progress=False)
-    (expected,) = torch_outputs(tiny_gpt2, inputs)
+    (expected,) = reference_outputs(tiny_gpt2, inputs)
     assert (logits - expected).abs().max() < 1e-2
     assert int(logits[0, -1].argmax()) == int(expected[0, -1].argmax())
 
@@ -66,7 +60,7 @@ def test_minilm_sentence_embeddings(minilm):
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     plan = mpcc.compile(minilm.model, inputs, owners={"attention_mask": "public"})
     (hidden, _), _ = mpcc.run(plan, inputs, minilm.model.state_dict(), progress=False)
-    expected = torch_outputs(minilm.model, inputs)[0]
+    expected = reference_outputs(minilm.model, inputs)[0]
     mask = batch["attention_mask"].unsqueeze(-1).double()
     pooled = lambda h: (h * mask).sum(1) / mask.sum(1)  # noqa: E731
     cosine = torch.nn.functional.cosine_similarity(pooled(hidden), pooled(expected))
@@ -112,7 +106,7 @@ def test_plan_file_round_trip_then_run(tmp_path, bert_session, tiny_bert):
     loaded = mpcc.load(plan.save(tmp_path / "p.mpcc"))
     assert loaded.hash == plan.hash
     outputs, _ = mpcc.run(loaded, inputs, tiny_bert.state_dict(), progress=False)
-    assert (outputs[0] - torch_outputs(tiny_bert, inputs)[0]).abs().max() < 1e-2
+    assert (outputs[0] - reference_outputs(tiny_bert, inputs)[0]).abs().max() < 1e-2
 
 
 def test_peer_failures_are_errors_not_hangs():
@@ -243,6 +237,6 @@ def test_same_results_on_every_backend(backend, tiny_gpt2):
     inputs = {"input_ids": token_ids(5, 120, seed=9)}
     plan = mpcc.compile(tiny_gpt2, inputs)
     (logits,), stats = mpcc.run(plan, inputs, tiny_gpt2.state_dict(), backend=backend, progress=False)
-    (expected,) = torch_outputs(tiny_gpt2, inputs)
+    (expected,) = reference_outputs(tiny_gpt2, inputs)
     assert (logits - expected).abs().max() < 1e-2
     assert stats.rounds == plan.cost().rounds

@@ -29,7 +29,6 @@ class RingBackend(Protocol):
     def encode(self, x: torch.Tensor, frac_bits: int, name: str = "tensor") -> torch.Tensor: ...
     def decode(self, x: torch.Tensor, frac_bits: int) -> torch.Tensor: ...
     def rshift_logical(self, x: torch.Tensor, bits: int) -> torch.Tensor: ...
-    def from_bytes(self, data: bytes, shape) -> torch.Tensor: ...
     def to_device(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
@@ -63,9 +62,6 @@ class TorchRing:
         if bits == 0:
             return x
         return (x >> bits) & ((1 << (RING_BITS - bits)) - 1)
-
-    def from_bytes(self, data: bytes, shape) -> torch.Tensor:
-        return torch.frombuffer(bytearray(data), dtype=torch.int64).reshape(shape).to(self.device)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(self.device)

@@ -25,7 +25,8 @@ import torch
 from ..backends.base import RingBackend
 from ..backends.prg import Prg
 
-__all__ = ["Context", "PartyContext", "Material", "payload_bytes", "SessionState", "ProtocolError"]
+__all__ = ["Context", "PartyContext", "Material", "payload_bytes", "message_bytes", "widths", "SessionState",
+           "ProtocolError"]
 
 
 class ProtocolError(RuntimeError):
@@ -44,6 +45,11 @@ def widths(tensors, bits) -> list:
     if isinstance(bits, (list, tuple)):
         return list(bits)
     return [bits] * len(tensors)
+
+
+def message_bytes(tensors, bits) -> int:
+    """Bytes of one message of several tensors (see ``payload_bytes`` and ``widths``)."""
+    return sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import torch
 
 from ..backends.base import RingBackend
 from ..backends.prg import Prg
-from .context import HOLDERS, Context, Material, payload_bytes, widths
+from .context import HOLDERS, Context, Material, message_bytes, payload_bytes
 
 __all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "replay"]
 
@@ -171,14 +171,14 @@ class CostContext(ShapeContext):
     def exchange(self, *tensors, bits=None):
         cost = self._cost()
         cost.rounds += 1
-        cost.online_bytes += sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
+        cost.online_bytes += message_bytes(tensors, bits)
         return super().exchange(*tensors, bits=bits)
 
     def transfer(self, *tensors, sender, bits=None):
         cost = self._cost()
         cost.rounds += 1
         if self.party == sender:
-            cost.online_bytes += sum(payload_bytes(t, b) for t, b in zip(tensors, widths(tensors, bits)))
+            cost.online_bytes += message_bytes(tensors, bits)
         return super().transfer(*tensors, sender=sender, bits=bits)
 
     def deployment(self, key, make, like, *, sender):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .context import ProtocolError, payload_bytes, widths
+from .context import ProtocolError, message_bytes, widths
 
 __all__ = ["InProcessChannel", "Endpoint", "LinkStats"]
 
@@ -42,7 +42,7 @@ class Endpoint:
 
     def send(self, tensors: list[torch.Tensor], *, bits: int | None = None, setup: bool = False) -> None:
         bit_widths = widths(tensors, bits)
-        size = sum(payload_bytes(t, b) for t, b in zip(tensors, bit_widths))
+        size = message_bytes(tensors, bit_widths)
         if setup:
             self.stats.setup_bytes_sent += size
         else:
@@ -73,7 +73,7 @@ class Endpoint:
 
     def exchange(self, tensors: list[torch.Tensor], *, bits: int | None = None) -> tuple[torch.Tensor, ...]:
         bit_widths = widths(tensors, bits)
-        size = sum(payload_bytes(t, b) for t, b in zip(tensors, bit_widths))
+        size = message_bytes(tensors, bit_widths)
         self.stats.bytes_sent += size
         self.stats.rounds += 1
         self.stats.messages += 1
