@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 
 import mpcc
 from mpcc.ir import Graph, Node, TensorType
-from mpcc.passes import (SECURE_PIPELINE, PassError, SecretIndexError, UnknownPassError, get_pass, register_pass,
+from mpcc.passes import (DEFAULT_PIPELINE, SECURE_PIPELINE, PassError, SecretIndexError, UnknownPassError, get_pass, register_pass,
                          run_pipeline)
 from mpcc.passes.registry import PASSES
 
@@ -148,3 +148,15 @@ def test_golden_ir_after_each_pass(after):
     if os.environ.get("MPCC_UPDATE_GOLDEN"):
         path.write_text(graph.dump())
     assert graph.dump() == path.read_text()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_gpt2"])
+def test_fusion_and_lowering_keep_the_meaning(request, fixture):
+    """The plan's ops, read by their plaintext references, compute what the analysed graph computes."""
+    model = request.getfixturevalue(fixture)
+    inputs = {"input_ids": token_ids(6, 120)}
+    traced = mpcc.trace(model, inputs)
+    analysed = mpcc.interpret(run_pipeline(traced, DEFAULT_PIPELINE), inputs, model.state_dict())
+    planned = mpcc.interpret(run_pipeline(traced, SECURE_PIPELINE), inputs, model.state_dict())
+    for a, b in zip(analysed, planned):
+        assert (a - b).abs().max() < 1e-9
