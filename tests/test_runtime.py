@@ -224,9 +224,9 @@ def test_dealer_failure_stops_the_parties(bert_session, monkeypatch):
     session = Session(plan, bert_session[1].weights, progress=False, timeout=10)
     import mpcc.runtime.dealer as dealer_module
 
-    def broken_replay(*args, **kwargs):
+    def broken_node(*args, **kwargs):
         raise RuntimeError("dealer disk full")
-    monkeypatch.setattr(dealer_module, "replay", broken_replay)
+    monkeypatch.setattr(dealer_module.Replay, "node", broken_node)
     with pytest.raises(RunError, match="dealer disk full"):
         session.run(inputs)
 

@@ -196,23 +196,25 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
     # float32 suffices for the trig values (|.| <= 3, wanted to 2^-17) and halves the work
     ks = torch.arange(1, terms + 1, dtype=torch.float32) * step
 
-    def dealt_trig(t):
-        angle = ((t & (modulus - 1)).to(torch.float32) * 2.0 ** -f).unsqueeze(-1) * ks.to(t.device)
-        out = torch.empty(tuple(t.shape) + (2 * terms,), dtype=torch.int64, device=t.device)
-        out[..., :terms] = torch.cos(angle).mul_(2.0 ** f).round_()
-        out[..., terms:] = torch.sin(angle).mul_(2.0 ** f).round_()
-        return out
+    def angles(value):
+        return ((value & (modulus - 1)).to(torch.float32) * 2.0 ** -f).unsqueeze(-1) * ks.to(value.device)
+
+    def dealt(trig):  # cos(k pi t / 8) or sin(...), k = 1..K, with f fractional bits
+        return lambda t: trig(angles(t)).mul_(2.0 ** f).round_().to(torch.int64)
 
     t = ctx.rand(x.shape)
-    trig = ctx.derive(dealt_trig, t, shape=tuple(x.shape) + (2 * terms,))
+    # two items of |x| K words each rather than one of 2K: halves the largest allocation
+    cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
+    sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
     delta = ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2) & (modulus - 1)
-    angle = (delta.to(torch.float32) * 2.0 ** -f).unsqueeze(-1) * ks.to(delta.device)
+    angle = angles(delta)
     cos_d, sin_d = torch.cos(angle), torch.sin(angle)
-    a = torch.tensor(cos_coeffs, dtype=torch.float32, device=delta.device)
-    b = torch.tensor(sin_coeffs, dtype=torch.float32, device=delta.device)
-    on_cos_t = encode_scaled(ctx, a * cos_d + b * sin_d, f)   # multiplies cos(k pi t / 8); |.| < 8, no range check
-    on_sin_t = encode_scaled(ctx, b * cos_d - a * sin_d, f)   # multiplies sin(k pi t / 8)
-    acc = (on_cos_t * trig[..., :terms]).sum(-1) + (on_sin_t * trig[..., terms:]).sum(-1)
+    a = [c * 2.0 ** f for c in cos_coeffs]
+    b = [c * 2.0 ** f for c in sin_coeffs]
+    # cos(k(d + t)) = cos kd cos kt - sin kd sin kt; sin(k(d + t)) = sin kd cos kt + cos kd sin kt
+    on_cos_t = _weighted_sum(a, cos_d, b, sin_d)    # multiplies cos(k pi t / 8); |.| < 8 * 2^f, no range check
+    on_sin_t = _weighted_sum(b, cos_d, [-c for c in a], sin_d)   # multiplies sin(k pi t / 8)
+    acc = _dot_last(ctx, on_cos_t, cos_t) + _dot_last(ctx, on_sin_t, sin_t)
     if linear:
         acc = acc + x * round(linear * 2 ** f)
     mid = add_public(ctx, trunc(ctx, acc), _public(ctx, constant, x))
@@ -223,6 +225,25 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
     targets = torch.stack([low(ctx, x) - mid, high(ctx, x) - mid], -1)
     (chosen,) = select_bits(ctx, outside, [targets])
     return mid + chosen.sum(-1)
+
+
+def _weighted_sum(a, u, b, v):
+    """a u + b v for coefficient lists a, b, rounded to integers; a zero list
+    skips its term (GeLU's series has no sines, tanh's no cosines)."""
+    def scaled(coeffs, values):
+        return values * torch.tensor(coeffs, dtype=values.dtype, device=values.device)
+    if not any(b):
+        return scaled(a, u).round_()
+    if not any(a):
+        return scaled(b, v).round_()
+    return scaled(a, u).add_(scaled(b, v)).round_()
+
+
+def _dot_last(ctx, public, share):
+    """sum over the last axis of public integers (float) times ring shares."""
+    if ctx.meta:
+        return torch.empty(tuple(share.shape[:-1]), dtype=torch.int64, device="meta")
+    return torch.einsum("...k,...k->...", public.to(torch.int64), share)
 
 
 def gelu(ctx, x):

@@ -126,7 +126,8 @@ class Context:
         (other,) = self.exchange(share, bits=bits)
         return share ^ other
 
-    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor],
+                      variant: str = "") -> torch.Tensor:
         return make()
 
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
@@ -159,17 +160,15 @@ class PartyContext(Context):
         return self.backend.to_device(self.prg.ring(full, shape))
 
     def _stored(self) -> torch.Tensor:
-        streaming = hasattr(self.material, "items") and callable(getattr(self.material, "publish", None))
-        if streaming:
-            pieces = self.material.items(self.party, self.node)   # a MaterialStream still being dealt
+        take = getattr(self.material, "take", None)
+        if take is not None:   # a MaterialStream still being dealt
+            value = take(self.party, self.node, self.stored_index)
         else:
             pieces = self.material.get(self.node, [])
-        if self.stored_index >= len(pieces):
+            value = pieces[self.stored_index] if self.stored_index < len(pieces) else None
+        if value is None:
             raise ProtocolError(f"party {self.party}: dealer material for {self.node} is missing or short "
-                                f"(wanted item {self.stored_index}, have {len(pieces)})")
-        value = pieces[self.stored_index]
-        if streaming:
-            pieces[self.stored_index] = None  # one-time material: let it go once used
+                                f"(wanted item {self.stored_index})")
         self.stored_index += 1
         return self.backend.to_device(value)
 
@@ -184,14 +183,16 @@ class PartyContext(Context):
             return self.session.scoped_masks[label]
         return self._draw(label, tuple(shape), kind, scope)
 
-    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """``make()`` (an encoding of ``value``), computed once per deployment when
-        ``name`` depends only on the weights."""
+    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor],
+                      variant: str = "") -> torch.Tensor:
+        """``make()`` (an encoding of ``value``, one ``variant`` of it), computed once
+        per deployment when ``name`` depends only on the weights."""
         if name not in self.session.static:
             return make()
-        if name not in self.session.encoded:
-            self.session.encoded[name] = make()
-        return self.session.encoded[name]
+        key = name + variant
+        if key not in self.session.encoded:
+            self.session.encoded[key] = make()
+        return self.session.encoded[key]
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         label = self._label(None)

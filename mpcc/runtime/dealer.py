@@ -17,8 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from ..backends import RingBackend, get_backend
 from ..backends.prg import new_seed
+from .context import payload_bytes
 from .executor import execute
-from .shape_context import DealerContext, replay
+from .shape_context import DealerContext, Replay, node_spans
 
 __all__ = ["Dealer", "DealtMaterial", "MaterialStream", "MaterialFileError"]
 
@@ -68,50 +69,81 @@ class DealtMaterial:
         return meta["inference"], {node: [t for _, t in sorted(v)] for node, v in items.items()}
 
 
+LOOKAHEAD_BYTES = 96 << 20   # stored material the dealer may have made and the parties not yet taken
+
+
 class MaterialStream:
     """Material dealt in a background thread while the parties run: a party
-    asking for a node's stored items waits until the dealer has published them."""
+    asking for a node's stored items waits until the dealer has published them.
 
-    def __init__(self, inference: str, timeout: float):
+    The dealer stays at most ``lookahead_bytes`` of untaken material ahead of
+    the parties (it finishes the node it is on), so memory stays bounded on
+    deep models and the dealer does not take CPU from parties it is far ahead of.
+    """
+
+    def __init__(self, inference: str, timeout: float, lookahead_bytes: int = LOOKAHEAD_BYTES):
         self.inference = inference
         self.stored: tuple[dict, dict] = ({}, {})
         self.offline_bytes = (0, 0)
         self.seconds = 0.0
         self.timeout = timeout
+        self.lookahead_bytes = lookahead_bytes
+        self._untaken = 0
         self._ready: set[str] = set()
         self._done = False
+        self._cancelled = False
         self._error: BaseException | None = None
         self._cond = threading.Condition()
 
     def publish(self, node: str) -> None:
+        """The dealer's side: ``node``'s items are complete; wait while too far ahead."""
+        size = sum(payload_bytes(t) for party in (0, 1) for t in self.stored[party].get(node, []))
         with self._cond:
             self._ready.add(node)
+            self._untaken += size
             self._cond.notify_all()
+            ok = self._cond.wait_for(lambda: self._untaken <= self.lookahead_bytes or self._cancelled,
+                                     timeout=self.timeout)
+            if self._cancelled:
+                raise RuntimeError("the run stopped")
+            if not ok:
+                raise RuntimeError(f"the parties took no dealer material within {self.timeout:.0f} s")
 
     def finish(self, error: BaseException | None = None) -> None:
         with self._cond:
             self._done, self._error = True, error
             self._cond.notify_all()
 
-    def items(self, party: int, node: str) -> list:
+    def cancel(self) -> None:
+        """The parties stopped: the dealer must not wait for them to take more."""
+        with self._cond:
+            self._cancelled = True
+            self._cond.notify_all()
+
+    def take(self, party: int, node: str, index: int) -> torch.Tensor | None:
+        """Item ``index`` of ``node`` for ``party`` (None when there is no such item);
+        one-time material: the stream lets go of it."""
         with self._cond:
             ok = self._cond.wait_for(lambda: node in self._ready or self._done, timeout=self.timeout)
             if self._error is not None:
                 raise RuntimeError(f"the dealer failed: {self._error}")
             if not ok:
                 raise RuntimeError(f"no dealer material for {node} within {self.timeout:.0f} s")
-        return self.stored[party].get(node, [])
+            pieces = self.stored[party].get(node, [])
+            if index >= len(pieces) or pieces[index] is None:
+                return None
+            piece, pieces[index] = pieces[index], None
+            self._untaken -= payload_bytes(piece)
+            self._cond.notify_all()
+            return piece
 
     def start(self, dealer: "Dealer") -> threading.Thread:
-        tape = dealer.tape()
-
         def work():
             start = time.perf_counter()
             try:
-                with torch.no_grad():
-                    _, self.offline_bytes = replay(tape, dealer.backend, dealer.seeds, self.inference,
-                                                   self.stored, self.publish, dealer.scoped)
-                self.offline_bytes = tuple(self.offline_bytes)
+                dealing = Replay(dealer.backend, dealer.seeds, self.inference, self.stored, self.publish, dealer.scoped)
+                dealer.deal_into(dealing)
+                self.offline_bytes = tuple(dealing.offline)
                 self.finish()
             except BaseException as error:  # parties waiting on material must not hang
                 self.finish(error)
@@ -131,21 +163,46 @@ class Dealer:
         self.seeds = seeds or (new_seed(), new_seed())
         self._tape = None
         self._materials = None
+        self.shape_run_seconds = 0.0   # the one-time shape run (with the first dealing), 0 when the plan had a tape
         self.scoped: dict = {}   # deployment-scoped masks, drawn once
+
+    def _cached(self):
+        tapes = self.plan.__dict__.setdefault("_dealer_tapes", {})  # per backend: fns close over its matmul
+        return tapes, tapes.get(self.backend.name)
 
     def tape(self):
         """The plan's requests for randomness, recorded once per plan object from a
         shape-only run (kept on the plan in memory, so later sessions reuse it)."""
         if self._tape is None:
-            tapes = self.plan.__dict__.setdefault("_dealer_tapes", {})  # per backend: fns close over its matmul
-            cached = tapes.get(self.backend.name)
-            if cached is None:
-                ctx = DealerContext(self.backend, self.plan.frac_bits)
-                with torch.no_grad():
-                    execute(self.plan.graph, ctx)
-                cached = tapes[self.backend.name] = (ctx.tape, ctx.materials)
-            self._tape, self._materials = cached
+            self.deal_into(None)
         return self._tape
+
+    def deal_into(self, dealing: Replay | None) -> None:
+        """Deal every node of the plan into ``dealing`` (or just record the tape).
+
+        The first time for a plan, the shape run records the tape node by node
+        and each node is dealt as soon as it is recorded: parties start on the
+        first nodes' material without waiting for the whole shape run.
+        """
+        tapes, cached = self._cached()
+        if cached is None:
+            start = time.perf_counter()
+            ctx = DealerContext(self.backend, self.plan.frac_bits)
+            done = [0]
+
+            def deal_recorded(node, seconds):
+                if dealing is not None and len(ctx.tape) > done[0]:
+                    dealing.node(ctx.tape, done[0], len(ctx.tape))
+                done[0] = len(ctx.tape)
+            with torch.no_grad():
+                execute(self.plan.graph, ctx, on_node=deal_recorded)
+            cached = tapes[self.backend.name] = (ctx.tape, ctx.materials)
+            self.shape_run_seconds = time.perf_counter() - start
+        elif dealing is not None:
+            with torch.no_grad():
+                for begin, end in node_spans(cached[0]):
+                    dealing.node(cached[0], begin, end)
+        self._tape, self._materials = cached
 
     def seed_for(self, party: int) -> bytes:
         """What the dealer gives a party once: its PRG seed."""
@@ -153,7 +210,6 @@ class Dealer:
 
     def deal(self, inference: str) -> DealtMaterial:
         """Fresh material for one inference (``inference`` must never repeat)."""
-        tape = self.tape()
-        with torch.no_grad():
-            stored, offline = replay(tape, self.backend, self.seeds, inference, scoped=self.scoped)
-        return DealtMaterial(inference, stored, self._materials, tuple(offline))
+        dealing = Replay(self.backend, self.seeds, inference, scoped=self.scoped)
+        self.deal_into(dealing)
+        return DealtMaterial(inference, dealing.stored, self._materials, tuple(dealing.offline))

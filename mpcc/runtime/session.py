@@ -16,6 +16,7 @@ import torch
 
 from ..backends import RingBackend, get_backend
 from ..interpreter import check_inputs, check_weights
+from .allocator import tune_allocator
 from .context import PartyContext, SessionState
 from .cost import op_family
 from .dealer import Dealer, MaterialStream
@@ -88,6 +89,7 @@ class Session:
 
     def __init__(self, plan, weights: Mapping[str, torch.Tensor], *, backend: str | RingBackend = "cpu",
                  timeout: float = 120.0, progress: bool | None = None):
+        tune_allocator()  # freed tensors stay in the process: no page faults on every inference
         self.plan = plan
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         try:
@@ -100,10 +102,7 @@ class Session:
             raise RunError(f"weights the plan does not use and the model did not have: {extra[:5]}"
                            f"{' ...' if len(extra) > 5 else ''}")
         self.weights = weights
-        self.dealer = Dealer(plan, self.backend)
-        start = time.perf_counter()
-        self.dealer.tape()  # the dealer's one-time shape run of the plan (per deployment, not per inference)
-        self.setup_seconds = time.perf_counter() - start
+        self.dealer = Dealer(plan, self.backend)  # its one-time shape run goes along with the first dealing
         static = frozenset(_static_values(plan.graph))
         self.states = (SessionState(static=static), SessionState(static=static))
         self.timeout = timeout
@@ -159,9 +158,11 @@ class Session:
                 with torch.no_grad():
                     results[party] = execute(self.plan.graph, ctx, party_inputs[party],
                                              self.weights if party == 1 else None, on_node=on_node)
-            except BaseException as error:  # the peer must not wait for a dead party
+            except BaseException as error:  # the peer must not wait for a dead party, nor the dealer
                 errors[party] = error
                 endpoint.abort(f"{type(error).__name__}: {error}")
+                if dealer_thread is not None:
+                    material.cancel()
 
         bar = task = None
         if self.progress:

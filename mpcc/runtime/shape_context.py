@@ -8,7 +8,7 @@ from ..backends.base import RingBackend
 from ..backends.prg import Prg
 from .context import HOLDERS, Context, Material, message_bytes, payload_bytes
 
-__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "replay"]
+__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "Replay", "replay", "node_spans"]
 
 
 def _meta(shape, dtype=torch.int64):
@@ -72,56 +72,72 @@ class DealerContext(ShapeContext):
         return self._slot(shape)
 
 
-def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
-    """Deal a recorded tape: returns (stored per party per node, offline bytes per party).
+class Replay:
+    """Deals tape entries for real, one node at a time, for one inference.
 
     ``publish(node)`` is called once all of a node's items are dealt, so that
     parties can consume material while the rest is still being made.
     ``scoped`` caches deployment-scoped draws across inferences.
     """
-    prgs = (Prg(seeds[0]), Prg(seeds[1]))
-    values: dict[int, torch.Tensor] = {}   # tape index -> full value; only the current node's are kept
-    stored = stored if stored is not None else ({}, {})
-    offline = [0, 0]
-    current = None
 
-    scoped = {} if scoped is None else scoped
+    def __init__(self, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
+        self.backend, self.inference, self.publish = backend, inference, publish
+        self.prgs = (Prg(seeds[0]), Prg(seeds[1]))
+        self.stored = stored if stored is not None else ({}, {})
+        self.offline = [0, 0]
+        self.scoped = {} if scoped is None else scoped
 
-    def draw(party, label, shape, scope):
+    def _draw(self, party, label, shape, scope):
         if scope:
-            if (party, label) not in scoped:
-                scoped[(party, label)] = backend.to_device(prgs[party].ring(label, shape))
-            return scoped[(party, label)]
-        return backend.to_device(prgs[party].ring(f"{inference}/{label}", shape))
+            if (party, label) not in self.scoped:
+                self.scoped[(party, label)] = self.backend.to_device(self.prgs[party].ring(label, shape))
+            return self.scoped[(party, label)]
+        return self.backend.to_device(self.prgs[party].ring(f"{self.inference}/{label}", shape))
 
-    for index, (node, label, op, shape, kind, holder, scope, fn, args) in enumerate(tape):
-        if node != current:
-            if current is not None and publish is not None:
-                publish(current)
-            current = node
-            values.clear()
-        owner = HOLDERS[holder]
-        if op == "rand":
+    def node(self, tape, start: int, stop: int) -> None:
+        """Deal ``tape[start:stop]``, all the entries of one node, and publish it."""
+        values: dict[int, torch.Tensor] = {}   # tape index -> full value (a node's derives use its own draws)
+        node = None
+        for index in range(start, stop):
+            node, label, op, shape, kind, holder, scope, fn, args = tape[index]
+            owner = HOLDERS[holder]
+            if op == "rand":
+                if owner is None:
+                    a, b = self._draw(0, label, shape, scope), self._draw(1, label, shape, scope)
+                    values[index] = a ^ b if kind == "xor" else a + b
+                else:
+                    values[index] = self._draw(owner, label, shape, scope)
+                continue
+            real = fn(*[values[ref] if how == "slot" else ref for how, ref in args])
+            if tuple(real.shape) != shape:
+                raise RuntimeError(f"{node}: dealt value has shape {tuple(real.shape)}, protocol said {shape}")
             if owner is None:
-                a, b = draw(0, label, shape, scope), draw(1, label, shape, scope)
-                values[index] = a ^ b if kind == "xor" else a + b
+                share0 = self._draw(0, label, shape, None)
+                piece, party = (real ^ share0 if kind == "xor" else real - share0), 1
             else:
-                values[index] = draw(owner, label, shape, scope)
-            continue
-        real = fn(*[values[ref] if how == "slot" else ref for how, ref in args])
-        if tuple(real.shape) != shape:
-            raise RuntimeError(f"{node}: dealt value has shape {tuple(real.shape)}, protocol said {shape}")
-        if owner is None:
-            share0 = draw(0, label, shape, None)
-            piece, party = (real ^ share0 if kind == "xor" else real - share0), 1
-        else:
-            piece, party = real, owner
-        stored[party].setdefault(node, []).append(piece)
-        offline[party] += payload_bytes(piece)
-        values[index] = real
-    if current is not None and publish is not None:
-        publish(current)
-    return stored, offline
+                piece, party = real, owner
+            self.stored[party].setdefault(node, []).append(piece)
+            self.offline[party] += payload_bytes(piece)
+            values[index] = real
+        if node is not None and self.publish is not None:
+            self.publish(node)
+
+
+def node_spans(tape):
+    """(start, stop) of each node's run of entries in a tape."""
+    start = 0
+    for index in range(1, len(tape) + 1):
+        if index == len(tape) or tape[index][0] != tape[start][0]:
+            yield start, index
+            start = index
+
+
+def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
+    """Deal a whole recorded tape: returns (stored per party per node, offline bytes per party)."""
+    dealing = Replay(backend, seeds, inference, stored, publish, scoped)
+    for start, stop in node_spans(tape):
+        dealing.node(tape, start, stop)
+    return dealing.stored, dealing.offline
 
 
 class OpCost:
