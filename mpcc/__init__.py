@@ -4,7 +4,11 @@
     >>> plan = mpcc.compile(model, {"input_ids": ids})
     >>> print(plan.dump())
 """
-from . import ir
+from .runtime.allocator import tune_allocator
+
+tune_allocator()  # first, before threads get malloc arenas: see mpcc/runtime/allocator.py
+
+from . import ir  # noqa: E402
 from .api import APPROXIMATIONS, Session, compile, interpret, load, run, trace
 from .frontend import TraceError, UnsupportedOpError
 from .interpreter import InterpretError

@@ -5,7 +5,9 @@ BERT-base layer, in three threads. glibc's defaults hand freed arena heaps
 and large blocks back to the kernel, so every inference faults the same
 pages in again: measured 270k minor faults and ~0.7 s of kernel time per
 layer on two cores, about a third of the run. Raising the trim threshold,
-the top pad and the mmap threshold makes glibc keep that memory for reuse.
+the top pad and the mmap threshold makes glibc keep that memory for reuse,
+and one arena for all threads (set at ``import mpcc``, before threads
+allocate) lets the party threads of every run reuse the same memory.
 
 The cost: the process keeps its peak heap (at most what one inference used)
 instead of returning it. Set ``MPCC_MALLOC_TUNING=0`` to leave malloc alone.
@@ -23,6 +25,7 @@ __all__ = ["tune_allocator"]
 M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
 KEEP_FREE_BYTES = 2 ** 31 - 1      # never trim the heap top below this
 TOP_PAD_BYTES = 64 << 20           # >= glibc's per-thread heap size: empty thread heaps are kept
 MMAP_THRESHOLD_BYTES = 32 << 20    # glibc's maximum: blocks below it come from the (kept) heaps
@@ -42,7 +45,7 @@ def tune_allocator() -> bool:
             mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
             tuned = all(mallopt(option, value) == 1 for option, value in (
                 (M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), (M_TRIM_THRESHOLD, KEEP_FREE_BYTES),
-                (M_TOP_PAD, TOP_PAD_BYTES)))
+                (M_TOP_PAD, TOP_PAD_BYTES), (M_ARENA_MAX, 1)))
         except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to tune
             tuned = False
     _state["tuned"] = tuned

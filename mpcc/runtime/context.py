@@ -71,6 +71,7 @@ class SessionState:
     deployment: dict[str, torch.Tensor] = field(default_factory=dict)
     scoped_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     encoded: dict[str, torch.Tensor] = field(default_factory=dict)
+    plain: dict[str, torch.Tensor | None] = field(default_factory=dict)   # this party's static values, as run
     static: frozenset = frozenset()   # names of values that depend only on weights and constants
 
 

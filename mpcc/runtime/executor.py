@@ -47,11 +47,18 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
     called after each node (for progress and timing by op).
     """
     env: dict[str, torch.Tensor | None] = {}
+    fixed = getattr(getattr(ctx, "session", None), "plain", None)   # a party's values fixed for the deployment
+    static = ctx.session.static if fixed is not None else frozenset()
     for node in graph.nodes:
         start = time.perf_counter()
         ctx.begin(node.name)
         try:
-            env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
+            if node.name in static and node.type.vis != "shared":
+                if node.name not in fixed:
+                    fixed[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
+                env[node.name] = fixed[node.name]
+            else:
+                env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
         except Exception as error:
             if isinstance(error, ExecutionError):
                 raise
