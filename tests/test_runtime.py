@@ -2,7 +2,9 @@
 to the cost model, dealer files, failure paths, and what each party sees."""
 from __future__ import annotations
 
+import math
 import threading
+import time
 
 import pytest
 import torch
@@ -240,3 +242,30 @@ def test_same_results_on_every_backend(backend, tiny_gpt2):
     (expected,) = reference_outputs(tiny_gpt2, inputs)
     assert (logits - expected).abs().max() < 1e-2
     assert stats.rounds == plan.cost().rounds
+
+
+def test_dealer_stays_within_its_lookahead(bert_session, tiny_bert):
+    plan, session, inputs = bert_session
+    by_node: dict[str, int] = {}
+    for material in plan.cost().materials:
+        if material.stored:
+            by_node[material.node] = by_node.get(material.node, 0) + 8 * math.prod(material.shape)
+    tight = Session(plan, tiny_bert.state_dict(), progress=False, lookahead_bytes=1)
+    outputs, stats = tight.run(inputs)
+    for got, want in zip(outputs, reference_outputs(tiny_bert, inputs)):
+        assert (got - want).abs().max() < 1e-2
+    assert 0 < stats.dealer_ahead_bytes <= 1 + max(by_node.values()), "one node at most beyond the bound"
+    _, loose = session.run(inputs)
+    assert loose.dealer_ahead_bytes > stats.dealer_ahead_bytes
+
+
+def test_a_failing_party_does_not_leave_the_dealer_waiting(bert_session, tiny_bert):
+    plan, _, inputs = bert_session
+    weights = dict(tiny_bert.state_dict())
+    name = next(k for k in weights if k.endswith("intermediate.dense.weight"))
+    weights[name] = weights[name] * 1e18   # the server fails to encode it, in the middle of the run
+    session = Session(plan, weights, progress=False, timeout=60, lookahead_bytes=1)
+    start = time.perf_counter()
+    with pytest.raises(RunError, match="server failed"):
+        session.run(inputs)
+    assert time.perf_counter() - start < 20, "the dealer was cancelled, not waited out"

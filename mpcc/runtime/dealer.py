@@ -85,7 +85,9 @@ class MaterialStream:
         self.inference = inference
         self.stored: tuple[dict, dict] = ({}, {})
         self.offline_bytes = (0, 0)
-        self.seconds = 0.0
+        self.seconds = 0.0           # the dealer's busy time (not counting pauses)
+        self.paused_seconds = 0.0    # time the dealer waited for the parties to take material
+        self.most_ahead_bytes = 0    # the most stored material made and not yet taken
         self.timeout = timeout
         self.lookahead_bytes = lookahead_bytes
         self._untaken = 0
@@ -101,9 +103,12 @@ class MaterialStream:
         with self._cond:
             self._ready.add(node)
             self._untaken += size
+            self.most_ahead_bytes = max(self.most_ahead_bytes, self._untaken)
             self._cond.notify_all()
+            start = time.perf_counter()
             ok = self._cond.wait_for(lambda: self._untaken <= self.lookahead_bytes or self._cancelled,
                                      timeout=self.timeout)
+            self.paused_seconds += time.perf_counter() - start
             if self._cancelled:
                 raise RuntimeError("the run stopped")
             if not ok:
@@ -148,7 +153,7 @@ class MaterialStream:
             except BaseException as error:  # parties waiting on material must not hang
                 self.finish(error)
             finally:
-                self.seconds = time.perf_counter() - start
+                self.seconds = time.perf_counter() - start - self.paused_seconds
         thread = threading.Thread(target=work, name="mpcc-dealer", daemon=True)
         thread.start()
         return thread
@@ -188,16 +193,18 @@ class Dealer:
         if cached is None:
             start = time.perf_counter()
             ctx = DealerContext(self.backend, self.plan.frac_bits)
-            done = [0]
+            done, dealing_seconds = [0], [0.0]
 
             def deal_recorded(node, seconds):
                 if dealing is not None and len(ctx.tape) > done[0]:
+                    begin = time.perf_counter()
                     dealing.node(ctx.tape, done[0], len(ctx.tape))
+                    dealing_seconds[0] += time.perf_counter() - begin
                 done[0] = len(ctx.tape)
             with torch.no_grad():
                 execute(self.plan.graph, ctx, on_node=deal_recorded)
             cached = tapes[self.backend.name] = (ctx.tape, ctx.materials)
-            self.shape_run_seconds = time.perf_counter() - start
+            self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
         elif dealing is not None:
             with torch.no_grad():
                 for begin, end in node_spans(cached[0]):

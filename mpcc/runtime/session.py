@@ -19,7 +19,7 @@ from ..interpreter import check_inputs, check_weights
 from .allocator import tune_allocator
 from .context import PartyContext, SessionState
 from .cost import op_family
-from .dealer import Dealer, MaterialStream
+from .dealer import LOOKAHEAD_BYTES, Dealer, MaterialStream
 from .executor import execute
 from .transport import InProcessChannel
 
@@ -41,6 +41,7 @@ class RunStats:
     total_seconds: float = 0.0      # the whole run call
     by_family: dict = field(default_factory=dict)   # family -> {"seconds", "bytes"}
     wait_seconds: tuple[float, float] = (0.0, 0.0)  # time each party spent blocked on the other
+    dealer_ahead_bytes: int = 0     # the most material the dealer had made that the parties had not yet taken
 
     @property
     def online_bytes_total(self) -> int:
@@ -51,7 +52,7 @@ class RunStats:
                 "online_bytes_total": self.online_bytes_total, "offline_bytes": self.offline_bytes,
                 "setup_bytes": self.setup_bytes, "rounds": self.rounds, "online_seconds": round(self.online_seconds, 4),
                 "offline_seconds": round(self.offline_seconds, 4), "total_seconds": round(self.total_seconds, 4),
-                "wait_seconds": [round(w, 4) for w in self.wait_seconds],
+                "wait_seconds": [round(w, 4) for w in self.wait_seconds], "dealer_ahead_bytes": self.dealer_ahead_bytes,
                 "by_family": self.by_family}
 
     def summary(self) -> str:
@@ -88,7 +89,7 @@ class Session:
     """
 
     def __init__(self, plan, weights: Mapping[str, torch.Tensor], *, backend: str | RingBackend = "cpu",
-                 timeout: float = 120.0, progress: bool | None = None):
+                 timeout: float = 120.0, progress: bool | None = None, lookahead_bytes: int = LOOKAHEAD_BYTES):
         tune_allocator()  # freed tensors stay in the process: no page faults on every inference
         self.plan = plan
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
@@ -106,6 +107,7 @@ class Session:
         static = frozenset(_static_values(plan.graph))
         self.states = (SessionState(static=static), SessionState(static=static))
         self.timeout = timeout
+        self.lookahead_bytes = lookahead_bytes   # how far the dealer may run ahead of the parties (memory)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.count = 0
         self.used: set[str] = set()
@@ -128,7 +130,7 @@ class Session:
         self.count += 1
         dealer_thread = None
         if material is None:  # deal while the parties run: they wait only for material not yet made
-            material = MaterialStream(f"inference-{self.count}", self.timeout)
+            material = MaterialStream(f"inference-{self.count}", self.timeout, self.lookahead_bytes)
             dealer_thread = material.start(self.dealer)
         elif material.inference in self.used:
             raise RunError(f"dealer material {material.inference!r} was already used; one-time material must not be reused")
@@ -203,7 +205,7 @@ class Session:
         stats = RunStats((links[0].bytes_sent, links[1].bytes_sent), sum(material.offline_bytes),
                          links[0].setup_bytes_sent + links[1].setup_bytes_sent, max(l.rounds for l in links),
                          online_seconds, offline_seconds, time.perf_counter() - start, families,
-                         (links[0].wait_seconds, links[1].wait_seconds))
+                         (links[0].wait_seconds, links[1].wait_seconds), getattr(material, "most_ahead_bytes", 0))
         outputs = [results[0][name] for name in self.plan.graph.outputs]
         return outputs, stats
 
@@ -229,7 +231,9 @@ def run(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Te
         plan: from ``mpcc.compile`` or ``mpcc.load``.
         inputs: the model inputs by name (each goes only to its owner's thread).
         weights: the model's ``state_dict()`` (only the server's thread sees it).
-        **options: ``backend`` ("cpu", "limb", "cuda"), ``timeout``, ``progress``.
+        **options: ``backend`` ("cpu", "limb", "cuda"), ``timeout`` (seconds any wait may take),
+            ``progress``, ``lookahead_bytes`` (how much material the dealer may make ahead of the
+            parties; bounds memory).
 
     Returns:
         ``(outputs, stats)``: the client's outputs in plan order and a ``RunStats``.
