@@ -269,3 +269,31 @@ def test_a_failing_party_does_not_leave_the_dealer_waiting(bert_session, tiny_be
     with pytest.raises(RunError, match="server failed"):
         session.run(inputs)
     assert time.perf_counter() - start < 20, "the dealer was cancelled, not waited out"
+
+
+def test_shape_runs_reuse_twin_nodes_exactly(bert_session, monkeypatch):
+    """The dealer and the cost model copy a layer's record to its twins: it must
+    equal what running every node's protocol records."""
+    from mpcc.backends import get_backend
+    from mpcc.runtime.executor import execute
+    from mpcc.runtime.shape_context import CostContext, DealerContext
+
+    plan = bert_session[0]
+
+    def record(context, reuse: bool):
+        ctx = context()
+        if not reuse:
+            monkeypatch.setattr(ctx, "recall", lambda node: False)
+        with torch.no_grad():
+            execute(plan.graph, ctx)
+        return ctx
+
+    dealers = [record(lambda: DealerContext(get_backend("cpu"), plan.frac_bits), reuse) for reuse in (False, True)]
+    full, reused = ([entry[:7] + entry[8:] for entry in ctx.tape] for ctx in dealers)  # all but the function
+    assert reused == full and dealers[0].materials == dealers[1].materials
+    run_nodes = {entry[0] for t in dealers[1]._templates.values() if t for entry in t[0][-2]}
+    assert {entry[0] for entry in reused} - run_nodes, "some nodes were copied from a twin rather than run"
+    for party in (0, 1):
+        costs = [record(lambda: CostContext(party, get_backend("cpu"), plan.frac_bits), reuse) for reuse in (False, True)]
+        assert {k: v.as_dict() for k, v in costs[0].by_node.items()} == {k: v.as_dict() for k, v in costs[1].by_node.items()}
+        assert costs[0].materials == costs[1].materials

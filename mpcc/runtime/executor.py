@@ -106,6 +106,9 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
               for name, value in zip(node.operands, operands)]
     if op.protocol is None:  # a shape op or a sum: the same on shares as on plaintext
         return op.evaluate(values, node.attrs)
+    recall = getattr(ctx, "recall", None)
+    if recall is not None and recall(node):  # the dealer's shape run: requests copied from a twin node
+        return _meta_of(node)
     return op.protocol(ctx, *op.bind(values, node.attrs))
 
 

@@ -2,6 +2,8 @@
 the cost model's (which counts). Both run the protocols on meta tensors."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from ..backends.base import RingBackend
@@ -22,6 +24,54 @@ class ShapeContext(Context):
         self.party, self.backend, self.frac_bits = party, backend, frac_bits
         self.node, self.counter = "", 0
         self.materials: list[Material] = []
+        self._templates: dict[tuple, tuple | None] = {}   # node signature -> what its protocol recorded
+        self._pending: tuple | None = None
+
+    def begin(self, node):
+        self._keep_template()
+        super().begin(node)
+
+    # --- twin nodes: the twelve layers of a BERT make the same requests under other names
+    def recall(self, node) -> bool:
+        """Record ``node`` by copying what an earlier node with the same op,
+        attributes and operand types recorded, renamed; False when there is
+        none yet (then the protocol runs, and what it records is kept).
+
+        Sound because protocols never branch on data, and names enter only
+        labels and deployment scopes (an operand's name + a variant suffix).
+        """
+        self._pending = None
+        key = _signature(node, self.operand_types, self.out_type)
+        if key is None:
+            return False
+        if key not in self._templates:
+            self._pending = (key, self._mark(), dict(self.operand_names))
+            return False
+        template = self._templates[key]
+        if template is None:
+            return False
+        recorded, names, first_node = template
+        self._copy(node.name, recorded, {names[param]: self.operand_names[param] for param in names}, first_node)
+        return True
+
+    def _keep_template(self):
+        if self._pending is None:
+            return
+        key, mark, names = self._pending
+        self._pending = None
+        recorded = self._since(mark, set(names.values()))
+        self._templates[key] = None if recorded is None else (recorded, names, self.node)
+
+    def _mark(self) -> tuple:
+        return (len(self.materials),)
+
+    def _since(self, mark, names: set[str]) -> tuple | None:
+        """What the node begun at ``mark`` recorded (``names``: its operands'); None
+        if it cannot be renamed."""
+        return (self.materials[mark[0]:],)
+
+    def _copy(self, node: str, recorded: tuple, renamed: dict[str, str], first_node: str) -> None:
+        self.materials.extend(replace(material, node=node) for material in recorded[0])
 
     def _record(self, shape, kind, holder, stored):
         self.materials.append(Material(self.node, self.counter - 1, tuple(shape), kind, holder, stored))
@@ -52,6 +102,25 @@ class DealerContext(ShapeContext):
     def begin(self, node):
         super().begin(node)
         self.slots.clear()
+
+    def _mark(self):
+        return super()._mark() + (len(self.tape),)
+
+    def _since(self, mark, names):
+        entries = self.tape[mark[-1]:]
+        if not all(_rename_scope(entry[6], {n: n for n in names}) is not None for entry in entries if entry[6]):
+            return None
+        return super()._since(mark, names) + (entries, mark[-1])
+
+    def _copy(self, node, recorded, renamed, first_node):
+        super()._copy(node, recorded, renamed, first_node)
+        entries, first_index = recorded[-2:]
+        offset = len(self.tape) - first_index
+        for _, label, op, shape, kind, holder, scope, fn, args in entries:
+            scope = _rename_scope(scope, renamed) if scope else None
+            label = f"deploy/{scope}" if scope else node + label[len(first_node):]
+            args = tuple((how, ref + offset) if how == "slot" else (how, ref) for how, ref in args)
+            self.tape.append((node, label, op, shape, kind, holder, scope, fn, args))
 
     def _slot(self, shape):
         meta = _meta(shape)
@@ -123,6 +192,24 @@ class Replay:
             self.publish(node)
 
 
+def _signature(node, operand_types, out_type):
+    """What a node's requests for randomness depend on; None when an attribute
+    is a tensor (not worth comparing)."""
+    if any(isinstance(value, torch.Tensor) for value in node.attrs.values()):
+        return None
+    return (node.op, repr(sorted(node.attrs.items())), tuple(sorted((p, repr(t)) for p, t in operand_types.items())),
+            repr(out_type))
+
+
+def _rename_scope(scope: str, renamed: dict[str, str]) -> str | None:
+    """A deployment scope (an operand's name, maybe + "^variant") under new operand names."""
+    matches = [old for old in renamed if scope == old or scope.startswith(old + "^")]
+    if not matches:
+        return None
+    old = max(matches, key=len)
+    return renamed[old] + scope[len(old):]
+
+
 def node_spans(tape):
     """(start, stop) of each node's run of entries in a tape."""
     start = 0
@@ -166,6 +253,34 @@ class CostContext(ShapeContext):
     def __init__(self, party, backend, frac_bits):
         super().__init__(party, backend, frac_bits)
         self.by_node: dict[str, OpCost] = {}
+        self._deployed: set[str] = set()
+        self._deployments: list[tuple[str, int, int]] = []   # (key, bytes, sender) of every deployment call
+
+    def _mark(self):
+        return super()._mark() + (len(self._deployments),)
+
+    def _since(self, mark, names):
+        deployments = self._deployments[mark[-1]:]
+        if not all(_rename_scope(key, {n: n for n in names}) is not None for key, _, _ in deployments):
+            return None
+        cost = self.by_node.get(self.node)
+        return super()._since(mark, names) + (cost, deployments)
+
+    def _copy(self, node, recorded, renamed, first_node):
+        super()._copy(node, recorded, renamed, first_node)
+        cost, deployments = recorded[-2:]
+        if cost is not None:
+            self.by_node[node] = OpCost()
+            self.by_node[node].add(cost)
+            self.by_node[node].setup_bytes = 0
+        for key, size, sender in deployments:
+            self._deploy(_rename_scope(key, renamed), size, sender)
+
+    def _deploy(self, key, size, sender):
+        self._deployments.append((key, size, sender))
+        if self.party == sender and key not in self._deployed:
+            self._deployed.add(key)
+            self._cost().setup_bytes += size
 
     def _cost(self) -> OpCost:
         return self.by_node.setdefault(self.node, OpCost())
@@ -198,7 +313,5 @@ class CostContext(ShapeContext):
         return super().transfer(*tensors, sender=sender, bits=bits)
 
     def deployment(self, key, make, like, *, sender):
-        if self.party == sender and key not in getattr(self, "_deployed", set()):
-            self._deployed = getattr(self, "_deployed", set()) | {key}
-            self._cost().setup_bytes += payload_bytes(like)
+        self._deploy(key, payload_bytes(like), sender)
         return super().deployment(key, make, like, sender=sender)
