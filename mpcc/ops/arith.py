@@ -122,7 +122,8 @@ def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     mask_a = ctx.rand(x.shape, holder="client")
     mask_b = ctx.rand(weight_shape, holder="server", scope=key)
     c = ctx.derive(fn, mask_a, mask_b, shape=out_shape)
-    d = ctx.deployment(key, lambda: weight - mask_b, like_w, sender=1)
+    # W - B in B's memory: the server drops B once D is sent (a BERT-base's worth of weights is 880 MB)
+    d = ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w, sender=1)
     if ctx.party == 0:
         ctx.transfer(x - mask_a, sender=0)
         return fn(mask_a, d) + c

@@ -178,7 +178,11 @@ class PartyContext(Context):
         owner = HOLDERS[holder]
         if owner is not None and owner != self.party:
             return None
-        if scope:  # the same for every inference of the deployment: draw once
+        if scope:  # the same for every inference of the deployment
+            if scope in self.session.deployment:
+                # a party needs a deployment mask only to make what it sends once (``deployment``);
+                # after that the shape stands in for it (the dealer keeps the mask for its derivations)
+                return torch.empty(tuple(shape), dtype=torch.int64, device="meta")
             if label not in self.session.scoped_masks:
                 self.session.scoped_masks[label] = self._draw(label, tuple(shape), kind, scope)
             return self.session.scoped_masks[label]
@@ -220,9 +224,9 @@ class PartyContext(Context):
     def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
             if self.party == sender:
-                value = make()
-                self.transport.send([value], setup=True)
-                self.session.deployment[key] = value
+                self.transport.send([make()], setup=True)
+                self.session.deployment[key] = None   # sent; the sender needs neither it nor its masks again
+                self.session.scoped_masks.pop(f"deploy/{key}", None)
             else:
                 (self.session.deployment[key],) = self.transport.receive(count_round=False)
         return self.session.deployment[key] if self.party != sender else None

@@ -49,16 +49,17 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
     env: dict[str, torch.Tensor | None] = {}
     fixed = getattr(getattr(ctx, "session", None), "plain", None)   # a party's values fixed for the deployment
     static = ctx.session.static if fixed is not None else frozenset()
+    dead_after = _dead_after(graph)
     for node in graph.nodes:
         start = time.perf_counter()
         ctx.begin(node.name)
         try:
-            if node.name in static and node.type.vis != "shared":
+            if node.op == "param" or node.name not in static or node.type.vis == "shared":
+                env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
+            else:
                 if node.name not in fixed:
                     fixed[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
                 env[node.name] = fixed[node.name]
-            else:
-                env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
         except Exception as error:
             if isinstance(error, ExecutionError):
                 raise
@@ -68,9 +69,24 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
         if value is not None and tuple(value.shape) != node.type.shape:
             raise ExecutionError(f"party {ctx.party}: %{node.name} = {node.op}(...) produced shape "
                                  f"{tuple(value.shape)}, its type says {node.type.shape}")
+        for name in dead_after.get(node.name, ()):
+            del env[name]   # no later node reads it: let its memory go now
         if on_node is not None:
             on_node(node, time.perf_counter() - start)
     return {name: env[name] for name in graph.outputs}
+
+
+def _dead_after(graph: Graph) -> dict[str, list[str]]:
+    """node -> the values whose last reader it is (graph outputs are never dead)."""
+    last_reader: dict[str, str] = {}
+    for node in graph.nodes:
+        for operand in node.operands:
+            last_reader[operand] = node.name
+    dead: dict[str, list[str]] = {}
+    for value, reader in last_reader.items():
+        if value not in graph.outputs:
+            dead.setdefault(reader, []).append(value)
+    return dead
 
 
 def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
@@ -92,7 +108,10 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     if node.op == "input":
         return inputs[node.name].to(dtype_of_kind(node.type.kind))
     if node.op == "param":
-        return weights[node.attrs["key"]].detach().to(dtype_of_kind(node.type.kind))
+        weight = weights[node.attrs["key"]].detach()
+        if weight.dtype in (torch.float32, torch.float64) and node.type.kind == "real":
+            return weight   # as given: encoding is exact from either, and a float64 copy of BERT is 880 MB
+        return weight.to(dtype_of_kind(node.type.kind))
     if node.op == "const":
         return node.attrs["value"]
     operands = [env[name] for name in node.operands]
