@@ -1,9 +1,11 @@
 """One BERT-base encoder layer (hidden 768, 12 heads, FFN 3072, random weights):
 the server holds the weights, the client the activations. Prints wall time of
-the whole run (the dealer works beside the parties), the online phase alone
-(material dealt ahead), the dealer's busy time, bytes, rounds and max error
-against float64 torch, the time and bytes by op, and JSON. Best of the runs
-after the first (which also sends the once-per-deployment setup).
+a run in a session (the dealer works beside the parties; best of the runs after
+the first, which also sends the once-per-deployment setup), of a whole one-shot
+``mpcc.run`` call (a new deployment each time: setup message and dealer
+included), of the online phase alone (material dealt ahead), the dealer's busy
+time, bytes, rounds and max error against float64 torch, the time and bytes by
+op, and JSON.
 
     python benchmarks/bert_layer.py [--seq 32 128] [--repeats 4] [--json out.json]
 """

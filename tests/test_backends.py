@@ -55,12 +55,22 @@ def test_encode_decode_round_trip(name, values):
     assert (ring.decode(ring.encode(x, 16), 16) - x).abs().max() <= 2**-17 + 1e-12
 
 
+@given(st.lists(st.floats(-2.0**45, 2.0**45, width=32), min_size=1, max_size=10), st.integers(0, 24))
+def test_float32_encodes_exactly_as_float64(values, frac_bits):
+    ring = get_backend("cpu")
+    x = torch.tensor(values, dtype=torch.float32)
+    if float(x.abs().max()) < 2.0 ** (62 - frac_bits):
+        assert torch.equal(ring.encode(x, frac_bits), ring.encode(x.double(), frac_bits))
+
+
 def test_encoding_out_of_range_names_the_tensor():
     ring = get_backend("cpu")
     with pytest.raises(FixedPointRangeError, match="attention.scores.*2\\^46"):
         ring.encode(torch.tensor([1.0, 2.0**47]), 16, "attention.scores")
-    with pytest.raises(FixedPointRangeError, match="inf or nan"):
-        ring.encode(torch.tensor([float("nan")]), 16, "x")
+    for bad in ([float("nan")], [1.0, float("nan")], [-float("inf"), 0.0]):
+        for dtype in (torch.float32, torch.float64):
+            with pytest.raises(FixedPointRangeError, match="inf or nan"):
+                ring.encode(torch.tensor(bad, dtype=dtype), 16, "x")
 
 
 def test_logical_shift():

@@ -7,6 +7,7 @@ explicitly, never global.
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -43,13 +44,21 @@ class TorchRing:
         return torch.matmul(a, b)
 
     def encode(self, x: torch.Tensor, frac_bits: int, name: str = "tensor") -> torch.Tensor:
-        """round(x * 2^f) as int64; refuses |x| >= 2^(62-f) and non-finite values."""
-        x = torch.as_tensor(x, dtype=torch.float64)
+        """round(x * 2^f) as int64; refuses |x| >= 2^(62-f) and non-finite values.
+
+        float32 input is encoded as it is: scaling by 2^f and rounding are
+        exact in float32 in this range, so the result equals the float64 one
+        at a third of the time (BERT-base's weights: 0.9 -> 0.3 s).
+        """
+        x = torch.as_tensor(x)
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.to(torch.float64)
         limit = 2.0 ** (62 - frac_bits)
         if x.numel():
-            if not bool(torch.isfinite(x).all()):
+            low, high = (float(v) for v in torch.aminmax(x))
+            if not (math.isfinite(low) and math.isfinite(high)):
                 raise FixedPointRangeError(f"{name}: contains inf or nan, which fixed point cannot encode")
-            peak = float(x.abs().max())
+            peak = max(-low, high)
             if peak >= limit:
                 raise FixedPointRangeError(f"{name}: magnitude {peak:.4g} does not fit fixed point with {frac_bits} "
                                            f"fractional bits (|x| must be < 2^{62 - frac_bits} = {limit:.4g})")

@@ -172,8 +172,7 @@ def server_ring(ctx, param: str, value, transpose: bool = False):
     name = ctx.operand_names[param]
 
     def make():
-        ring = encode(ctx, value, "real", name)
-        return ring.transpose(-1, -2).contiguous() if transpose else ring
+        return encode(ctx, value.transpose(-1, -2).contiguous() if transpose else value, "real", name)
     return ctx.encode_static(name, value, make, "^T" if transpose else "")
 
 
