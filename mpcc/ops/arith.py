@@ -47,6 +47,9 @@ def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     r = ctx.rand(z.shape)
     r_high = ctx.derive(lambda r: rshift(r, shift), r, shape=z.shape)
     r_msb = ctx.derive(lambda r: rshift(r, 63), r, shape=z.shape)
+    if ctx.meta:  # shapes only (dealer, cost model): the same requests and message, no arithmetic
+        ctx.open(z)
+        return torch.empty(tuple(z.shape), dtype=torch.int64, device="meta")
     offset = 1 << RING_SHIFT_LIMIT
     masked = z + r + (offset if ctx.party == 0 else 0)
     c = ctx.open(masked)
@@ -69,6 +72,9 @@ def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
     a = ctx.rand(x.shape)
     b = ctx.rand(y.shape)
     c = ctx.derive(fn, a, b, shape=out_shape)
+    if ctx.meta:
+        ctx.exchange(x, y)
+        return torch.empty(out_shape, dtype=torch.int64, device="meta")
     e_peer, d_peer = ctx.exchange(x - a, y - b)
     e, d = x - a + e_peer, y - b + d_peer
     z = c + fn(e, b) + fn(a, d)
@@ -89,6 +95,10 @@ def square(ctx, x, truncate: bool = True):
     (+8n). (Beaver's trick specialised to squares, as in CrypTen.)"""
     a = ctx.rand(x.shape)
     c = ctx.derive(lambda a: a * a, a, shape=x.shape)
+    if ctx.meta:
+        ctx.exchange(x)
+        z = torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
+        return trunc(ctx, z) if truncate else z
     (e_peer,) = ctx.exchange(x - a)
     e = x - a + e_peer
     z = c + 2 * e * a

@@ -212,6 +212,10 @@ def select_bits(ctx, bit, values):
     rho_a = ctx.derive(lambda r: r & 1, rho, shape=bit.shape)
     masks = [ctx.rand(v.shape) for v in values]
     products = [ctx.derive(lambda r, a: (r & 1) * a, rho, a, shape=v.shape) for v, a in zip(values, masks)]
+    if ctx.meta:  # shapes only: the same requests and message
+        ctx.exchange(bit, *values, bits=[1] + [None] * len(values))
+        return [torch.empty(torch.broadcast_shapes(bit.shape, v.shape), dtype=torch.int64, device="meta")
+                for v in values]
     opened = ctx.exchange((bit ^ rho) & 1, *[v - a for v, a in zip(values, masks)], bits=[1] + [None] * len(values))
     beta = (bit ^ rho ^ opened[0]) & 1
     outs = []
