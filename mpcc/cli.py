@@ -98,8 +98,17 @@ def cmd_interpret(args) -> int:
 
 def cmd_run(args) -> int:
     import mpcc
-    loaded, inputs = _load(args)
-    plan = mpcc.compile(loaded.model, inputs)
+    if _is_plan_file(args.model):  # a compiled plan: weights and example inputs from the model it names
+        from .models import example_inputs, load_model
+        plan = mpcc.load(args.model)
+        source = args.weights or plan.info.get("model")
+        if not source:
+            raise SystemExit(f"mpcc run: {args.model} does not name its model; give --weights PRESET_OR_DIRECTORY")
+        loaded = load_model(source)
+        inputs = example_inputs(loaded, seq_len=args.seq or plan.info.get("seq_len"), text=args.input)
+    else:
+        loaded, inputs = _load(args)
+        plan = mpcc.compile(loaded.model, inputs)
     outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict(), backend=args.backend)
     worst = _report_secure(loaded, inputs, plan, outputs)
     print(stats.summary())
@@ -203,8 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.set_defaults(run=cmd_interpret)
 
-    p = sub.add_parser("run", help="compile and run securely (client and server in this process), compare with torch")
+    p = sub.add_parser("run", help="compile (or load a plan file) and run securely (client and server in this "
+                                   "process), compare with torch")
     model_args(p)
+    p.add_argument("--weights", default=None, help="for a plan file: preset or model directory holding the weights "
+                                                     "(default: the model the plan was compiled from)")
     p.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
     p.add_argument("--json", action="store_true", help="also print the stats as JSON")
     p.set_defaults(run=cmd_run)

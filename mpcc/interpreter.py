@@ -46,7 +46,8 @@ def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
         elif tuple(weights[key].shape) != node.type.shape:
             problems.append(f"weight {key!r} has shape {tuple(weights[key].shape)}, expected {node.type.shape}")
     if problems:
-        raise InterpretError("; ".join(problems))
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise InterpretError(f"{len(problems)} problem(s) with the weights: " + "; ".join(problems[:5]) + more)
 
 
 def _run_node(node: Node, env: dict, inputs, weights) -> torch.Tensor:

@@ -78,6 +78,19 @@ def test_cli_compile_dump_interpret(tmp_path, capsys):
     assert "aten.scaled_dot_product_attention.default" in capsys.readouterr().out
 
 
+def test_cli_runs_a_compiled_plan_file(tmp_path, capsys):
+    out = tmp_path / "bert.mpcc"
+    assert main(["compile", "tiny-bert", "-o", str(out), "--seq", "5"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "max |secure - torch|" in text and "rounds" in text
+    assert main(["run", str(out), "--seq", "7"]) == 2   # inputs must have the plan's shapes
+    assert "input_ids" in capsys.readouterr().err
+    assert main(["run", str(out), "--weights", "tiny-gpt2"]) == 2   # weights of another model
+    assert "weight" in capsys.readouterr().err
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["compile", "no-such-model", "-o", str(tmp_path / "x")]) == 2
     assert "not a preset" in capsys.readouterr().err
