@@ -29,6 +29,7 @@ FOURIER_FIT_RANGE = 4.5     # the series is fit on [-4.5, 4.5]: the segment test
 SEGMENT_FUZZ = 1            # segment tests may err within 2^-SEGMENT_FUZZ (0.5) of the threshold
 GELU_TERMS = 8             # fit error 3.5e-5 on [-4.5, 4.5]
 TANH_TERMS = 9             # fit error 1e-3 (ridge keeps coefficients small, so rounding stays small)
+SERIES_CHUNK = 1 << 16      # elements per slice of the local series evaluation
 
 
 def mul_scalar(ctx, x, value: float):
@@ -207,14 +208,22 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
     cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
     sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
     delta = ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2) & (modulus - 1)
-    angle = angles(delta)
-    cos_d, sin_d = torch.cos(angle), torch.sin(angle)
     a = [c * 2.0 ** f for c in cos_coeffs]
     b = [c * 2.0 ** f for c in sin_coeffs]
-    # cos(k(d + t)) = cos kd cos kt - sin kd sin kt; sin(k(d + t)) = sin kd cos kt + cos kd sin kt
-    on_cos_t = _weighted_sum(a, cos_d, b, sin_d)    # multiplies cos(k pi t / 8); |.| < 8 * 2^f, no range check
-    on_sin_t = _weighted_sum(b, cos_d, [-c for c in a], sin_d)   # multiplies sin(k pi t / 8)
-    acc = _dot_last(ctx, on_cos_t, cos_t) + _dot_last(ctx, on_sin_t, sin_t)
+    if ctx.meta:
+        acc = torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
+    else:
+        acc = torch.empty(delta.numel(), dtype=torch.int64, device=delta.device)
+        flat_delta, flat_cos_t, flat_sin_t = delta.reshape(-1), cos_t.reshape(-1, terms), sin_t.reshape(-1, terms)
+        for start in range(0, delta.numel(), SERIES_CHUNK):  # in slices: small temporaries, warm caches
+            part = slice(start, start + SERIES_CHUNK)
+            angle = angles(flat_delta[part])
+            cos_d, sin_d = torch.cos(angle), torch.sin(angle)
+            # cos(k(d + t)) = cos kd cos kt - sin kd sin kt; sin(k(d + t)) = sin kd cos kt + cos kd sin kt
+            on_cos_t = _weighted_sum(a, cos_d, b, sin_d)    # multiplies cos(k pi t / 8); |.| < 8 * 2^f
+            on_sin_t = _weighted_sum(b, cos_d, [-c for c in a], sin_d)   # multiplies sin(k pi t / 8)
+            acc[part] = _dot_last(on_cos_t, flat_cos_t[part]) + _dot_last(on_sin_t, flat_sin_t[part])
+        acc = acc.reshape(x.shape)
     if linear:
         acc = acc + x * round(linear * 2 ** f)
     mid = add_public(ctx, trunc(ctx, acc), _public(ctx, constant, x))
@@ -239,10 +248,8 @@ def _weighted_sum(a, u, b, v):
     return scaled(a, u).add_(scaled(b, v)).round_()
 
 
-def _dot_last(ctx, public, share):
+def _dot_last(public, share):
     """sum over the last axis of public integers (float) times ring shares."""
-    if ctx.meta:
-        return torch.empty(tuple(share.shape[:-1]), dtype=torch.int64, device="meta")
     return torch.einsum("...k,...k->...", public.to(torch.int64), share)
 
 
