@@ -19,7 +19,7 @@ from ..backends import RingBackend, get_backend
 from ..backends.prg import new_seed
 from .context import payload_bytes
 from .executor import execute
-from .shape_context import DealerContext, Replay, node_spans
+from .shape_context import DealerContext, Replay
 
 __all__ = ["Dealer", "DealtMaterial", "MaterialStream", "MaterialFileError"]
 
@@ -207,8 +207,7 @@ class Dealer:
             self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
         elif dealing is not None:
             with torch.no_grad():
-                for begin, end in node_spans(cached[0]):
-                    dealing.node(cached[0], begin, end)
+                dealing.tape(cached[0])
         self._tape, self._materials = cached
 
     def seed_for(self, party: int) -> bytes:

@@ -10,7 +10,7 @@ from ..backends.base import RingBackend
 from ..backends.prg import Prg
 from .context import HOLDERS, Context, Material, message_bytes, payload_bytes
 
-__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "Replay", "replay", "node_spans"]
+__all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "Replay", "replay"]
 
 
 def _meta(shape, dtype=torch.int64):
@@ -191,6 +191,11 @@ class Replay:
         if node is not None and self.publish is not None:
             self.publish(node)
 
+    def tape(self, tape) -> None:
+        """Deal a whole recorded tape, node by node."""
+        for start, stop in node_spans(tape):
+            self.node(tape, start, stop)
+
 
 def _signature(node, operand_types, out_type):
     """What a node's requests for randomness depend on; None when an attribute
@@ -222,8 +227,7 @@ def node_spans(tape):
 def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
     """Deal a whole recorded tape: returns (stored per party per node, offline bytes per party)."""
     dealing = Replay(backend, seeds, inference, stored, publish, scoped)
-    for start, stop in node_spans(tape):
-        dealing.node(tape, start, stop)
+    dealing.tape(tape)
     return dealing.stored, dealing.offline
 
 
