@@ -16,7 +16,6 @@ import torch
 
 from ..backends import RingBackend, get_backend
 from ..interpreter import check_inputs, check_weights
-from .allocator import tune_allocator
 from .context import PartyContext, SessionState
 from .cost import op_family
 from .dealer import LOOKAHEAD_BYTES, Dealer, MaterialStream
@@ -90,7 +89,6 @@ class Session:
 
     def __init__(self, plan, weights: Mapping[str, torch.Tensor], *, backend: str | RingBackend = "cpu",
                  timeout: float = 120.0, progress: bool | None = None, lookahead_bytes: int = LOOKAHEAD_BYTES):
-        tune_allocator()  # freed tensors stay in the process: no page faults on every inference
         self.plan = plan
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         try:
