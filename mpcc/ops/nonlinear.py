@@ -11,7 +11,7 @@ import torch
 
 from .arith import server_ring, add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
 from .base import define
-from .compare import WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, relu, select_bits
+from .compare import WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, select_bits
 
 __all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "gelu", "tanh", "layer_norm",
            "mul_scalar", "encode_scaled", "MASK_FILL"]
@@ -47,7 +47,8 @@ def exp(ctx, x):
     """e^x for x <= 0 (softmax after the max shift), absolute error < 1e-5.
 
     Inputs below -15 count as -15 (e^-15 < 2^-16, below fixed-point
-    resolution). Steps: y = relu(x + 15) in [0, 15]. The dealer deals t
+    resolution). Steps: y = relu(x + 15) in [0, 15] (by a fuzzy comparison that
+    may also zero y in (0, 1), where e^(y-15) < 1e-6). The dealer deals t
     (seeded, uniform mod 16), an XOR sharing of t, and V0 = e^(-t-15),
     V1 = e^(1-t) with 40 fractional bits (stored). Open delta = y + t mod 16
     (20 bits each way; perfectly hiding). The wrap bit w = [delta < t] comes
@@ -62,7 +63,11 @@ def exp(ctx, x):
     span_bits = f + EXP_SPAN_LOG2
     span = 1 << span_bits
     clip = float(2 ** EXP_SPAN_LOG2 - 1)
-    y = relu(ctx, add_public(ctx, x, _public(ctx, clip, x)))
+    # y = relu(x + 15), but y in (0, 1) may also become 0 (e^(y-15) < 1e-6 either way): a fuzzy
+    # test of y - 1/2 (exact for y <= 0) takes a 16-bit comparison tree instead of a 31-bit one
+    shifted = add_public(ctx, x, _public(ctx, clip, x))
+    keep = not_bit(ctx, ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)), fuzz_bits=f - 1))
+    (y,) = select_bits(ctx, keep, [shifted])
     t = ctx.rand(x.shape)
     t_xor = ctx.derive(lambda t: t & (span - 1), t, shape=x.shape, kind="xor")
 
