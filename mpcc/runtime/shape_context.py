@@ -166,6 +166,7 @@ class Replay:
     def node(self, tape, start: int, stop: int) -> None:
         """Deal ``tape[start:stop]``, all the entries of one node, and publish it."""
         values: dict[int, torch.Tensor] = {}   # tape index -> full value (a node's derives use its own draws)
+        read = {ref for entry in tape[start:stop] for how, ref in entry[8] if how == "slot"}  # kept only if read
         node = None
         for index in range(start, stop):
             node, label, op, shape, kind, holder, scope, fn, args = tape[index]
@@ -187,7 +188,8 @@ class Replay:
                 piece, party = real, owner
             self.stored[party].setdefault(node, []).append(piece)
             self.offline[party] += payload_bytes(piece)
-            values[index] = real
+            if index in read:
+                values[index] = real
         if node is not None and self.publish is not None:
             self.publish(node)
 
