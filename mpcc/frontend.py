@@ -82,13 +82,19 @@ def trace(model: torch.nn.Module, example_inputs, *, owners: Mapping[str, str] |
 
 
 def reference_outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:
-    """The model's own outputs in float64, called as ``trace`` calls it
+    """The model's outputs computed in float64 (on a float64 copy of the model
+    and of its floating inputs), called as ``trace`` calls it
     (``use_cache=False`` where accepted) and flattened in the order the traced
     graph returns them: what mpcc's results are compared against."""
-    from torch.utils._pytree import tree_leaves
+    import copy
+
+    from torch.utils._pytree import tree_leaves, tree_map
     args, kwargs = _split_inputs(model, example_inputs)
+    widen = lambda t: t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    args, kwargs = tree_map(widen, args), tree_map(widen, kwargs)
     with torch.no_grad():
-        return [t.double() for t in tree_leaves(model(*args, **kwargs)) if isinstance(t, torch.Tensor)]
+        reference = copy.deepcopy(model).double()
+        return [t.double() for t in tree_leaves(reference(*args, **kwargs)) if isinstance(t, torch.Tensor)]
 
 
 def _split_inputs(model, example_inputs) -> tuple[tuple, dict]:
