@@ -166,7 +166,6 @@ class Dealer:
         self.plan = plan
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.seeds = seeds or (new_seed(), new_seed())
-        self._tape = None
         self._materials = None
         self.shape_run_seconds = 0.0   # the one-time shape run (with the first dealing), 0 when the plan had a tape
         self.scoped: dict = {}   # deployment-scoped masks, drawn once
@@ -175,19 +174,14 @@ class Dealer:
         tapes = self.plan.__dict__.setdefault("_dealer_tapes", {})  # per backend: fns close over its matmul
         return tapes, tapes.get(self.backend.name)
 
-    def tape(self):
-        """The plan's requests for randomness, recorded once per plan object from a
-        shape-only run (kept on the plan in memory, so later sessions reuse it)."""
-        if self._tape is None:
-            self.deal_into(None)
-        return self._tape
+    def deal_into(self, dealing: Replay) -> None:
+        """Deal every node of the plan into ``dealing``.
 
-    def deal_into(self, dealing: Replay | None) -> None:
-        """Deal every node of the plan into ``dealing`` (or just record the tape).
-
-        The first time for a plan, the shape run records the tape node by node
-        and each node is dealt as soon as it is recorded: parties start on the
-        first nodes' material without waiting for the whole shape run.
+        The plan's requests for randomness (its tape) are recorded once per
+        plan object by a shape-only run and kept on the plan in memory. That
+        first time, each node is dealt as soon as it is recorded: parties
+        start on the first nodes' material without waiting for the whole
+        shape run.
         """
         tapes, cached = self._cached()
         if cached is None:
@@ -196,7 +190,7 @@ class Dealer:
             done, dealing_seconds = [0], [0.0]
 
             def deal_recorded(node, seconds):
-                if dealing is not None and len(ctx.tape) > done[0]:
+                if len(ctx.tape) > done[0]:
                     begin = time.perf_counter()
                     dealing.node(ctx.tape, done[0], len(ctx.tape))
                     dealing_seconds[0] += time.perf_counter() - begin
@@ -205,10 +199,10 @@ class Dealer:
                 execute(self.plan.graph, ctx, on_node=deal_recorded)
             cached = tapes[self.backend.name] = (ctx.tape, ctx.materials)
             self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
-        elif dealing is not None:
+        else:
             with torch.no_grad():
                 dealing.tape(cached[0])
-        self._tape, self._materials = cached
+        self._materials = cached[1]
 
     def seed_for(self, party: int) -> bytes:
         """What the dealer gives a party once: its PRG seed."""
