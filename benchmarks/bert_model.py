@@ -2,7 +2,7 @@
 pretrained all-MiniLM-L6-v2, run securely; prints the same table as
 bert_layer.py and JSON. Heavy: minutes on a 2-core machine.
 
-    python benchmarks/bert_model.py [--models bert-base minilm] [--seq 128]
+    python benchmarks/bert_model.py [--models bert-base minilm] [--seq 128] [--backend cuda]
 """
 from __future__ import annotations
 
@@ -17,13 +17,15 @@ def main():
     parser.add_argument("--models", nargs="+", default=["bert-base", "minilm"])
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
     for name in args.models:
         loaded = load_model(name)
         inputs = example_inputs(loaded, seq_len=args.seq)
-        rows.append(measure_model(f"{name} seq {args.seq}", loaded.model, inputs, repeats=args.repeats))
+        rows.append(measure_model(f"{name} seq {args.seq}", loaded.model, inputs, repeats=args.repeats,
+                                  backend=args.backend))
         print(format_row(rows[-1]), flush=True)
     report(rows, args.json)
 

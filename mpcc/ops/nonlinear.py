@@ -254,8 +254,13 @@ def _weighted_sum(a, u, b, v):
 
 
 def _dot_last(public, share):
-    """sum over the last axis of public integers (float) times ring shares."""
-    return torch.einsum("...k,...k->...", public.to(torch.int64), share)
+    """sum over the last axis of public integers (float) times ring shares.
+    CUDA has no int64 batched GEMM (``einsum`` lowers to one), so there the
+    products are summed elementwise; on CPU einsum is the faster of the two."""
+    public = public.to(torch.int64)
+    if share.is_cuda:
+        return (public * share).sum(-1)
+    return torch.einsum("...k,...k->...", public, share)
 
 
 def gelu(ctx, x):
