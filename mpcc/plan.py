@@ -3,13 +3,17 @@
 A plan is public: the architecture, shapes, public constants and the names of
 the server's weights, never their values. On disk it is one text file::
 
-    mpcc-plan 1
-    {"approx": "exact", "frac_bits": 16, "pipeline": [...], "sha256": "..."}
+    mpcc-plan 2
+    {"approx": "exact", "frac_bits": 16, "pipeline": [...], "protocol": 1, "sha256": "..."}
     mpcc.graph v1
     ...the IR, one line per node...
 
-The checksum covers everything after the metadata line, so a truncated or
-edited file is refused instead of half-read.
+``Plan.hash`` (the ``sha256`` field) covers every setting and the whole IR:
+the graph, ``frac_bits``, ``approx``, the protocol version, the pipeline and
+the recorded ranges. Dealer material, pinned plans and (later) the network
+handshake are bound to it, so a plan that computes anything differently has
+another hash. A file whose hash does not match is refused, and so is
+metadata of the wrong type or out of range (``PlanFormatError``).
 """
 from __future__ import annotations
 
@@ -20,10 +24,14 @@ from pathlib import Path
 
 from .ir import Graph, ParseError, parse
 
-__all__ = ["Plan", "PlanFormatError", "PLAN_FORMAT_VERSION", "load"]
+__all__ = ["Plan", "PlanFormatError", "PLAN_FORMAT_VERSION", "PROTOCOL_VERSION", "load"]
 
-PLAN_FORMAT_VERSION = 1
+PLAN_FORMAT_VERSION = 2
+# Bump whenever a protocol's messages, material or arithmetic change: plans and
+# material of another protocol version never meet.
+PROTOCOL_VERSION = 1
 _MAGIC = "mpcc-plan"
+FRAC_BITS_RANGE = (1, 30)    # f <= 30 keeps the comparison domain 2^(31-f) at least 2
 
 
 class PlanFormatError(ValueError):
@@ -43,16 +51,23 @@ class Plan:
         """The plan's IR as text (see ``docs/ir.md``)."""
         return self.graph.dump()
 
+    def __post_init__(self):
+        _validate_settings(self._settings(), "plan")
+
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self._body().encode()).hexdigest()
+        """sha256 over every setting and the IR: what both parties and the dealer agree on."""
+        return _digest(self._settings(), self._body())
 
     def _body(self) -> str:
         return self.graph.dump()
 
-    def _meta(self) -> dict:
+    def _settings(self) -> dict:
         return {"approx": self.approx, "frac_bits": self.frac_bits, "pipeline": list(self.pipeline),
-                "info": self.info, "sha256": self.hash}
+                "protocol": PROTOCOL_VERSION, "info": self.info}
+
+    def _meta(self) -> dict:
+        return {**self._settings(), "sha256": self.hash}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -96,11 +111,42 @@ def load(path: str | Path) -> Plan:
         meta = json.loads(meta_line)
     except json.JSONDecodeError as error:
         raise PlanFormatError(f"{path}: damaged metadata line ({error})") from None
-    if hashlib.sha256(body.encode()).hexdigest() != meta.get("sha256"):
+    if not isinstance(meta, dict) or set(meta) != _META_KEYS:
+        found = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+        raise PlanFormatError(f"{path}: metadata must have exactly the keys {sorted(_META_KEYS)}, found {found}")
+    settings = {key: meta[key] for key in _META_KEYS - {"sha256"}}
+    _validate_settings(settings, str(path))
+    if _digest(settings, body) != meta["sha256"]:
         raise PlanFormatError(f"{path}: checksum mismatch, the file is truncated or was modified")
     try:
         graph = parse(body)
     except ParseError as error:
         raise PlanFormatError(f"{path}: {error}") from None
-    return Plan(graph, meta.get("approx", "exact"), tuple(meta.get("pipeline", ())), int(meta.get("frac_bits", 16)),
-                meta.get("info", {}))
+    return Plan(graph, settings["approx"], tuple(settings["pipeline"]), settings["frac_bits"], settings["info"])
+
+
+_META_KEYS = frozenset({"approx", "frac_bits", "pipeline", "protocol", "info", "sha256"})
+
+
+def _digest(settings: dict, body: str) -> str:
+    return hashlib.sha256((json.dumps(settings, sort_keys=True) + "\n" + body).encode()).hexdigest()
+
+
+def _validate_settings(settings: dict, where: str) -> None:
+    """Types and ranges of every setting; the first problem raises ``PlanFormatError``."""
+    from .api import APPROXIMATIONS
+    low, high = FRAC_BITS_RANGE
+    frac_bits = settings["frac_bits"]
+    checks = [
+        (settings["protocol"] == PROTOCOL_VERSION,
+         f"protocol version {settings['protocol']!r}, this mpcc speaks version {PROTOCOL_VERSION}; recompile the model"),
+        (type(frac_bits) is int and low <= frac_bits <= high, f"frac_bits must be an integer in [{low}, {high}], "
+                                                               f"not {frac_bits!r}"),
+        (settings["approx"] in APPROXIMATIONS, f"approx must be one of {APPROXIMATIONS}, not {settings['approx']!r}"),
+        (isinstance(settings["pipeline"], (list, tuple)) and all(isinstance(p, str) for p in settings["pipeline"]),
+         "pipeline must be a list of pass names"),
+        (isinstance(settings["info"], dict), "info must be a JSON object"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise PlanFormatError(f"{where}: {message}")

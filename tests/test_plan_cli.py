@@ -28,7 +28,7 @@ def test_plan_round_trip_has_no_weights(plan_file, tiny_bert):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda t: t[: len(t) // 2], "checksum"),
-    (lambda t: t.replace("mpcc-plan 1", "mpcc-plan 99", 1), "version 99"),
+    (lambda t: t.replace("mpcc-plan 2", "mpcc-plan 99", 1), "version 99"),
     (lambda t: t.replace("linear", "lineal", 1), "checksum"),
     (lambda t: "hello\n" + t, "not an mpcc plan"),
     (lambda t: t.replace("{", "{{", 1), "metadata"),
@@ -102,3 +102,46 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "version 7" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="unknown pass"):
         main(["dump", "tiny-bert", "--after", "nope"])
+
+
+def _edit_metadata(path, **changes):
+    import json
+    header, meta_line, body = path.read_text().split("\n", 2)
+    meta = json.loads(meta_line)
+    meta.update(changes)
+    path.write_text(f"{header}\n{json.dumps(meta)}\n{body}")
+    return meta
+
+
+@pytest.mark.parametrize("setting, value", [("frac_bits", 30), ("pipeline", ("import",)),
+                                            ("info", {"unused_weights": ["x"]})])
+def test_every_setting_is_in_the_hash(plan_file, setting, value):
+    """An edited setting under the old checksum is refused; a plan with it has another hash."""
+    plan, path = plan_file
+    _edit_metadata(path, **{setting: list(value) if isinstance(value, tuple) else value})
+    with pytest.raises(mpcc.PlanFormatError, match="checksum"):
+        mpcc.load(path)
+    settings = {"approx": plan.approx, "pipeline": plan.pipeline, "frac_bits": plan.frac_bits, "info": plan.info}
+    assert mpcc.Plan(plan.graph, **{**settings, setting: value}).hash != plan.hash
+    assert mpcc.Plan(plan.graph, **settings).hash == plan.hash
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"frac_bits": 31}, "frac_bits must be an integer in \\[1, 30\\]"),
+    ({"frac_bits": "16"}, "frac_bits must be an integer"),
+    ({"frac_bits": 16.0}, "frac_bits must be an integer"),
+    ({"approx": "magic"}, "approx must be one of"),
+    ({"protocol": 0}, "protocol version 0"),
+    ({"pipeline": "fold_public"}, "pipeline must be a list"),
+    ({"info": []}, "info must be a JSON object"),
+    ({"extra": 1}, "exactly the keys"),
+])
+def test_bad_metadata_is_refused_even_with_a_valid_checksum(plan_file, changes, message):
+    from mpcc.plan import _digest
+    _, path = plan_file
+    meta = _edit_metadata(path, **changes)
+    settings = {k: v for k, v in meta.items() if k != "sha256"}
+    body = path.read_text().split("\n", 2)[2]
+    _edit_metadata(path, sha256=_digest(settings, body))
+    with pytest.raises(mpcc.PlanFormatError, match=message):
+        mpcc.load(path)
