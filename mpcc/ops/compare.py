@@ -77,7 +77,7 @@ def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
         ctx.exchange(x, *ys, bits=bits)
         return list(ys)
     masked = [x ^ a] + [y ^ b for y, b in zip(ys, bs)]
-    opened = ctx.exchange(*masked, bits=bits)  # bits above ``bits`` are masks: never used, not counted
+    opened = ctx.exchange(*masked, bits=bits, combine="xor")  # bits above ``bits`` are masks: never used, not counted
     e = masked[0] ^ opened[0]
     outs = []
     for m, b, c, other in zip(masked[1:], bs, cs, opened[1:]):
@@ -216,7 +216,8 @@ def select_bits(ctx, bit, values):
         ctx.exchange(bit, *values, bits=[1] + [None] * len(values))
         return [torch.empty(torch.broadcast_shapes(bit.shape, v.shape), dtype=torch.int64, device="meta")
                 for v in values]
-    opened = ctx.exchange((bit ^ rho) & 1, *[v - a for v, a in zip(values, masks)], bits=[1] + [None] * len(values))
+    opened = ctx.exchange((bit ^ rho) & 1, *[v - a for v, a in zip(values, masks)], bits=[1] + [None] * len(values),
+                          combine=["xor"] + ["add"] * len(values))
     beta = (bit ^ rho ^ opened[0]) & 1
     outs = []
     for v, a, c, other in zip(values, masks, products, opened[1:]):

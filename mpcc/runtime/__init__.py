@@ -1,7 +1,7 @@
 """The two-party runtime: contexts, dealer, transport, executor, sessions."""
 from .cost import PlanCost, plan_cost
-from .dealer import Dealer, DealtMaterial, MaterialFileError
-from .session import RunError, RunStats, Session, run
+from .dealer import Dealer, DealerError, DealtMaterial, MaterialFileError
+from .session import PlanRefused, RunError, RunStats, Session, run
 
-__all__ = ["run", "Session", "RunStats", "RunError", "Dealer", "DealtMaterial", "MaterialFileError", "plan_cost",
+__all__ = ["run", "Session", "RunStats", "RunError", "PlanRefused", "Dealer", "DealtMaterial", "MaterialFileError", "DealerError", "plan_cost",
            "PlanCost"]

@@ -26,11 +26,31 @@ from ..backends.base import RingBackend
 from ..backends.prg import Prg
 
 __all__ = ["Context", "PartyContext", "Material", "payload_bytes", "message_bytes", "widths", "SessionState",
-           "ProtocolError"]
+           "ProtocolError", "PeerAborted", "Opening"]
 
 
 class ProtocolError(RuntimeError):
     """A party could not complete a protocol step (peer gone, bad message, missing material)."""
+
+
+class PeerAborted(ProtocolError):
+    """The peer stopped the run. Only a generic code crosses: its reasons stay on its side."""
+
+
+@dataclass
+class Opening:
+    """One message a party received, with what it reconstructs from it (for the view tests):
+    ``own`` is the tensor it sent (an exchange) or its own share (a transfer), ``combine``
+    how the two join ("add" mod 2^64 or "xor"), ``bits`` the width that matters."""
+    node: str
+    own: torch.Tensor
+    received: torch.Tensor
+    bits: int | None
+    combine: str
+
+    def reconstructed(self) -> torch.Tensor:
+        value = self.own ^ self.received if self.combine == "xor" else self.own + self.received
+        return value if self.bits is None or self.bits >= 64 else value & ((1 << self.bits) - 1)
 
 
 def payload_bytes(tensor: torch.Tensor, bits: int | None = None) -> int:
@@ -74,6 +94,13 @@ class SessionState:
     plain: dict[str, torch.Tensor | None] = field(default_factory=dict)   # this party's static values, as run
     static: frozenset = frozenset()   # names of values that depend only on weights and constants
 
+    def fork(self) -> "SessionState":
+        """A working copy for one run, committed only if the whole run succeeds on
+        both sides: a failed run leaves the deployment as it was. Masks drawn for
+        the deployment live only in the copy (the server overwrites them with
+        D = W - B; a later deployment attempt draws them again from its seed)."""
+        return SessionState(dict(self.deployment), {}, dict(self.encoded), dict(self.plain), self.static)
+
 
 class Context:
     """Interface shared by the party, dealer and cost contexts."""
@@ -107,7 +134,10 @@ class Context:
         (``rand`` results); shared (``both``) or given to one party."""
         raise NotImplementedError
 
-    def exchange(self, *tensors: torch.Tensor, bits: int | None = None) -> tuple[torch.Tensor, ...]:
+    def exchange(self, *tensors: torch.Tensor, bits: int | None = None, combine="add") -> tuple[torch.Tensor, ...]:
+        """Both parties send ``tensors`` and receive the peer's (one round). ``combine``
+        ("add", "xor", or one per tensor) says how a tensor and the peer's join into the
+        opened value; it changes nothing on the wire and serves the view tests."""
         raise NotImplementedError
 
     def transfer(self, *tensors: torch.Tensor, sender: int, bits: int | None = None) -> tuple[torch.Tensor, ...] | None:
@@ -124,7 +154,7 @@ class Context:
 
     def open_xor(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Reveal an XOR sharing (of bit words) to both parties (1 round)."""
-        (other,) = self.exchange(share, bits=bits)
+        (other,) = self.exchange(share, bits=bits, combine="xor")
         return share ^ other
 
     def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor],
@@ -143,13 +173,17 @@ class PartyContext(Context):
     """A real party: holds its PRG seed from the dealer and its stored material."""
 
     def __init__(self, party: int, backend: RingBackend, frac_bits: int, transport, dealer_seed: bytes,
-                 material: dict[str, list[torch.Tensor]], session: SessionState, inference: str):
+                 material, session: SessionState, inference: str, views: list | None = None):
+        """``material``: this party's stored items only, a dict by node or a feed
+        with ``take(node, index)`` (material still being dealt). ``views``: a list
+        that collects every ``Opening`` this party receives (tests)."""
         self.party, self.backend, self.frac_bits = party, backend, frac_bits
         self.transport = transport
         self.prg = Prg(dealer_seed)
         self.material = material
         self.session = session
         self.inference = inference
+        self.views = views
         self.node, self.counter, self.stored_index = "", 0, 0
 
     def begin(self, node: str) -> None:
@@ -162,8 +196,8 @@ class PartyContext(Context):
 
     def _stored(self) -> torch.Tensor:
         take = getattr(self.material, "take", None)
-        if take is not None:   # a MaterialStream still being dealt
-            value = take(self.party, self.node, self.stored_index)
+        if take is not None:   # a feed of material still being dealt
+            value = take(self.node, self.stored_index)
         else:
             pieces = self.material.get(self.node, [])
             value = pieces[self.stored_index] if self.stored_index < len(pieces) else None
@@ -212,14 +246,26 @@ class PartyContext(Context):
                                 f"{tuple(value.shape)}, the protocol expects {tuple(shape)}")
         return value
 
-    def exchange(self, *tensors, bits=None):
-        return self.transport.exchange(list(tensors), bits=bits)
+    def exchange(self, *tensors, bits=None, combine="add"):
+        received = self.transport.exchange(list(tensors), bits=bits)
+        self._view(tensors, received, bits, combine)
+        return received
 
     def transfer(self, *tensors, sender, bits=None):
+        """One way; the receiver passes its own share as ``tensors`` (what it joins the message with)."""
         if self.party == sender:
             self.transport.send(list(tensors), bits=bits)
             return None
-        return tuple(self.transport.receive())
+        received = tuple(self.transport.receive())
+        self._view(tensors, received, bits, "add")
+        return received
+
+    def _view(self, own, received, bits, combine):
+        if self.views is None:
+            return
+        combines = combine if isinstance(combine, (list, tuple)) else [combine] * len(own)
+        for mine, theirs, width, how in zip(own, received, widths(own, bits), combines):
+            self.views.append(Opening(self.node, mine, theirs, width, how))
 
     def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
@@ -229,5 +275,6 @@ class PartyContext(Context):
                 self.session.scoped_masks.pop(f"deploy/{key}", None)
             else:
                 (self.session.deployment[key],) = self.transport.receive(count_round=False)
+                self._view([torch.zeros_like(self.session.deployment[key])], [self.session.deployment[key]], None, "add")
         return self.session.deployment[key] if self.party != sender else None
 

@@ -4,9 +4,17 @@ plan's protocols ask for (it runs them on shapes in a ``DealerContext``).
 Party 0's share of everything comes from its seed; only party 1's
 (and any one-party items) are stored, counted as offline bytes, and can be
 written to safetensors files for a later run.
+
+Freshness: every dealing has a label (random 128 bits unless the caller
+names one) that the dealer refuses to deal twice in a deployment; dealt
+material carries the label, the plan hash and the deployment id (a random
+nonce made with the dealer seeds), and is refused by any other deployment
+or plan. Each party is handed only its own share of the material.
 """
 from __future__ import annotations
 
+import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,37 +29,56 @@ from .context import payload_bytes
 from .executor import execute
 from .shape_context import DealerContext, Replay
 
-__all__ = ["Dealer", "DealtMaterial", "MaterialStream", "MaterialFileError"]
+__all__ = ["Dealer", "DealtMaterial", "MaterialStream", "MaterialFileError", "DealerError", "fresh_label"]
 
 
 class MaterialFileError(ValueError):
     """A material file that does not belong to this plan or inference, or is damaged."""
 
 
+class DealerError(ValueError):
+    """A request the dealer refuses: a label dealt before in this deployment, or a malformed one."""
+
+
+_LABEL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+
+
+def fresh_label() -> str:
+    """A random 128-bit label: what streamed runs and ``Dealer.deal()`` use."""
+    return secrets.token_hex(16)
+
+
 @dataclass
 class DealtMaterial:
+    """One inference's material, both parties' stored shares, and what it is bound to."""
     inference: str
     stored: tuple[dict[str, list[torch.Tensor]], dict[str, list[torch.Tensor]]]
+    deployment: str
+    plan: str
     materials: list = field(default_factory=list)
     offline_bytes: tuple[int, int] = (0, 0)
 
-    def save(self, party: int, path: str | Path, plan_hash: str) -> Path:
+    def save(self, party: int, path: str | Path) -> Path:
+        """Party ``party``'s share only, with its label, plan hash and deployment id."""
         tensors = {f"{node}/{i}": t.cpu().contiguous() for node, items in self.stored[party].items()
                    for i, t in enumerate(items)}
-        save_file(tensors, str(path), metadata={"plan": plan_hash, "inference": self.inference, "party": str(party)})
+        save_file(tensors, str(path), metadata={"plan": self.plan, "deployment": self.deployment,
+                                                "inference": self.inference, "party": str(party)})
         return Path(path)
 
     @classmethod
     def load(cls, client_path: str | Path, server_path: str | Path, plan_hash: str) -> "DealtMaterial":
-        """Both parties' files, as written by ``save``; they must be for the same inference."""
-        inference0, stored0 = cls.load_party(client_path, plan_hash, 0)
-        inference1, stored1 = cls.load_party(server_path, plan_hash, 1)
-        if inference0 != inference1:
-            raise MaterialFileError(f"material files are for different inferences ({inference0!r}, {inference1!r})")
-        return cls(inference0, (stored0, stored1))
+        """Both parties' files, as written by ``save``; they must be for the same plan, deployment and inference."""
+        (inference0, deployment0), stored0 = cls.load_party(client_path, plan_hash, 0)
+        (inference1, deployment1), stored1 = cls.load_party(server_path, plan_hash, 1)
+        if (inference0, deployment0) != (inference1, deployment1):
+            raise MaterialFileError(f"material files are for different inferences or deployments "
+                                    f"({inference0!r} of {deployment0[:12]}, {inference1!r} of {deployment1[:12]})")
+        return cls(inference0, (stored0, stored1), deployment0, plan_hash)
 
     @staticmethod
-    def load_party(path: str | Path, plan_hash: str, party: int) -> tuple[str, dict[str, list[torch.Tensor]]]:
+    def load_party(path: str | Path, plan_hash: str, party: int) -> tuple[tuple[str, str], dict[str, list[torch.Tensor]]]:
+        """One party's file: ((label, deployment id), its stored items by node)."""
         try:
             from safetensors import safe_open
             with safe_open(str(path), "pt") as handle:
@@ -62,19 +89,63 @@ class DealtMaterial:
         if meta.get("plan") != plan_hash or meta.get("party") != str(party):
             raise MaterialFileError(f"{path}: material for plan {meta.get('plan', '?')[:12]} party {meta.get('party')}, "
                                     f"expected plan {plan_hash[:12]} party {party}")
+        if not meta.get("deployment") or not meta.get("inference"):
+            raise MaterialFileError(f"{path}: material without a deployment id or label; deal it again")
         items: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for key, tensor in tensors.items():
             node, index = key.rsplit("/", 1)
             items.setdefault(node, []).append((int(index), tensor))
-        return meta["inference"], {node: [t for _, t in sorted(v)] for node, v in items.items()}
+        return (meta["inference"], meta["deployment"]), {node: [t for _, t in sorted(v)] for node, v in items.items()}
 
 
 LOOKAHEAD_BYTES = 96 << 20   # stored material the dealer may have made and the parties not yet taken
 
 
+class _Progress:
+    """What the dealer and both parties synchronise on; it holds no material."""
+
+    def __init__(self, timeout: float, lookahead_bytes: int):
+        self.timeout, self.lookahead_bytes = timeout, lookahead_bytes
+        self.cond = threading.Condition()
+        self.ready: set[str] = set()
+        self.untaken = 0
+        self.most_ahead_bytes = 0
+        self.done = self.cancelled = False
+        self.error: BaseException | None = None
+
+
+class PartyFeed:
+    """One party's side of a ``MaterialStream``: its own stored items only."""
+
+    def __init__(self, party: int, progress: _Progress):
+        self.party, self.items, self._progress = party, {}, progress
+
+    def take(self, node: str, index: int) -> torch.Tensor | None:
+        """Item ``index`` of ``node`` (None when there is no such item), waiting
+        until the dealer has published the node; one-time: the feed lets go of it."""
+        progress = self._progress
+        with progress.cond:
+            ok = progress.cond.wait_for(lambda: node in progress.ready or progress.done or progress.cancelled,
+                                        timeout=progress.timeout)
+            if progress.error is not None:
+                raise RuntimeError(f"the dealer failed: {progress.error}")
+            if progress.cancelled and node not in progress.ready:
+                raise RuntimeError("the run stopped")
+            if not ok:
+                raise RuntimeError(f"no dealer material for {node} within {progress.timeout:.0f} s")
+            pieces = self.items.get(node, [])
+            if index >= len(pieces) or pieces[index] is None:
+                return None
+            piece, pieces[index] = pieces[index], None
+            progress.untaken -= payload_bytes(piece)
+            progress.cond.notify_all()
+            return piece
+
+
 class MaterialStream:
     """Material dealt in a background thread while the parties run: a party
     asking for a node's stored items waits until the dealer has published them.
+    Each party reads through its own ``PartyFeed`` (``stream.feeds[party]``).
 
     The dealer stays at most ``lookahead_bytes`` of untaken material ahead of
     the parties (it finishes the node it is on), so memory stays bounded on
@@ -83,64 +154,48 @@ class MaterialStream:
 
     def __init__(self, inference: str, timeout: float, lookahead_bytes: int = LOOKAHEAD_BYTES):
         self.inference = inference
-        self.stored: tuple[dict, dict] = ({}, {})
+        self._progress = _Progress(timeout, lookahead_bytes)
+        self.feeds = (PartyFeed(0, self._progress), PartyFeed(1, self._progress))
         self.offline_bytes = (0, 0)
         self.seconds = 0.0           # the dealer's busy time (not counting pauses)
         self.paused_seconds = 0.0    # time the dealer waited for the parties to take material
-        self.most_ahead_bytes = 0    # the most stored material made and not yet taken
-        self.timeout = timeout
-        self.lookahead_bytes = lookahead_bytes
-        self._untaken = 0
-        self._ready: set[str] = set()
-        self._done = False
-        self._cancelled = False
-        self._error: BaseException | None = None
-        self._cond = threading.Condition()
+
+    @property
+    def stored(self) -> tuple[dict, dict]:
+        return self.feeds[0].items, self.feeds[1].items
+
+    @property
+    def most_ahead_bytes(self) -> int:
+        return self._progress.most_ahead_bytes
 
     def publish(self, node: str) -> None:
         """The dealer's side: ``node``'s items are complete; wait while too far ahead."""
-        size = sum(payload_bytes(t) for party in (0, 1) for t in self.stored[party].get(node, []))
-        with self._cond:
-            self._ready.add(node)
-            self._untaken += size
-            self.most_ahead_bytes = max(self.most_ahead_bytes, self._untaken)
-            self._cond.notify_all()
+        progress = self._progress
+        size = sum(payload_bytes(t) for feed in self.feeds for t in feed.items.get(node, []))
+        with progress.cond:
+            progress.ready.add(node)
+            progress.untaken += size
+            progress.most_ahead_bytes = max(progress.most_ahead_bytes, progress.untaken)
+            progress.cond.notify_all()
             start = time.perf_counter()
-            ok = self._cond.wait_for(lambda: self._untaken <= self.lookahead_bytes or self._cancelled,
-                                     timeout=self.timeout)
+            ok = progress.cond.wait_for(lambda: progress.untaken <= progress.lookahead_bytes or progress.cancelled,
+                                        timeout=progress.timeout)
             self.paused_seconds += time.perf_counter() - start
-            if self._cancelled:
+            if progress.cancelled:
                 raise RuntimeError("the run stopped")
             if not ok:
-                raise RuntimeError(f"the parties took no dealer material within {self.timeout:.0f} s")
+                raise RuntimeError(f"the parties took no dealer material within {progress.timeout:.0f} s")
 
     def finish(self, error: BaseException | None = None) -> None:
-        with self._cond:
-            self._done, self._error = True, error
-            self._cond.notify_all()
+        with self._progress.cond:
+            self._progress.done, self._progress.error = True, error
+            self._progress.cond.notify_all()
 
     def cancel(self) -> None:
-        """The parties stopped: the dealer must not wait for them to take more."""
-        with self._cond:
-            self._cancelled = True
-            self._cond.notify_all()
-
-    def take(self, party: int, node: str, index: int) -> torch.Tensor | None:
-        """Item ``index`` of ``node`` for ``party`` (None when there is no such item);
-        one-time material: the stream lets go of it."""
-        with self._cond:
-            ok = self._cond.wait_for(lambda: node in self._ready or self._done, timeout=self.timeout)
-            if self._error is not None:
-                raise RuntimeError(f"the dealer failed: {self._error}")
-            if not ok:
-                raise RuntimeError(f"no dealer material for {node} within {self.timeout:.0f} s")
-            pieces = self.stored[party].get(node, [])
-            if index >= len(pieces) or pieces[index] is None:
-                return None
-            piece, pieces[index] = pieces[index], None
-            self._untaken -= payload_bytes(piece)
-            self._cond.notify_all()
-            return piece
+        """The parties stopped: the dealer must not wait for them to take more, nor they for it."""
+        with self._progress.cond:
+            self._progress.cancelled = True
+            self._progress.cond.notify_all()
 
     def start(self, dealer: "Dealer") -> threading.Thread:
         def work():
@@ -160,19 +215,27 @@ class MaterialStream:
 
 
 class Dealer:
-    """Deals material for one plan and one deployment (fixed seeds)."""
+    """Deals material for one plan and one deployment (fixed seeds, one deployment id)."""
 
     def __init__(self, plan, backend: str | RingBackend = "cpu", seeds: tuple[bytes, bytes] | None = None):
         self.plan = plan
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         self.seeds = seeds or (new_seed(), new_seed())
+        self.deployment = secrets.token_hex(16)   # made with the seeds; material carries it
+        self._labels: set[str] = set()            # every label dealt in this deployment
+        self._lock = threading.Lock()             # guards the labels
+        self._tape_lock = threading.Lock()        # one shape run per plan, even for concurrent dealings
         self._materials = None
         self.shape_run_seconds = 0.0   # the one-time shape run (with the first dealing), 0 when the plan had a tape
         self.scoped: dict = {}   # deployment-scoped masks, drawn once
 
     def _cached(self):
         tapes = self.plan.__dict__.setdefault("_dealer_tapes", {})  # per backend: fns close over its matmul
-        return tapes, tapes.get(self.backend.name)
+        return tapes, tapes.get(self._tape_key)
+
+    @property
+    def _tape_key(self):
+        return self.backend.name, self.plan.frac_bits
 
     def deal_into(self, dealing: Replay) -> None:
         """Deal every node of the plan into ``dealing``.
@@ -183,33 +246,53 @@ class Dealer:
         start on the first nodes' material without waiting for the whole
         shape run.
         """
-        tapes, cached = self._cached()
-        if cached is None:
-            start = time.perf_counter()
-            ctx = DealerContext(self.backend, self.plan.frac_bits)
-            done, dealing_seconds = [0], [0.0]
-
-            def deal_recorded(node, seconds):
-                if len(ctx.tape) > done[0]:
-                    begin = time.perf_counter()
-                    dealing.node(ctx.tape, done[0], len(ctx.tape))
-                    dealing_seconds[0] += time.perf_counter() - begin
-                done[0] = len(ctx.tape)
-            with torch.no_grad():
-                execute(self.plan.graph, ctx, on_node=deal_recorded)
-            cached = tapes[self.backend.name] = (ctx.tape, ctx.materials)
-            self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
-        else:
-            with torch.no_grad():
-                dealing.tape(cached[0])
+        with self._tape_lock:
+            tapes, cached = self._cached()
+            if cached is None:
+                cached = self._record_and_deal(tapes, dealing)
+                self._materials = cached[1]
+                return
+        with torch.no_grad():
+            dealing.tape(cached[0])
         self._materials = cached[1]
+
+    def _record_and_deal(self, tapes, dealing: Replay):
+        """The first dealing of a plan: its shape run, dealing each node as it is recorded."""
+        start = time.perf_counter()
+        ctx = DealerContext(self.backend, self.plan.frac_bits)
+        done, dealing_seconds = [0], [0.0]
+
+        def deal_recorded(node, seconds):
+            if len(ctx.tape) > done[0]:
+                begin = time.perf_counter()
+                dealing.node(ctx.tape, done[0], len(ctx.tape))
+                dealing_seconds[0] += time.perf_counter() - begin
+            done[0] = len(ctx.tape)
+        with torch.no_grad():
+            execute(self.plan.graph, ctx, on_node=deal_recorded)
+        cached = tapes[self._tape_key] = (ctx.tape, ctx.materials)
+        self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
+        return cached
 
     def seed_for(self, party: int) -> bytes:
         """What the dealer gives a party once: its PRG seed."""
         return self.seeds[party]
 
-    def deal(self, inference: str) -> DealtMaterial:
-        """Fresh material for one inference (``inference`` must never repeat)."""
-        dealing = Replay(self.backend, self.seeds, inference, scoped=self.scoped)
+    def claim(self, label: str) -> str:
+        """Reserve ``label`` for one dealing; a label is dealt at most once per deployment."""
+        if not isinstance(label, str) or not _LABEL.fullmatch(label):
+            raise DealerError(f"a dealing label is 1-64 letters, digits, '_', '.' or '-', not {label!r}")
+        with self._lock:
+            if label in self._labels:
+                raise DealerError(f"label {label!r} was already dealt in this deployment; its masks must never be "
+                                  f"used twice: deal with a new label (or none, for a random one)")
+            self._labels.add(label)
+        return label
+
+    def deal(self, label: str | None = None) -> DealtMaterial:
+        """Fresh material for one inference, under ``label`` (random 128 bits by default)."""
+        label = self.claim(fresh_label() if label is None else label)
+        dealing = Replay(self.backend, self.seeds, label, scoped=self.scoped)
         self.deal_into(dealing)
-        return DealtMaterial(inference, dealing.stored, self._materials, tuple(dealing.offline))
+        return DealtMaterial(label, dealing.stored, self.deployment, self.plan.hash, self._materials,
+                             tuple(dealing.offline))

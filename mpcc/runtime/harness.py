@@ -73,7 +73,7 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
                 outputs[party] = fn(ctx, *shares[party])
         except BaseException as error:
             errors[party] = error
-            channel.endpoints[party].abort(str(error))
+            channel.endpoints[party].abort()
     threads = [threading.Thread(target=main, args=(p,)) for p in (0, 1)]
     for t in threads:
         t.start()

@@ -3,6 +3,11 @@
 Each party's thread sees only its own inputs or weights, its dealer seed and
 stored material, and the messages it receives. A ``Session`` is one
 deployment: the server's masked weights are sent once and reused.
+
+The server side checks the plan before anything runs (``policy.accept_plan``).
+A run works on copies of both parties' deployment state and commits them only
+when both parties finished: a failed run leaves the session usable. Runs of
+one session are serialised.
 """
 from __future__ import annotations
 
@@ -10,23 +15,31 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
 from ..backends import RingBackend, get_backend
 from ..interpreter import check_inputs, check_weights
-from .context import PartyContext, SessionState
+from .context import PartyContext, PeerAborted, SessionState
 from .cost import op_family
-from .dealer import LOOKAHEAD_BYTES, Dealer, MaterialStream
+from .dealer import LOOKAHEAD_BYTES, Dealer, DealtMaterial, MaterialStream, fresh_label
 from .executor import execute
+from .policy import PlanRefused, accept_plan
 from .transport import InProcessChannel
 
-__all__ = ["Session", "RunStats", "run", "RunError"]
+__all__ = ["Session", "RunStats", "run", "RunError", "PlanRefused"]
+
+INTERRUPT_GRACE_SECONDS = 5.0   # how long Ctrl-C waits for the party threads to stop
 
 
 class RunError(RuntimeError):
-    """Inputs, weights or the run itself failed; raised before any secret is shared where possible."""
+    """Inputs, weights or the run itself failed; raised before any secret is shared where possible.
+    ``party_errors``: what each party raised (client, server), kept on this side only."""
+
+    def __init__(self, message: str, party_errors: tuple = (None, None)):
+        super().__init__(message)
+        self.party_errors = party_errors
 
 
 @dataclass
@@ -88,8 +101,16 @@ class Session:
     """
 
     def __init__(self, plan, weights: Mapping[str, torch.Tensor], *, backend: str | RingBackend = "cpu",
-                 timeout: float = 120.0, progress: bool | None = None, lookahead_bytes: int = LOOKAHEAD_BYTES):
+                 timeout: float = 120.0, progress: bool | None = None, lookahead_bytes: int = LOOKAHEAD_BYTES,
+                 pinned: Iterable[str] | None = None):
+        """``pinned``: hashes of the plans this server accepts (those it compiled);
+        without it the server still lints the plan and enforces the reveal policy."""
+        try:
+            accept_plan(plan, pinned)
+        except PlanRefused as error:
+            raise RunError(f"the server refuses this plan: {error}") from None
         self.plan = plan
+        self.plan_hash = plan.hash
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         try:
             check_weights(plan.graph, weights)
@@ -107,20 +128,57 @@ class Session:
         self.timeout = timeout
         self.lookahead_bytes = lookahead_bytes   # how far the dealer may run ahead of the parties (memory)
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self.count = 0
-        self.used: set[str] = set()
+        self.count = 0                   # runs attempted
+        self.used: set[str] = set()      # labels of material consumed (a failed run consumes its material too)
+        self.record_views = False        # tests: keep every Opening each party receives in ``self.views``
+        self.views: tuple[list, list] = ([], [])
+        self._lock = threading.Lock()
 
-    def run(self, inputs: Mapping[str, torch.Tensor], *, material=None):
+    def run(self, inputs, *, material: DealtMaterial | None = None):
         """Run one private inference; returns ``(outputs, stats)`` (the client's outputs).
 
-        ``material``: dealer material made ahead (``session.dealer.deal(...)``,
-        possibly saved and loaded); by default the dealer deals it now.
+        ``inputs``: a dict by input name, or a tuple in the plan's input order
+        (the forms ``mpcc.compile`` takes). ``material``: dealer material made
+        ahead for this deployment (``session.dealer.deal()``, possibly saved and
+        loaded); by default the dealer deals it now under a fresh random label.
         """
+        inputs = self._as_dict(inputs)
         try:
             check_inputs(self.plan.graph, inputs)
         except Exception as error:
             raise RunError(str(error)) from None
         _check_token_ids(self.plan, inputs)
+        if material is not None:
+            self._check_material(material)
+        with self._lock:   # one run at a time: the deployment state is committed between runs
+            return self._run_locked(inputs, material)
+
+    def _as_dict(self, inputs) -> dict:
+        names = [n.name for n in self.plan.graph.inputs]
+        if isinstance(inputs, (tuple, list)):
+            if len(inputs) != len(names):
+                raise RunError(f"the plan takes {len(names)} positional input(s) {names}, got {len(inputs)}")
+            return dict(zip(names, inputs))
+        if isinstance(inputs, torch.Tensor) and len(names) == 1:
+            return {names[0]: inputs}
+        if not isinstance(inputs, Mapping):
+            raise RunError(f"inputs must be a dict by name or a tuple in the order {names}, "
+                           f"not {type(inputs).__name__}")
+        return dict(inputs)
+
+    def _check_material(self, material: DealtMaterial) -> None:
+        """Material of another deployment or plan, or used before, is refused before use."""
+        if getattr(material, "plan", None) != self.plan_hash:
+            raise RunError(f"dealer material {material.inference!r} is for plan {str(material.plan)[:12]}, "
+                           f"this session runs plan {self.plan_hash[:12]}")
+        if getattr(material, "deployment", None) != self.dealer.deployment:
+            raise RunError(f"dealer material {material.inference!r} belongs to another deployment "
+                           f"({str(material.deployment)[:12]}); deal it with this session's dealer")
+        if material.inference in self.used:
+            raise RunError(f"dealer material {material.inference!r} was already used; one-time material must not "
+                           f"be reused")
+
+    def _run_locked(self, inputs, material):
         owners = self.plan.inputs
         party_inputs = ({k: v for k, v in inputs.items() if owners[k] in ("client", "public")},
                         {k: v for k, v in inputs.items() if owners[k] in ("server", "public")})
@@ -128,12 +186,16 @@ class Session:
         self.count += 1
         dealer_thread = None
         if material is None:  # deal while the parties run: they wait only for material not yet made
-            material = MaterialStream(f"inference-{self.count}", self.timeout, self.lookahead_bytes)
+            material = MaterialStream(self.dealer.claim(fresh_label()), self.timeout, self.lookahead_bytes)
             dealer_thread = material.start(self.dealer)
-        elif material.inference in self.used:
-            raise RunError(f"dealer material {material.inference!r} was already used; one-time material must not be reused")
+            own_material = material.feeds
+        else:
+            if material.inference in self.used:   # checked again under the lock
+                raise RunError(f"dealer material {material.inference!r} was already used")
+            own_material = material.stored
         self.used.add(material.inference)
-        inference = material.inference
+        states = (self.states[0].fork(), self.states[1].fork())
+        self.views = ([], []) if self.record_views else (None, None)
         channel = InProcessChannel(self.timeout)
         results: list = [None, None]
         errors: list = [None, None]
@@ -142,8 +204,7 @@ class Session:
         def party_main(party: int):
             endpoint = channel.endpoints[party]
             ctx = PartyContext(party, self.backend, self.plan.frac_bits, endpoint, self.dealer.seed_for(party),
-                               material if dealer_thread is not None else material.stored[party],
-                               self.states[party], inference)
+                               own_material[party], states[party], material.inference, self.views[party])
             last = [0]
 
             def on_node(node, seconds):
@@ -160,7 +221,7 @@ class Session:
                                              self.weights if party == 1 else None, on_node=on_node)
             except BaseException as error:  # the peer must not wait for a dead party, nor the dealer
                 errors[party] = error
-                endpoint.abort(f"{type(error).__name__}: {error}")
+                endpoint.abort("failed")    # a generic code: the details stay on this side
                 if dealer_thread is not None:
                     material.cancel()
 
@@ -173,12 +234,19 @@ class Session:
         online_start = time.perf_counter()
         threads_before = torch.get_num_threads()
         torch.set_num_threads(max(1, threads_before // 2))  # one party per core rather than four threads on two
+        threads = [threading.Thread(target=party_main, args=(p,), name=f"mpcc-party-{p}", daemon=True) for p in (0, 1)]
         try:
-            threads = [threading.Thread(target=party_main, args=(p,), name=f"mpcc-party-{p}") for p in (0, 1)]
             for thread in threads:
                 thread.start()
             for thread in threads:
                 thread.join()
+        except KeyboardInterrupt:   # Ctrl-C: wake both parties and the dealer, wait briefly, re-raise
+            channel.interrupt()
+            if dealer_thread is not None:
+                material.cancel()
+            for thread in threads:
+                thread.join(INTERRUPT_GRACE_SECONDS)
+            raise
         finally:
             torch.set_num_threads(threads_before)
             if bar is not None:
@@ -187,12 +255,12 @@ class Session:
             dealer_thread.join()
         online_seconds = time.perf_counter() - online_start
         offline_seconds = getattr(material, "seconds", 0.0)
-        for party in (0, 1):
-            if errors[party] is not None and not _is_peer_abort(errors[party]):
-                raise RunError(f"{('client', 'server')[party]} failed: {errors[party]}") from errors[party]
-        for party in (0, 1):
-            if errors[party] is not None:
-                raise RunError(f"{('client', 'server')[party]} failed: {errors[party]}") from errors[party]
+        failed = [p for p in (0, 1) if errors[p] is not None]
+        if failed:   # the deployment state stays as it was: the next run starts from there
+            party = next((p for p in failed if not _caused_by_peer(errors[p])), failed[0])
+            raise RunError(f"{('client', 'server')[party]} failed: {errors[party]}",
+                           tuple(errors)) from errors[party]
+        self.states = states   # both parties finished: commit the deployment state
         links = [e.stats for e in channel.endpoints]
         families = {}
         for party in (0, 1):
@@ -208,6 +276,15 @@ class Session:
         return outputs, stats
 
 
+def _caused_by_peer(error: BaseException | None) -> bool:
+    """The party stopped because its peer did (a ``PeerAborted`` anywhere in the chain)."""
+    while error is not None:
+        if isinstance(error, PeerAborted):
+            return True
+        error = error.__cause__
+    return False
+
+
 def _static_values(graph):
     """Values that depend only on weights and constants (fixed for a deployment)."""
     static = set()
@@ -216,10 +293,6 @@ def _static_values(graph):
                                               and node.operands and all(o in static for o in node.operands)):
             static.add(node.name)
     return static
-
-
-def _is_peer_abort(error) -> bool:
-    return "the peer stopped" in str(error)
 
 
 def run(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], **options):
@@ -231,7 +304,7 @@ def run(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Te
         weights: the model's ``state_dict()`` (only the server's thread sees it).
         **options: ``backend`` ("cpu", "limb", "cuda"), ``timeout`` (seconds any wait may take),
             ``progress``, ``lookahead_bytes`` (how much material the dealer may make ahead of the
-            parties; bounds memory).
+            parties; bounds memory), ``pinned`` (plan hashes the server accepts).
 
     Returns:
         ``(outputs, stats)``: the client's outputs in plan order and a ``RunStats``.

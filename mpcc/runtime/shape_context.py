@@ -76,7 +76,7 @@ class ShapeContext(Context):
     def _record(self, shape, kind, holder, stored):
         self.materials.append(Material(self.node, self.counter - 1, tuple(shape), kind, holder, stored))
 
-    def exchange(self, *tensors, bits=None):
+    def exchange(self, *tensors, bits=None, combine="add"):
         return tuple(_meta(t.shape, t.dtype) for t in tensors)
 
     def transfer(self, *tensors, sender, bits=None):
@@ -305,7 +305,7 @@ class CostContext(ShapeContext):
             self._cost().offline_bytes += payload_bytes(tensor)
         return tensor
 
-    def exchange(self, *tensors, bits=None):
+    def exchange(self, *tensors, bits=None, combine="add"):
         cost = self._cost()
         cost.rounds += 1
         cost.online_bytes += message_bytes(tensors, bits)

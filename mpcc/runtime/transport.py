@@ -2,7 +2,9 @@
 wire would carry (bytes per party, rounds, setup traffic apart).
 
 A party that fails sends an abort to its peer, so the peer raises at once
-instead of waiting; every wait has a time-out.
+instead of waiting; every wait has a time-out. The abort carries a generic
+code, never the failing party's error text (which can hold secret-dependent
+values): details stay on the side that failed.
 """
 from __future__ import annotations
 
@@ -12,14 +14,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .context import ProtocolError, message_bytes, widths
+from .context import PeerAborted, ProtocolError, message_bytes, widths
 
-__all__ = ["InProcessChannel", "Endpoint", "LinkStats"]
+__all__ = ["InProcessChannel", "Endpoint", "LinkStats", "ABORT_CODES"]
+
+ABORT_CODES = {"failed": "it failed (its reasons stay on its side)",
+               "interrupted": "it was interrupted"}
 
 
 class _Abort:
-    def __init__(self, reason: str):
-        self.reason = reason
+    def __init__(self, code: str):
+        if code not in ABORT_CODES:
+            raise ValueError(f"unknown abort code {code!r}")
+        self.code = code
 
 
 @dataclass
@@ -65,7 +72,7 @@ class Endpoint:
             raise ProtocolError(f"party {self.party}: no message from the peer within {self.timeout:.0f} s") from None
         self.stats.wait_seconds += time.perf_counter() - start
         if isinstance(item, _Abort):
-            raise ProtocolError(f"party {self.party}: the peer stopped: {item.reason}")
+            raise PeerAborted(f"party {self.party}: the peer stopped: {ABORT_CODES[item.code]}")
         tensors, bit_widths = item
         if self.record is not None:
             self.record.extend(zip(tensors, bit_widths))
@@ -85,8 +92,9 @@ class Endpoint:
                                 f"expected {[tuple(t.shape) for t in tensors]}")
         return tuple(received)
 
-    def abort(self, reason: str) -> None:
-        self.outbox.put(_Abort(reason))
+    def abort(self, code: str = "failed") -> None:
+        """Tell the peer this party stopped; only ``code`` (a key of ABORT_CODES) crosses."""
+        self.outbox.put(_Abort(code))
 
 
 class InProcessChannel:
@@ -95,3 +103,8 @@ class InProcessChannel:
     def __init__(self, timeout: float = 120.0):
         to_client, to_server = queue.Queue(), queue.Queue()
         self.endpoints = (Endpoint(0, to_client, to_server, timeout), Endpoint(1, to_server, to_client, timeout))
+
+    def interrupt(self) -> None:
+        """Wake both parties (Ctrl-C in the main thread): each raises at its next receive."""
+        for endpoint in self.endpoints:
+            endpoint.abort("interrupted")
