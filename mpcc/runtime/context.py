@@ -47,6 +47,7 @@ class Opening:
     received: torch.Tensor
     bits: int | None
     combine: str
+    setup: bool = False     # the once-per-deployment message (D = W - B)
 
     def reconstructed(self) -> torch.Tensor:
         value = self.own ^ self.received if self.combine == "xor" else self.own + self.received
@@ -260,12 +261,12 @@ class PartyContext(Context):
         self._view(tensors, received, bits, "add")
         return received
 
-    def _view(self, own, received, bits, combine):
+    def _view(self, own, received, bits, combine, setup=False):
         if self.views is None:
             return
         combines = combine if isinstance(combine, (list, tuple)) else [combine] * len(own)
         for mine, theirs, width, how in zip(own, received, widths(own, bits), combines):
-            self.views.append(Opening(self.node, mine, theirs, width, how))
+            self.views.append(Opening(self.node, mine, theirs, width, how, setup))
 
     def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
@@ -275,6 +276,7 @@ class PartyContext(Context):
                 self.session.scoped_masks.pop(f"deploy/{key}", None)
             else:
                 (self.session.deployment[key],) = self.transport.receive(count_round=False)
-                self._view([torch.zeros_like(self.session.deployment[key])], [self.session.deployment[key]], None, "add")
+                self._view([torch.zeros_like(self.session.deployment[key])], [self.session.deployment[key]], None, "add",
+                           setup=True)
         return self.session.deployment[key] if self.party != sender else None
 
