@@ -3,6 +3,7 @@ encoder layer (or a whole model) run securely, against float64 torch."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 
@@ -20,34 +21,44 @@ def bert_layer(hidden=768, heads=12, ffn=3072, seed=0):
     return BertLayer(config).eval()
 
 
-def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=None, backend: str = "cpu") -> dict:
+def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=None, backend: str = "cpu",
+                  step=lambda what: nullcontext()) -> dict:
     """Compile, run ``repeats`` times in one session (setup once), keep the fastest run;
-    then the online phase alone (material dealt ahead) and whole one-shot ``mpcc.run`` calls."""
+    then the online phase alone (material dealt ahead) and whole one-shot ``mpcc.run`` calls.
+    ``step(what)`` is a context manager around each stage (the CLI shows them as progress)."""
     import mpcc
     from .frontend import reference_outputs
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, not {repeats}")
     start = time.perf_counter()
-    plan = mpcc.compile(model, inputs, owners=owners)
+    with step("tracing and compiling"):
+        plan = mpcc.compile(model, inputs, owners=owners)
     compile_seconds = time.perf_counter() - start
     cost = plan.cost()
-    expected = reference_outputs(model, inputs)
+    with step("float64 torch reference"):
+        expected = reference_outputs(model, inputs)
     session = mpcc.Session(plan, model.state_dict(), progress=False, backend=backend)
     runs = []
-    for _ in range(repeats):
-        outputs, stats = session.run(inputs)
+    for index in range(repeats):
+        with step(f"secure run {index + 1} of {repeats}"):
+            outputs, stats = session.run(inputs)
         error = max(float((o - e).abs().max()) for o, e in zip(outputs, expected))
         runs.append((stats, error))
     shape_run_seconds = session.dealer.shape_run_seconds   # recorded during the first run
     stats, error = min(runs[1:] or runs, key=lambda r: r[0].total_seconds)
     online_only = []
     for index in range(max(1, repeats - 1)):  # material dealt ahead: the online phase alone
-        material = session.dealer.deal(f"ahead-{index}")
-        online_only.append(session.run(inputs, material=material)[1].online_seconds)
+        with step(f"dealing ahead, then the online phase alone ({index + 1} of {max(1, repeats - 1)})"):
+            material = session.dealer.deal(f"ahead-{index}")
+            online_only.append(session.run(inputs, material=material)[1].online_seconds)
     del session
     one_shot = []   # the whole mpcc.run call: a new deployment (setup message) and the dealer, every time
-    for _ in range(max(1, min(3, repeats - 1))):
-        begin = time.perf_counter()
-        mpcc.run(plan, inputs, model.state_dict(), progress=False, backend=backend)
-        one_shot.append(time.perf_counter() - begin)
+    calls = max(1, min(3, repeats - 1))
+    for index in range(calls):
+        with step(f"one-shot mpcc.run ({index + 1} of {calls})"):
+            begin = time.perf_counter()
+            mpcc.run(plan, inputs, model.state_dict(), progress=False, backend=backend)
+            one_shot.append(time.perf_counter() - begin)
     return {"case": name, "compile_s": round(compile_seconds, 3), "dealer_shape_run_s": round(shape_run_seconds, 3),
             "total_s": round(stats.total_seconds, 3),
             "online_s": round(stats.online_seconds, 3), "offline_s": round(stats.offline_seconds, 3),

@@ -1,27 +1,28 @@
-"""The ``mpcc`` command: compile, dump, interpret, run, cost, bench, ops, demo."""
+"""The ``mpcc`` command: compile, dump, interpret, run, cost, bench, ops, demo.
+
+Every mistake in a call ends in one line on stderr, ``mpcc CMD: error: ...``,
+and exit code 2; the steps that take a while are in ``cli_steps``.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from pathlib import Path
 
-__all__ = ["main"]
+from .cli_steps import (INTERPRET_TOLERANCE, SECURE_TOLERANCE, CliError, check_backend, compile_model, is_plan,
+                        load_model_and_inputs, load_plan, reference, step, verdict)
+
+__all__ = ["main", "build_parser"]
 
 
 def _load(args):
-    from .models import example_inputs, load_model
-    loaded = load_model(args.model)
-    inputs = example_inputs(loaded, seq_len=args.seq, text=getattr(args, "input", None))
-    return loaded, inputs
+    return load_model_and_inputs(args.model, args.seq, args.input)
 
 
-def _is_plan_file(name: str) -> bool:
-    path = Path(name)
-    if not path.is_file():
-        return False
-    with path.open("rb") as handle:
-        return handle.read(9) == b"mpcc-plan"
+def _plan_only(args) -> None:
+    if args.seq is not None or args.input is not None:
+        raise CliError(f"--seq and --input choose a model's example inputs, and the plan {args.model} has fixed "
+                       f"shapes; leave them out, or give the model instead of the plan")
 
 
 def _print_summary(graph, out=None):
@@ -32,10 +33,10 @@ def _print_summary(graph, out=None):
 
 
 def cmd_compile(args) -> int:
-    import mpcc
+    is_plan(args.model, plans=False)
     loaded, inputs = _load(args)
     start = time.perf_counter()
-    plan = mpcc.compile(loaded.model, inputs, approx=args.approx)
+    plan = compile_model(loaded, inputs, args.approx)
     seconds = time.perf_counter() - start
     plan.info.update({"model": args.model, "seq_len": int(inputs["input_ids"].shape[-1])})
     plan.save(args.output)
@@ -45,23 +46,25 @@ def cmd_compile(args) -> int:
 
 
 def cmd_dump(args) -> int:
-    import mpcc
     from .frontend import trace
     from .passes import PASSES, SECURE_PIPELINE, run_pipeline
-    if _is_plan_file(args.model):
+    if is_plan(args.model):
         if args.after:
-            raise SystemExit("--after needs a model, not a compiled plan (a plan holds only the final IR)")
-        graph = mpcc.load(args.model).graph
+            raise CliError("--after needs a model, not a compiled plan (a plan holds only the final IR)")
+        _plan_only(args)
+        graph = load_plan(args.model).graph
     else:
+        known = ("import",) + SECURE_PIPELINE
+        if args.after and args.after not in known:
+            extra = " (it is registered but not in the pipeline)" if args.after in PASSES else ""
+            raise CliError(f"unknown pass {args.after!r}{extra}; choose one of: {', '.join(known)}")
         loaded, inputs = _load(args)
-        graph = trace(loaded.model, inputs)
+        with step(f"tracing {args.model} with torch.export"):
+            graph = trace(loaded.model, inputs)
         if args.after != "import":
-            if args.after and args.after not in SECURE_PIPELINE:
-                known = ", ".join(("import",) + SECURE_PIPELINE)
-                extra = " (it is registered but not in the pipeline)" if args.after in PASSES else ""
-                raise SystemExit(f"unknown pass {args.after!r}{extra}; choose one of: {known}")
             names = SECURE_PIPELINE[:SECURE_PIPELINE.index(args.after) + 1] if args.after else SECURE_PIPELINE
-            graph = run_pipeline(graph, names)
+            with step(f"running {len(names)} passes"):
+                graph = run_pipeline(graph, names)
     if args.summary:
         _print_summary(graph)
     else:
@@ -69,58 +72,54 @@ def cmd_dump(args) -> int:
     return 0
 
 
-def _agreement(loaded, inputs, graph):
+def _agreement(loaded, inputs) -> list[tuple[str, tuple, float]]:
+    """(output name, shape, max abs error) of the float64 interpreter on the analysed graph against torch."""
     import mpcc
-    from .frontend import reference_outputs
-    expected = reference_outputs(loaded.model, inputs)
-    outputs = mpcc.interpret(graph, inputs, loaded.model.state_dict())
+    from .frontend import trace
+    from .passes import DEFAULT_PIPELINE, run_pipeline
+    with step(f"tracing {loaded.name} with torch.export and running the analysis passes"):
+        graph = run_pipeline(trace(loaded.model, inputs), DEFAULT_PIPELINE)   # before fusion and lowering
+    expected = reference(loaded, inputs)
+    with step("running the float64 interpreter"):
+        outputs = mpcc.interpret(graph, inputs, loaded.model.state_dict())
     return [(name, tuple(o.shape), float((o - e).abs().max()))
             for name, o, e in zip(graph.outputs, outputs, expected)]
 
 
-def _analysed(loaded, inputs):
-    """The traced model after the analysis passes (before fusion and lowering): what the interpreter checks."""
-    from .frontend import trace
-    from .passes import DEFAULT_PIPELINE, run_pipeline
-    return run_pipeline(trace(loaded.model, inputs), DEFAULT_PIPELINE)
-
-
 def cmd_interpret(args) -> int:
+    is_plan(args.model, plans=False)
     loaded, inputs = _load(args)
     worst = 0.0
-    for name, shape, error in _agreement(loaded, inputs, _analysed(loaded, inputs)):
+    for name, shape, error in _agreement(loaded, inputs):
         worst = max(worst, error)
         print(f"output %{name} {list(shape)}: max |interpreter - torch| = {error:.2e}")
-    ok = worst < 1e-5
-    print("agreement with torch: " + ("OK (< 1e-5)" if ok else "FAILED"))
-    return 0 if ok else 1
+    return verdict(worst, INTERPRET_TOLERANCE)
 
 
 def cmd_run(args) -> int:
     import mpcc
-    if _is_plan_file(args.model):  # a compiled plan: weights and example inputs from the model it names
-        from .models import example_inputs, load_model
-        plan = mpcc.load(args.model)
+    check_backend(args.backend)
+    if is_plan(args.model):  # a compiled plan: weights and example inputs from the model it names
+        plan = load_plan(args.model)
         source = args.weights or plan.info.get("model")
         if not source:
-            raise SystemExit(f"mpcc run: {args.model} does not name its model; give --weights PRESET_OR_DIRECTORY")
-        loaded = load_model(source)
-        inputs = example_inputs(loaded, seq_len=args.seq or plan.info.get("seq_len"), text=args.input)
+            raise CliError(f"{args.model} does not name its model; give --weights PRESET_OR_DIRECTORY")
+        loaded, inputs = load_model_and_inputs(source, args.seq or plan.info.get("seq_len"), args.input)
     else:
         loaded, inputs = _load(args)
-        plan = mpcc.compile(loaded.model, inputs)
-    outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict(), backend=args.backend)
+        plan = compile_model(loaded, inputs)
+    outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict(), backend=args.backend)  # its own progress bar
     worst = _report_secure(loaded, inputs, plan, outputs)
     print(stats.summary())
+    code = verdict(worst, SECURE_TOLERANCE)
     if args.json:
         import json
         print(json.dumps(stats.as_dict()))
-    return 0 if worst < 1e-1 else 1
+    return code
 
 
 def _report_secure(loaded, inputs, plan, outputs) -> float:
-    from .frontend import reference_outputs
-    expected = reference_outputs(loaded.model, inputs)
+    expected = reference(loaded, inputs)
     worst = 0.0
     for name, got, want in zip(plan.graph.outputs, outputs, expected):
         error = float((got - want).abs().max())
@@ -132,12 +131,12 @@ def _report_secure(loaded, inputs, plan, outputs) -> float:
 
 
 def cmd_cost(args) -> int:
-    import mpcc
-    if _is_plan_file(args.model):
-        plan = mpcc.load(args.model)
+    if is_plan(args.model):
+        _plan_only(args)
+        plan = load_plan(args.model)
     else:
         loaded, inputs = _load(args)
-        plan = mpcc.compile(loaded.model, inputs)
+        plan = compile_model(loaded, inputs)
     print(plan.cost().summary(args.network))
     return 0
 
@@ -145,12 +144,14 @@ def cmd_cost(args) -> int:
 def cmd_bench(args) -> int:
     import torch
     from .bench import bert_layer, measure_model, report
-    layer = bert_layer()
+    check_backend(args.backend)
+    with step("building a BERT-base encoder layer"):
+        layer = bert_layer()
     rows = []
     for seq in args.seq:
         x = torch.randn(1, seq, 768, generator=torch.Generator().manual_seed(1))
         rows.append(measure_model(f"bert-layer seq {seq}", layer, {"hidden_states": x}, repeats=args.repeats,
-                                  backend=args.backend))
+                                  backend=args.backend, step=lambda what, seq=seq: step(f"seq {seq}: {what}")))
     report(rows)
     return 0
 
@@ -167,82 +168,126 @@ def cmd_ops(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    args.model, args.seq, args.input = "tiny-bert", None, None
     import mpcc
-    loaded, inputs = _load(args)
+    loaded, inputs = load_model_and_inputs("tiny-bert")
     start = time.perf_counter()
-    plan = mpcc.compile(loaded.model, inputs)
+    plan = compile_model(loaded, inputs)
     print(f"== mpcc demo: compiled tiny-bert (seq {inputs['input_ids'].shape[-1]}) in "
           f"{time.perf_counter() - start:.2f} s")
     _print_summary(plan.graph)
     print("== plaintext interpreter (float64) against torch:")
-    for name, shape, error in _agreement(loaded, inputs, _analysed(loaded, inputs)):
+    agreement = _agreement(loaded, inputs)
+    for name, shape, error in agreement:
         print(f"output %{name} {list(shape)}: max abs error {error:.2e}")
+    code = verdict(max(error for *_, error in agreement), INTERPRET_TOLERANCE)
     print("== cost model:")
     print(plan.cost().summary())
     print("== secure two-party run (client and server threads, dealer included) against torch:")
     outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict())
-    _report_secure(loaded, inputs, plan, outputs)
+    worst = _report_secure(loaded, inputs, plan, outputs)
     print(stats.summary())
-    return 0
+    return verdict(worst, SECURE_TOLERANCE) or code
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where there is a value to show; a None default is described in the help text."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, like every other error of the command."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mpcc", description="Compile PyTorch transformers to two-party MPC.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    from .api import APPROXIMATIONS
+    from .models import PRESETS
+    from .passes import SECURE_PIPELINE
+    parser = _Parser(prog="mpcc", description="Compile PyTorch transformers to two-party MPC.",
+                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(p):
-        p.add_argument("model", help="preset (tiny-bert, tiny-gpt2, bert-base, gpt2, minilm) or a HF model directory")
-        p.add_argument("--seq", type=int, default=None, help="sequence length of random example ids")
-        p.add_argument("--input", default=None, help="text (needs a tokenizer) or token ids like '1 2 3'")
+    def command(name, text, run):
+        p = sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+        p.set_defaults(run=run)
+        return p
 
-    p = sub.add_parser("compile", help="trace and compile a model into a plan file")
-    model_args(p)
+    def model_args(p, plans, plan_seq=""):
+        what = f"preset ({', '.join(PRESETS)})" + (", Hugging Face model directory or plan file (from mpcc compile)"
+                                                  if plans else " or Hugging Face model directory")
+        p.add_argument("model", help=what)
+        p.add_argument("--seq", type=_positive_int, default=None,
+                       help="length of random example token ids (default: the preset's, 16 for tiny-bert and "
+                            "tiny-gpt2, 128 for the others" + plan_seq + ")")
+        p.add_argument("--input", default=None,
+                       help="text (needs a tokenizer) or token ids like '1 2 3', instead of random ids")
+
+    backends = ["cpu", "limb", "cuda"]
+    backend_help = "ring arithmetic: cpu (int64), limb (the GPU algorithm on CPU) or cuda (needs a GPU)"
+
+    p = command("compile", "trace and compile a model into a plan file", cmd_compile)
+    model_args(p, plans=False)
     p.add_argument("-o", "--output", required=True, help="plan file to write")
-    p.add_argument("--approx", default="exact", help="approximation preset (exact)")
-    p.set_defaults(run=cmd_compile)
+    p.add_argument("--approx", default="exact", choices=APPROXIMATIONS, help="approximations of the non-linear functions")
 
-    p = sub.add_parser("dump", help="print the IR of a model (after a pass) or of a plan file")
-    model_args(p)
-    p.add_argument("--after", default=None, help="stop after this pass ('import' for the raw import)")
+    p = command("dump", "print the IR of a model (after a pass) or of a plan file", cmd_dump)
+    model_args(p, plans=True)
+    p.add_argument("--after", default=None, metavar="PASS",
+                   help="stop after this pass, one of: import (the raw import), " + ", ".join(SECURE_PIPELINE)
+                        + " (default: all of them)")
     p.add_argument("--summary", action="store_true", help="print op and visibility counts only")
-    p.set_defaults(run=cmd_dump)
 
-    p = sub.add_parser("interpret", help="run the IR in plaintext float64 and compare with torch")
-    model_args(p)
-    p.set_defaults(run=cmd_interpret)
+    p = command("interpret", "run the IR in plaintext float64 and compare with torch", cmd_interpret)
+    model_args(p, plans=False)
 
-    p = sub.add_parser("run", help="compile (or load a plan file) and run securely (client and server in this "
-                                   "process), compare with torch")
-    model_args(p)
+    p = command("run", "compile (or load a plan file) and run securely (client and server in this process), "
+                       "compare with torch", cmd_run)
+    model_args(p, plans=True, plan_seq="; for a plan file, the length it was compiled for")
     p.add_argument("--weights", default=None, help="for a plan file: preset or model directory holding the weights "
                                                      "(default: the model the plan was compiled from)")
-    p.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
+    p.add_argument("--backend", default="cpu", choices=backends, help=backend_help)
     p.add_argument("--json", action="store_true", help="also print the stats as JSON")
-    p.set_defaults(run=cmd_run)
 
-    p = sub.add_parser("cost", help="rounds, bytes and dealer material of a model or plan file")
-    model_args(p)
-    p.add_argument("--network", default="lan", choices=["lan", "wan", "local"])
-    p.set_defaults(run=cmd_cost)
+    p = command("cost", "rounds, bytes and dealer material of a model or plan file", cmd_cost)
+    model_args(p, plans=True)
+    p.add_argument("--network", default="lan", choices=["lan", "wan", "local"],
+                   help="network whose latency and bandwidth the time estimate assumes")
 
-    p = sub.add_parser("bench", help="one BERT-base encoder layer, secure, timed (see benchmarks/)")
-    p.add_argument("--seq", type=int, nargs="+", default=[128])
-    p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
-    p.set_defaults(run=cmd_bench)
+    p = command("bench", "one BERT-base encoder layer, secure, timed (see benchmarks/)", cmd_bench)
+    p.add_argument("--seq", type=_positive_int, nargs="+", default=[128], help="sequence lengths to measure")
+    p.add_argument("--repeats", type=_positive_int, default=2,
+                   help="secure runs per length in one session; the fastest after the first is reported")
+    p.add_argument("--backend", default="cpu", choices=backends, help=backend_help)
 
-    p = sub.add_parser("ops", help="list the IR ops (or, with --aten, the ATen ops mpcc imports)")
-    p.add_argument("--aten", action="store_true")
-    p.set_defaults(run=cmd_ops)
+    p = command("ops", "list the IR ops (or, with --aten, the ATen ops mpcc imports)", cmd_ops)
+    p.add_argument("--aten", action="store_true", help="list the ATen ops the frontend imports instead")
 
-    p = sub.add_parser("demo", help="compile tiny-bert and check it against torch")
-    p.set_defaults(run=cmd_demo)
+    command("demo", "compile tiny-bert, interpret it and run it securely, each checked against torch", cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit code (2 for every usage or input error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:   # --help, or a usage error already printed in one line
+        return stop.code if isinstance(stop.code, int) else 2
     from .frontend import TraceError
     from .interpreter import InterpretError
     from .models import ModelLoadError
@@ -253,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
-    except (TraceError, InterpretError, ModelLoadError, PlanFormatError, RunError, ValueError, OSError) as error:
+    except (CliError, TraceError, InterpretError, ModelLoadError, PlanFormatError, RunError, ValueError,
+            OSError) as error:
         print(f"mpcc {args.command}: error: {error}", file=sys.stderr)
         return 2
 

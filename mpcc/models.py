@@ -14,13 +14,17 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["PRESETS", "LoadedModel", "load_model", "example_inputs", "minilm_path", "ModelLoadError"]
+__all__ = ["PRESETS", "LoadedModel", "load_model", "example_inputs", "minilm_path", "ModelLoadError", "InputError"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
 
 
 class ModelLoadError(ValueError):
     """The model name is neither a preset nor a usable model directory."""
+
+
+class InputError(ValueError):
+    """Example inputs the model cannot take: an empty or too long sequence, token ids outside the vocabulary."""
 
 
 @dataclass
@@ -30,6 +34,12 @@ class LoadedModel:
     seq_len: int
     vocab_size: int
     tokenizer: Any = None
+
+    @property
+    def max_positions(self) -> int | None:
+        """The longest sequence the model's position embeddings cover (None: no limit known)."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)  # GPT-2 maps n_positions here
+        return int(limit) if limit else None
 
 
 def _tiny_bert():
@@ -112,18 +122,29 @@ def load_model(name: str, *, seed: int = 0) -> LoadedModel:
 def example_inputs(loaded: LoadedModel, *, seq_len: int | None = None, text: str | None = None,
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """``{"input_ids": ...}`` from text (with the model's tokenizer), from
-    ``"1 2 3"``-style ids, or random ids of length ``seq_len``."""
+    ``"1 2 3"``-style ids, or random ids of length ``seq_len`` (default: the
+    preset's); raises ``InputError`` for what the model cannot take."""
+    limit = loaded.max_positions
     if text is not None:
         parts = text.replace(",", " ").split()
         if parts and all(p.lstrip("-").isdigit() for p in parts):
             ids = torch.tensor([[int(p) for p in parts]])
         elif loaded.tokenizer is None:
-            raise ModelLoadError(f"{loaded.name} has no tokenizer; pass token ids like '1 2 3'")
+            raise InputError(f"{loaded.name} has no tokenizer; pass token ids like '1 2 3'")
         else:
             ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
+        if ids.numel() == 0:
+            raise InputError("the input is empty; give at least one token")
         if loaded.vocab_size and (ids.min() < 0 or ids.max() >= loaded.vocab_size):
-            raise ModelLoadError(f"token ids must lie in [0, {loaded.vocab_size}); got {ids.min()}..{ids.max()}")
+            raise InputError(f"token ids must lie in [0, {loaded.vocab_size}); got {ids.min()}..{ids.max()}")
+        if limit and ids.shape[-1] > limit:
+            raise InputError(f"{loaded.name} takes at most {limit} positions and the input has {ids.shape[-1]} "
+                             f"tokens; shorten it")
         return {"input_ids": ids}
+    length = loaded.seq_len if seq_len is None else seq_len
+    if length < 1:
+        raise InputError(f"the sequence length must be at least 1, not {length}")
+    if limit and length > limit:
+        raise InputError(f"{loaded.name} takes at most {limit} positions, not {length}; use --seq {limit} or less")
     generator = torch.Generator().manual_seed(seed)
-    length = seq_len or loaded.seq_len
     return {"input_ids": torch.randint(0, loaded.vocab_size, (1, length), generator=generator)}

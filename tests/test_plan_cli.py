@@ -73,7 +73,7 @@ def test_cli_compile_dump_interpret(tmp_path, capsys):
     assert main(["dump", "tiny-gpt2", "--seq", "6", "--after", "fold_public", "--summary"]) == 0
     assert "ops by kind" in capsys.readouterr().out
     assert main(["interpret", "tiny-bert", "--input", "1 2 3 4"]) == 0
-    assert "agreement with torch: OK" in capsys.readouterr().out
+    assert "OK: max abs error" in capsys.readouterr().out
     assert main(["ops", "--aten"]) == 0
     assert "aten.scaled_dot_product_attention.default" in capsys.readouterr().out
 
@@ -100,8 +100,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     bad.write_text("mpcc-plan 7\n{}\n")
     assert main(["dump", str(bad)]) == 2
     assert "version 7" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="unknown pass"):
-        main(["dump", "tiny-bert", "--after", "nope"])
+    assert main(["dump", "tiny-bert", "--after", "nope"]) == 2
+    assert "unknown pass" in capsys.readouterr().err
 
 
 def _edit_metadata(path, **changes):
