@@ -244,8 +244,9 @@ class Session:
             channel.interrupt()
             if dealer_thread is not None:
                 material.cancel()
+            deadline = time.perf_counter() + INTERRUPT_GRACE_SECONDS
             for thread in threads:
-                thread.join(INTERRUPT_GRACE_SECONDS)
+                thread.join(max(0.0, deadline - time.perf_counter()))
             raise
         finally:
             torch.set_num_threads(threads_before)

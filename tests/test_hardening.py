@@ -1,0 +1,247 @@
+"""The attacks and faults of the adversarial review, each as a test: reused
+dealer labels, plans that exfiltrate weights, material of another plan or
+deployment, a failed run, concurrent runs, error text crossing to the peer,
+one party reaching the other's material, Ctrl-C."""
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+
+import pytest
+import torch
+
+import mpcc
+from mpcc.plan import _digest
+from mpcc.runtime import DealerError, DealtMaterial, RunError, Session
+from mpcc.runtime.dealer import MaterialStream, PartyFeed
+
+from .conftest import token_ids
+
+
+@pytest.fixture(scope="module")
+def linear():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_bert):
+    inputs = {"input_ids": token_ids(6, 120)}
+    return mpcc.compile(tiny_bert, inputs), tiny_bert.state_dict(), inputs
+
+
+def _tampered(plan, tmp_path):
+    """The review's attack: a plan file edited to share a weight and reveal it to the
+    client, with its checksum recomputed."""
+    path = plan.save(tmp_path / "plan.mpcc")
+    header, meta, body = path.read_text().split("\n", 2)
+    body = body.replace("return %linear_revealed",
+                        "%w_shared = mpc.share(%p_0_weight) : real[3,4] shared\n"
+                        "%w_revealed = mpc.reveal(%w_shared, to='client') : real[3,4] client\n"
+                        "return %linear_revealed, %w_revealed")
+    import json
+    settings = {k: v for k, v in json.loads(meta).items() if k != "sha256"}
+    path.write_text(f"{header}\n{json.dumps({**settings, 'sha256': _digest(settings, body)})}\n{body}")
+    return mpcc.load(path)
+
+
+# ----------------------------------------------------------------------- fresh randomness
+def test_a_label_is_never_dealt_twice(bert):
+    plan, weights, inputs = bert
+    session = Session(plan, weights, progress=False)
+    dealt = session.dealer.deal("inference-2")
+    session.run(inputs, material=dealt)
+    session.run(inputs)     # streamed runs draw random labels: never "inference-2" again
+    session.run(inputs)
+    with pytest.raises(DealerError, match="already dealt in this deployment"):
+        session.dealer.deal("inference-2")
+    with pytest.raises(DealerError, match="letters, digits"):
+        session.dealer.deal("a/b")   # '/' would let two labels spell the same PRG label
+    labels = {session.dealer.deal().inference for _ in range(3)}
+    assert len(labels) == 3 and all(len(label) == 32 for label in labels)   # 128 random bits each
+
+
+def test_concurrent_claims_of_one_label_admit_exactly_one(bert):
+    plan, weights, _ = bert
+    dealer = Session(plan, weights, progress=False).dealer
+    wins, barrier = [], threading.Barrier(8)
+
+    def claim():
+        barrier.wait()
+        try:
+            wins.append(dealer.claim("race"))
+        except DealerError:
+            pass
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wins == ["race"]
+
+
+def test_material_of_another_deployment_plan_or_setting_is_refused(bert, tmp_path):
+    plan, weights, inputs = bert
+    session, other = Session(plan, weights, progress=False), Session(plan, weights, progress=False)
+    with pytest.raises(RunError, match="another deployment"):
+        session.run(inputs, material=other.dealer.deal())
+    coarse = mpcc.Plan(plan.graph, plan.approx, plan.pipeline, 20, plan.info)   # same graph, other frac_bits
+    with pytest.raises(RunError, match="is for plan"):
+        Session(coarse, weights, progress=False).run(inputs, material=session.dealer.deal())
+    dealt = session.dealer.deal()
+    for party in (0, 1):
+        dealt.save(party, tmp_path / f"{party}.safetensors")
+    with pytest.raises(Exception, match="expected plan"):
+        DealtMaterial.load(tmp_path / "0.safetensors", tmp_path / "1.safetensors", coarse.hash)
+    loaded = DealtMaterial.load(tmp_path / "0.safetensors", tmp_path / "1.safetensors", plan.hash)
+    with pytest.raises(RunError, match="another deployment"):
+        other.run(inputs, material=loaded)
+    session.run(inputs, material=loaded)
+    with pytest.raises(RunError, match="already used"):
+        session.run(inputs, material=loaded)
+
+
+# ----------------------------------------------------------------------- plans the server accepts
+def test_a_plan_that_reveals_a_weight_is_refused(linear, tmp_path):
+    plan = mpcc.compile(linear, (torch.zeros(1, 4),))
+    tampered = _tampered(plan, tmp_path)
+    with pytest.raises(RunError, match="refuses this plan.*w_revealed.*depends on no client input"):
+        Session(tampered, linear.state_dict())
+    with pytest.raises(RunError, match="refuses this plan"):
+        mpcc.run(tampered, (torch.ones(1, 4),), linear.state_dict())
+
+
+def test_pinned_plans_only(linear, tmp_path):
+    plan = mpcc.compile(linear, (torch.zeros(1, 4),))
+    Session(plan, linear.state_dict(), pinned={plan.hash})
+    edited = mpcc.Plan(plan.graph, plan.approx, plan.pipeline, 18, plan.info)
+    with pytest.raises(RunError, match="not one of the 1 plan\\(s\\) this server pinned"):
+        Session(edited, linear.state_dict(), pinned={plan.hash})
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda body: body.replace("to='client') : real[1,3] client", "to='server') : real[1,3] server"), "outputs go to the client"),
+    (lambda body: body.replace("return %linear_revealed", "%extra = mpc.reveal(%linear, to='client') : real[1,3] client\n"
+                                                          "return %linear_revealed"), "not a declared output"),
+    (lambda body: body.replace("%linear_revealed = mpc.reveal(%linear", "%linear_revealed = mpc.reveal(%nowhere"),
+     "IR rule"),
+])
+def test_reveal_policy_and_lint(linear, edit, message):
+    from mpcc.ir import parse
+    plan = mpcc.compile(linear, (torch.zeros(1, 4),))
+    try:
+        graph = parse(edit(plan.dump()))
+    except Exception:   # the parser itself refused: also a refusal before any secret moves
+        return
+    with pytest.raises(RunError, match=message):
+        Session(mpcc.Plan(graph, plan.approx, plan.pipeline, plan.frac_bits, plan.info), linear.state_dict())
+
+
+# ----------------------------------------------------------------------- faults
+def test_a_failed_first_run_leaves_the_session_usable(bert, monkeypatch):
+    """The server sends D = W - B in the first run; the client fails after it. The
+    next run must send D again (the client never kept it) instead of hanging."""
+    plan, weights, inputs = bert
+    session = Session(plan, weights, progress=False, timeout=10)
+    import mpcc.runtime.executor as executor
+    original, calls = executor._run, {"n": 0}
+
+    def failing_late(node, graph, env, ctx, *rest):
+        if ctx.party == 0 and not ctx.meta and node.op == "mpc.linear_server":   # the server sends D, then waits
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("client out of memory")
+        return original(node, graph, env, ctx, *rest)
+    monkeypatch.setattr(executor, "_run", failing_late)
+    with pytest.raises(RunError, match="client out of memory"):
+        session.run(inputs)
+    start = time.perf_counter()
+    outputs, stats = session.run(inputs)
+    assert time.perf_counter() - start < 8 and stats.setup_bytes > 0   # D sent again
+    reference = mpcc.interpret(plan.graph, inputs, weights)
+    assert (outputs[0] - reference[0]).abs().max() < 1e-2
+    assert session.run(inputs)[1].setup_bytes == 0   # and committed once it arrived
+
+
+def test_concurrent_first_runs_are_serialised(bert):
+    plan, weights, inputs = bert
+    session = Session(plan, weights, progress=False, timeout=20)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(session.run(inputs)[0][0])
+        except Exception as error:   # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and len(results) == 3
+    assert all((r - results[0]).abs().max() < 1e-2 for r in results)
+
+
+def test_error_text_stays_with_the_failing_party(bert, monkeypatch):
+    plan, weights, inputs = bert
+    session = Session(plan, weights, progress=False, timeout=10)
+    import mpcc.runtime.executor as executor
+    original = executor._run
+
+    def server_fails(node, graph, env, ctx, *rest):
+        if ctx.party == 1 and not ctx.meta and node.op == "mpc.gelu":
+            raise RuntimeError("weight magnitude 1234.5678")
+        return original(node, graph, env, ctx, *rest)
+    monkeypatch.setattr(executor, "_run", server_fails)
+    with pytest.raises(RunError) as caught:
+        session.run(inputs)
+    client_error, server_error = caught.value.party_errors
+    assert "1234.5678" in str(server_error) and "server failed" in str(caught.value)
+    assert client_error is not None and "1234.5678" not in str(client_error)
+    assert "the peer stopped: it failed" in str(client_error)
+
+
+def test_each_party_reaches_only_its_own_material(bert):
+    plan, weights, _ = bert
+    session = Session(plan, weights, progress=False)
+    stream = MaterialStream("isolation-test", timeout=10)
+    stream.start(session.dealer).join()
+    assert stream.feeds[1].items, "the plan has stored material for the server"
+
+    def reachable(root):
+        seen, todo = set(), [root]
+        while todo:
+            item = todo.pop()
+            if id(item) in seen or not isinstance(item, (dict, list, tuple, PartyFeed)) and \
+                    type(item).__name__ != "_Progress":
+                continue
+            seen.add(id(item))
+            todo.extend(gc.get_referents(item.__dict__ if hasattr(item, "__dict__") else item))
+        return seen
+    from_client = reachable(stream.feeds[0])
+    assert id(stream.feeds[1].items) not in from_client and id(stream.feeds[1]) not in from_client
+    assert all(id(t) not in from_client for items in stream.feeds[1].items.values() for t in items)
+
+
+def test_ctrl_c_stops_the_party_threads_promptly(bert, monkeypatch):
+    plan, weights, inputs = bert
+    session = Session(plan, weights, progress=False, timeout=60)
+    import mpcc.runtime.executor as executor
+    original = executor._run
+
+    def slow(node, graph, env, ctx, *rest):
+        if ctx.party == 1 and not ctx.meta and node.op.startswith("mpc."):
+            time.sleep(0.2)
+        return original(node, graph, env, ctx, *rest)
+    monkeypatch.setattr(executor, "_run", slow)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))   # what Ctrl-C sends
+    timer.start()
+    start = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        session.run(inputs)
+    assert time.perf_counter() - start < 5
+    time.sleep(0.5)
+    assert not any(t.name.startswith("mpcc-party") and t.is_alive() for t in threading.enumerate())
