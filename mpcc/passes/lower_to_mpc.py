@@ -155,7 +155,8 @@ class _Lowering:
                 make("mpc.mul_scalar", [share(node.operands[0])], {"value": value})
             return
         x, y = node.operands
-        if self.vis(x) != "shared":
+        plain_first = {"public": 0, "server": 1}   # y: the operand a cheaper protocol can take in the clear
+        if plain_first.get(self.vis(x), 2) < plain_first.get(self.vis(y), 2):
             x, y = y, x
         y_vis = self.vis(y)
         kinds = {self.graph[x].type.kind, self.graph[y].type.kind}
