@@ -3,6 +3,13 @@
 Party 0 is the client, party 1 the server. ``x`` below is always this party's
 share (an int64 tensor). Costs are per element, n = number of elements,
 "both" = each party sends.
+
+Domains: a real has f fractional bits, so a value must satisfy
+|x| < 2^(63 - f) to be represented at all (2^(62 - f) to be encoded from
+plaintext). A product of two reals carries 2f bits and is truncated, and
+``trunc`` needs |z| < 2^62 ring units: so |x * y| < 2^(62 - 2f) = 2^30 at
+f = 16, for a matmul the sum over the inner axis. ``mpcc.ranges`` holds these
+domains as a table and checks models against it.
 """
 from __future__ import annotations
 
@@ -37,7 +44,10 @@ def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     Steps: the dealer deals r (uniform), [r >> s] and [msb(r)]. Parties open
     c = z + 2^62 + r. Then z >> s = (c >> s) - [r >> s] + (1 - msb(c)) [msb(r)] 2^(64-s)
     - 2^(62-s), exact up to -1 ulp (the borrow of the low s bits).
-    Needs |z| < 2^62. Randomness: 1 ring (seed) + 2 ring (stored) per element.
+    Domain: |z| < 2^62 ring units (z + 2^62 must lie in [0, 2^63)). Outside
+    it the wrap bit is misread with probability about (|z| - 2^62) / 2^63
+    and the result is off by 2^(64-s): no error is raised.
+    Randomness: 1 ring (seed) + 2 ring (stored) per element.
     Rounds 1; online bytes 8n both. (Mohassel-Rindal style dealer truncation.)
     """
     shift = ctx.frac_bits if shift is None else shift
@@ -61,7 +71,7 @@ def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
 
 
 def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
-    """z = fn(x, y) for a bilinear ``fn`` (product, matmul), no truncation.
+    """z = fn(x, y) for a bilinear ``fn`` (product, matmul), no truncation: exact mod 2^64.
 
     Steps: dealer deals a, b (seeded) and c = fn(a, b) (stored); open
     e = x - a, d = y - b together; z = c + fn(e, b) + fn(a, d) + [p0] fn(e, d).
@@ -84,7 +94,11 @@ def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
 
 
 def mul(ctx, x, y, truncate: bool = True):
-    """Elementwise product of shares (broadcasting); truncate when both are reals."""
+    """Elementwise product of shares (broadcasting); truncate when both are reals.
+
+    Domain: with truncation |x * y| < 2^(62 - 2f) (2^30 at f = 16), see ``trunc``;
+    without (an integer operand), the product must be representable.
+    """
     z = beaver(ctx, x, y, torch.mul)
     return trunc(ctx, z) if truncate else z
 
@@ -92,7 +106,8 @@ def mul(ctx, x, y, truncate: bool = True):
 def square(ctx, x, truncate: bool = True):
     """x^2 with one opening: dealer deals a (seeded), c = a^2 (stored); open
     e = x - a; x^2 = c + 2ea + [p0] e^2. Rounds 1 (+1 trunc); bytes 8n both
-    (+8n). (Beaver's trick specialised to squares, as in CrypTen.)"""
+    (+8n). Domain with truncation: x^2 < 2^(62 - 2f), |x| < 2^(31 - f) (32768
+    at f = 16). (Beaver's trick specialised to squares, as in CrypTen.)"""
     a = ctx.rand(x.shape)
     c = ctx.derive(lambda a: a * a, a, shape=x.shape)
     if ctx.meta:
@@ -108,6 +123,8 @@ def square(ctx, x, truncate: bool = True):
 
 
 def matmul_shares(ctx, x, y, truncate: bool = True):
+    """x @ y of shares (Beaver) and one truncation. Domain: every entry of
+    x @ y (a sum over the inner axis) |.| < 2^(62 - 2f), see ``trunc``."""
     z = beaver(ctx, x, y, ctx.backend.matmul)
     return trunc(ctx, z) if truncate else z
 
@@ -123,7 +140,8 @@ def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     Security: e is masked by A (unknown to the server), D by B (unknown to the
     client), C0 is a PRG output; see docs/security.md.
     Rounds 1 (client -> server); online bytes 8|x| from the client only;
-    offline 8|z| (C1); setup 8|W| once per deployment. Result has 2f bits.
+    offline 8|z| (C1); setup 8|W| once per deployment. Result has 2f bits;
+    callers truncate it, so |fn(x, W)| < 2^(62 - 2f) (see ``trunc``).
     (Beaver with one operand known to one party; the once-per-deployment
     opening of W - B follows the "known weights" setting of REFERENCES.md.)
     """
@@ -146,6 +164,8 @@ def add_public(ctx, x, ring_value):
 
 
 def mul_public(ctx, x, ring_value, truncate: bool):
+    """x times a public ring value (local), truncated for a real one: then
+    |x * value| < 2^(62 - 2f) (see ``trunc``)."""
     z = x * ring_value
     return trunc(ctx, z) if truncate else z
 

@@ -3,8 +3,9 @@
 Boolean values are bit-sliced: one int64 word per element holds that
 element's bits, XOR-shared (``kind="xor"``). Messages carry only the bits
 that matter (the ``bits=`` width the transport packs to). LTZ works on
-values with |x| < 2^(bits-1) in ring units: 2^31 (|real| < 32768 at f = 16)
-by default, 2^47 for ``WIDE_CMP_BITS``.
+values with -2^(bits-1) <= x < 2^(bits-1) in ring units: 2^31 (|real| < 32768
+at f = 16) by default, 2^47 for ``WIDE_CMP_BITS``, the whole ring at 64
+bits. Outside, the answer is the sign of x mod 2^bits: garbage, no error.
 """
 from __future__ import annotations
 
@@ -156,13 +157,21 @@ def _unpack(words, lanes: int, shape):
 
 
 def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
-    """XOR-shared bit [x < 0] for |x| < 2^(bits-1), exact wherever |x| >= 2^fuzz_bits.
+    """XOR-shared bit [x < 0] for -2^(bits-1) <= x < 2^(bits-1) ring units.
 
-    With ``fuzz_bits`` > 0 the borrow tree skips the low ``fuzz_bits`` bits:
-    the result may be either value for |x| < 2^fuzz_bits ring units, and the
-    tree is that much narrower (a 16-bit tree packs four elements per word).
-    Callers whose result does not care near 0 use it (GeLU segments, the
-    softmax max).
+    Domain: exact on [-2^(bits-1), 2^(bits-1)) with ``fuzz_bits`` = 0. At
+    ``bits`` = 64 that is the whole ring (y = x + 2^63 wraps; the result is
+    x's sign bit). Outside, y wraps mod 2^bits and the result is garbage.
+
+    With ``fuzz_bits`` > 0 the borrow tree skips the low ``fuzz_bits`` bits
+    and is that much narrower (a 16-bit tree packs four elements per word);
+    the result is then exact on [-2^(bits-1), -2^fuzz_bits] and on
+    [0, 2^(bits-1) - 2^fuzz_bits], and may be either value (about half the
+    time) on (-2^fuzz_bits, 0) and near the top, (2^(bits-1) - 2^fuzz_bits,
+    2^(bits-1)): the skipped borrow matters only where y mod 2^(bits-1)
+    exceeds 2^(bits-1) - 2^fuzz_bits. Callers whose result
+    does not care near 0 use it (GeLU segments, exp's clip), and must keep
+    their inputs 2^fuzz_bits inside the top of the domain.
 
     Steps: y = x + 2^(bits-1) lies in [0, 2^bits). The dealer deals r
     (seeded) and an XOR sharing of r mod 2^bits (stored). Open
@@ -231,7 +240,8 @@ def not_bit(ctx, bit):
 
 
 def relu(ctx, x):
-    """max(x, 0) = [x >= 0] * x: one LTZ and one select."""
+    """max(x, 0) = [x >= 0] * x: one LTZ and one select. Domain: LTZ's,
+    -2^(CMP_BITS-1) <= x < 2^(CMP_BITS-1) ring units (|x| < 32768 at f = 16)."""
     (out,) = select_bits(ctx, not_bit(ctx, ltz_bits(ctx, x)), [x])
     return out
 
@@ -244,7 +254,11 @@ def _split_pairs(x):
 def max_last(ctx, x, fuzz_bits: int = 0):
     """Max over the last axis by a tournament: ceil(log2 n) levels of
     LTZ + select, all pairs of a level in one call. With ``fuzz_bits`` the
-    result may be below the max by up to 2^fuzz_bits ring units per level."""
+    result may be below the max by up to 2^fuzz_bits ring units per level.
+    Domain: each LTZ sees a difference of two entries, so the spread
+    max - min of each row must be < 2^(CMP_BITS-1) ring units (32768 at
+    f = 16; 2^fuzz_bits less with ``fuzz_bits``); the entries themselves may
+    be larger."""
     while x.shape[-1] > 1:
         a, b, rest = _split_pairs(x)
         diff = a - b
@@ -255,7 +269,8 @@ def max_last(ctx, x, fuzz_bits: int = 0):
 
 def argmax_last(ctx, x):
     """Index of a max over the last axis, as an additive share of an integer;
-    tournament as ``max_last`` carrying the index through the same selects."""
+    tournament as ``max_last`` carrying the index through the same selects
+    (and with its domain: the spread of each row < 2^(CMP_BITS-1) ring units)."""
     index = torch.arange(x.shape[-1], device=x.device).expand(x.shape).contiguous()
     index = index if ctx.party == 0 else torch.zeros_like(index)
     while x.shape[-1] > 1:

@@ -1,6 +1,8 @@
 """Non-linear protocols: exp, reciprocal, rsqrt, softmax, GeLU, tanh,
 LayerNorm and attention, composed from the arithmetic and comparison ones.
-Each docstring states the domain and the error against the exact function.
+Each docstring states the domain and the error against the exact function;
+outside its domain a protocol returns garbage without an error, so
+``mpcc.ranges`` keeps the domains as a table and checks models against it.
 """
 from __future__ import annotations
 
@@ -33,7 +35,11 @@ SERIES_CHUNK = 1 << 16      # elements per slice of the local series evaluation
 
 
 def mul_scalar(ctx, x, value: float):
-    """x * c for a public real c, encoded with SCALAR_FRAC bits (precise for 1/768 etc.)."""
+    """x * c for a public real c, encoded with SCALAR_FRAC bits (precise for 1/768 etc.).
+
+    Domain: |x| 2^f |round(c 2^24)| < 2^62 (the truncation's), about
+    |x c| < 2^(38 - f) = 4.2e6 at f = 16.
+    """
     scaled = round(value * 2 ** SCALAR_FRAC)
     return trunc(ctx, x * scaled, SCALAR_FRAC)
 
@@ -46,9 +52,14 @@ def _public(ctx, value, like):
 def exp(ctx, x):
     """e^x for x <= 0 (softmax after the max shift), absolute error < 1e-5.
 
-    Inputs below -15 count as -15 (e^-15 < 2^-16, below fixed-point
-    resolution). Steps: y = relu(x + 15) in [0, 15] (by a fuzzy comparison that
-    may also zero y in (0, 1), where e^(y-15) < 1e-6). The dealer deals t
+    Domain: -2^(CMP_BITS-1-f) <= x < 1 (-32768 <= x < 1 at f = 16): the clip
+    compares x + 14.5 by a fuzzy LTZ (exact down to -2^15 - 14.5), and
+    y = relu(x + 15) must stay below 16, the span of the masked opening (y
+    wraps mod 16: at x = 1 the result is e^-15, not e). Inputs below -15
+    count as -15 (e^-15 < 2^-16, below fixed-point resolution).
+
+    Steps: y = relu(x + 15) in [0, 15] (by a fuzzy comparison that may also
+    zero y in (0, 1), where e^(y-15) < 1e-6). The dealer deals t
     (seeded, uniform mod 16), an XOR sharing of t, and V0 = e^(-t-15),
     V1 = e^(1-t) with 40 fractional bits (stored). Open delta = y + t mod 16
     (20 bits each way; perfectly hiding). The wrap bit w = [delta < t] comes
@@ -111,7 +122,12 @@ def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int):
 
 
 def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
-    """1/x for x in [2^low, 2^high) (and within 2^-13 absolute above it).
+    """1/x for x in [2^low, 2^high) = [1, 4096) by default.
+
+    Domain: [2^low, 2^high). Just above, up to about 1.45 * 2^high, the result
+    stays within 2^-13 absolute; beyond 1.5 * 2^high the initial guess is
+    negative and the result garbage. Below 2^low the error grows (3% at
+    2^(low-1)). The bracketing LTZs are 48-bit: |x - 2^m| < 2^(47-f).
 
     Normalise x' = x 2^-m into [1, 2) with bracketing bits, start from
     y0 = 24/17 - 8/17 x' (relative error < 1/17), then Newton
@@ -131,6 +147,9 @@ def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
 
 def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11):
     """1/sqrt(x) for x in [4^low, 4^high) = [1.5e-5, 4.2e6).
+
+    Domain: [4^low, 4^high). Above it the normalised x' exceeds 4 and Newton
+    diverges (garbage); below, x' < 1 and the error grows (20% at 1e-5).
 
     Normalise x' = x 4^-m into [1, 4) (m from bracketing bits, s = 2^-m),
     start from y0 = 7/6 - x'/6 (error < 18%), Newton y <- y (3 - x' y^2) / 2
@@ -152,8 +171,13 @@ def softmax_masked(ctx, x, mask):
     """softmax over the last axis, masked positions (mask == 0) get exactly 0.
 
     Max-shift (tournament), exp, sum, reciprocal on [1, n], one product. The
-    mask is public (0/1 integers); ``None`` means no mask. Scores must stay
-    within +-16384. Absolute error ~1e-4.
+    mask is public (0/1 integers); ``None`` means no mask. Absolute error ~1e-4.
+
+    Domain: the spread of each row, max - min with masked entries counted
+    at MASK_FILL = -16384, below 2^(CMP_BITS-1-f) = 32768 (the max
+    tournament's comparisons); scores within +-16384 suffice. Then exp sees
+    x - max in (-32768, 0] and the sum of exps lies in [1, n], inside the
+    reciprocal's [1, 2^(ceil(log2 n) + 1)).
     """
     if mask is not None:
         fill = encode(ctx, (1 - mask.to(torch.float64)) * MASK_FILL, "real")
@@ -195,6 +219,12 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
     angle sums make every term a public coefficient times a dealt share:
     local, one truncation. In parallel, LTZ on (x + 4, 4 - x) gives the
     segment bits; one select (1 bit + 8 bytes per element per segment) joins them.
+
+    Domain: |x| <= 2^(CMP_BITS-1-f) - 4 - 2^-SEGMENT_FUZZ (32763.5 at f = 16).
+    The segment LTZ skips the low f - SEGMENT_FUZZ bits, which makes it exact
+    only up to 2^15 - 1/2 on the positive side (``ltz_bits``), and x + 4 and
+    4 - x must both stay there. Outside, the segment bits are wrong and so is
+    the result (gelu(32765) comes out as 16381).
     """
     f, terms = ctx.frac_bits, len(cos_coeffs)
     modulus = 1 << (f + FOURIER_PERIOD_LOG2)
@@ -267,7 +297,8 @@ def gelu(ctx, x):
     """GeLU within 1e-3 of the exact (erf) form on all reals in range: 0 below -4,
     x above 4, x/2 + an 8-term cosine series between (fit on [-4.5, 4.5]; the
     segment tests may err within 0.5 of +-4, where GeLU and its asymptotes
-    differ by < 8e-4). Rounds ~ 10."""
+    differ by < 8e-4). Rounds ~ 10. Domain: ``fourier_segments``', |x| <= 32763.5
+    at f = 16."""
     coeffs = GELU_EVEN_COEFFS
     return fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
                             low=lambda ctx, x: torch.zeros_like(x), high=lambda ctx, x: x)
@@ -276,7 +307,8 @@ def gelu(ctx, x):
 def tanh(ctx, x):
     """tanh within 3e-3 on all reals in range: -1 below -4, 1 above 4, a
     9-term sine series (ridge-regularised fit on [-4.5, 4.5]) between; near
-    +-4 the fuzzy segment test costs at most |1 - tanh(3.5)| = 1.8e-3."""
+    +-4 the fuzzy segment test costs at most |1 - tanh(3.5)| = 1.8e-3.
+    Domain: ``fourier_segments``', |x| <= 32763.5 at f = 16."""
     return fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
                             low=lambda ctx, x: ctx.public_share(_public(ctx, -1.0, x)),
                             high=lambda ctx, x: ctx.public_share(_public(ctx, 1.0, x)))
@@ -285,7 +317,14 @@ def tanh(ctx, x):
 def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     """LayerNorm over the last axis: mean and variance by local sums and public
     scalings, 1/sqrt by ``rsqrt``, then the server's gamma (elementwise product
-    with a server tensor, ``linear_server`` with mul) and beta (added locally)."""
+    with a server tensor, ``linear_server`` with mul) and beta (added locally).
+
+    Domain (n = normalised size, s = round(2^24 / n)): |mean| and the
+    variance below 2^(62-f) / (n s) (about 2^22 = 4.2e6 at f = 16: sums
+    times s are truncated); centred values |x - mean| < 2^(31-f) = 32768
+    (their square is truncated); variance + eps in rsqrt's [4^-8, 4^11);
+    |normalised * gamma| < 2^(62-2f).
+    """
     if len(normalized_shape) != 1:
         raise NotImplementedError("layer_norm over more than one axis")
     n = normalized_shape[0]
@@ -317,7 +356,12 @@ def _attention_mask(mask, is_causal, shape, device):
 def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
     Beaver matmuls for q k^T and p v, a public scaling, masked softmax.
-    An additive float mask is split into its -inf part (a 0/1 mask) and the rest."""
+    An additive float mask is split into its -inf part (a 0/1 mask) and the rest.
+
+    Domain: |q k^T| < 2^(62-2f) and < 2^(62-f) / round(scale 2^24) (the
+    truncations of the matmul and of the scaling); the scores as for
+    ``softmax_masked``; |p v| < 2^(62-2f).
+    """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = mul_scalar(ctx, matmul_shares(ctx, query, key.transpose(-1, -2)), scale)
     shape = tuple(scores.shape)

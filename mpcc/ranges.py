@@ -1,0 +1,462 @@
+"""Fixed-point domains: what each range-limited protocol needs, and a plaintext check against it.
+
+Every value is a fixed-point number with ``f`` fractional bits in Z_2^64, and
+several protocols are exact only on part of that range (docs/protocols.md,
+"Domains"). This module keeps, for each lowered ``mpc.*`` op, a rule that
+gives the domain of each operand or intermediate value it constrains, as
+``Domain(low, high, what, limit)`` records (``low <= value < high``, in real
+units), each paired with a probe that computes that value from the op's
+plaintext arguments. ``domains_of`` lists them for a plan (the plan stores
+them); ``check_ranges`` interprets the plan in float64 and reports every node
+whose values leave a domain, with the margin::
+
+    %gelu (encoder.layer.0.intermediate.intermediate_act_fn): input max |x| 3.51e4 exceeds
+        the comparison domain 3.28e4 by 1.07x      (one line)
+
+Besides the table, every shared real value must lie in the ring,
+|x| < 2^(63 - f), and every real input in the comparison domain by default.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .interpreter import interpret, weight_limit
+from .ir import Graph, Node, TensorType
+from .ops import get_op
+from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
+from .ops.compare import CMP_BITS
+from .ops.nonlinear import (FOURIER_HALF_RANGE, MASK_FILL, SCALAR_FRAC, SEGMENT_FUZZ, _attention_mask, reciprocal,
+                             rsqrt)
+
+__all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
+           "check_ranges", "RangeReport", "RangeProblem", "comparison_bound", "product_bound"]
+
+
+@dataclass(frozen=True)
+class Domain:
+    """``low <= value < high`` (reals): where a protocol is exact.
+
+    ``what`` names the value (``"input"``, ``"x @ W^T"``, ``"variance + eps"``),
+    ``limit`` the protocol limit it comes from (``"the comparison domain"``).
+    """
+    low: float
+    high: float
+    what: str
+    limit: str
+
+    def __str__(self) -> str:
+        if self.low == -self.high:
+            return f"{self.what}: |x| < {_num(self.high, 6)} ({self.limit})"
+        return f"{self.what}: [{_num(self.low, 6)}, {_num(self.high, 6)}) ({self.limit})"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A domain and the probe that computes its value: ``probe(args, out)``
+    with the op's plaintext arguments by param name and its output."""
+    domain: Domain
+    probe: Callable[[dict, torch.Tensor], torch.Tensor]
+
+
+class MissingDomainRule(KeyError):
+    def __str__(self):
+        return (f"no domain rule for {self.args[0]!r} in mpcc.ranges.DOMAIN_RULES: every mpc op must state its "
+                f"domain (an empty list if it has none)")
+
+
+# ----------------------------------------------------------------------------- the limits
+def comparison_bound(frac_bits: int) -> float:
+    """ltz_bits at CMP_BITS is exact for |x| < 2^(CMP_BITS - 1) ring units: 2^15 = 32768 at f = 16."""
+    return 2.0 ** (CMP_BITS - 1 - frac_bits)
+
+
+def product_bound(frac_bits: int) -> float:
+    """A product of reals (2f fractional bits) is truncated, which needs |z| < 2^62 ring
+    units: |x * y| < 2^(62 - 2f) = 2^30 at f = 16, summed over a matmul's inner axis."""
+    return 2.0 ** (RING_SHIFT_LIMIT - 2 * frac_bits)
+
+
+def _encode_bound(frac_bits: int) -> float:
+    return 2.0 ** (RING_SHIFT_LIMIT - frac_bits)   # the backend's encode refuses |x| >= this
+
+
+def _ring_bound(frac_bits: int) -> float:
+    return 2.0 ** (63 - frac_bits)
+
+
+def _scalar_bound(frac_bits: int, value: float) -> float | None:
+    """mul_scalar multiplies by round(c 2^24) and truncates by 24: |x| 2^f |round(c 2^24)| < 2^62."""
+    scaled = abs(round(value * 2 ** SCALAR_FRAC))
+    return None if scaled == 0 else _encode_bound(frac_bits) / scaled
+
+
+def _default(fn, name):
+    return inspect.signature(fn).parameters[name].default   # the protocol's own default: one source
+
+
+RECIPROCAL_DOMAIN = (2.0 ** _default(reciprocal, "low_log2"), 2.0 ** _default(reciprocal, "high_log2"))
+RSQRT_DOMAIN = (4.0 ** _default(rsqrt, "low_log4"), 4.0 ** _default(rsqrt, "high_log4"))
+
+
+# ----------------------------------------------------------------------------- probes
+def _arg(name):
+    return lambda args, out: args[name]
+
+
+def _out(args, out):
+    return out
+
+
+def _spread(x, dim):
+    """max - min along an axis: a max tournament compares differences of two entries."""
+    return x.amax(dim) - x.amin(dim)
+
+
+def _symmetric(bound, what, limit):
+    return Domain(-bound, bound, what, limit)
+
+
+# ----------------------------------------------------------------------------- the rules
+def _none(node, types, f):
+    return []
+
+
+def _share(node, types, f):
+    if node.type.kind != "real":
+        return []
+    return [Check(_symmetric(_encode_bound(f), "value to share", "the encoding range"), _arg("self"))]
+
+
+def _product(what, fn):
+    def rule(node, types, f):
+        if not node.attrs.get("truncate", True) or node.type.kind != "real":
+            return []
+        return [Check(_symmetric(product_bound(f), what, "the truncation range"), fn)]
+    return rule
+
+
+def _linear(node, types, f):
+    probe = lambda a, out: _linear_reference(a["input"], a["weight"], None, a["transpose"])  # noqa: E731
+    return [Check(_symmetric(product_bound(f), "x @ W^T" if node.attrs.get("transpose") else "x @ W",
+                             "the truncation range"), probe)]
+
+
+def _trunc(node, types, f):
+    bound = 2.0 ** (RING_SHIFT_LIMIT - f - node.attrs["shift"])
+    return [Check(_symmetric(bound, "input", "the truncation range"), _arg("self"))]
+
+
+def _mul_scalar(node, types, f):
+    bound = _scalar_bound(f, node.attrs["value"])
+    return [] if bound is None else [Check(_symmetric(bound, "input", "the truncation range of x * c"), _arg("self"))]
+
+
+def _compare(node, types, f):
+    return [Check(_symmetric(comparison_bound(f), "input", "the comparison domain"), _arg("self"))]
+
+
+def _tournament(node, types, f):
+    return [Check(Domain(0.0, comparison_bound(f), f"spread (max - min) along axis {node.attrs['dim']}",
+                         "the comparison domain"), lambda a, out: _spread(a["self"], a["dim"]))]
+
+
+def _exp(node, types, f):
+    return [Check(Domain(-comparison_bound(f), 1.0, "input", "exp's domain"), _arg("self"))]
+
+
+def _bracketed(domain, name):
+    def rule(node, types, f):
+        return [Check(Domain(*domain, "input", f"{name}'s domain"), _arg("self"))]
+    return rule
+
+
+def _segments(node, types, f):
+    """The segment tests compare x + 4 and 4 - x by an LTZ that skips the low f - 1
+    bits, exact only for |.| <= 2^15 - 1/2: so |x| <= 2^15 - 4.5 (stated one ulp narrower)."""
+    bound = comparison_bound(f) - FOURIER_HALF_RANGE - 2.0 ** -SEGMENT_FUZZ
+    return [Check(_symmetric(bound, "input", "the comparison domain"), _arg("self"))]
+
+
+def _layer_norm(node, types, f):
+    (n,) = node.attrs["normalized_shape"]
+    by_n = _scalar_bound(f, 1.0 / n) / n   # mean and variance: a sum times round(2^24 / n), truncated
+
+    def centred(a, out):
+        x = a["input"]
+        return x - x.mean(-1, keepdim=True)
+
+    def variance(a, out):
+        return centred(a, out).square().mean(-1) + a["eps"]
+    checks = [
+        Check(_symmetric(by_n, "mean", "the truncation range of sum * (1/n)"), lambda a, out: a["input"].mean(-1)),
+        Check(_symmetric(math.sqrt(product_bound(f)), "centred values", "the truncation range of their square"),
+              centred),
+        Check(Domain(RSQRT_DOMAIN[0], min(RSQRT_DOMAIN[1], by_n), "variance + eps", "rsqrt's domain"), variance),
+    ]
+    if node.attrs.get("weight", "operand") is not None:
+        def scaled(a, out):
+            return F.layer_norm(a["input"], a["normalized_shape"], a["weight"], None, a["eps"])
+        checks.append(Check(_symmetric(product_bound(f), "normalised values * weight", "the truncation range"),
+                            scaled))
+    return checks
+
+
+def _masked_scores(a):
+    q, k = a["query"], a["key"]
+    if k.shape[-3] != q.shape[-3]:   # grouped-query attention
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+    scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
+    product = q @ k.transpose(-1, -2)
+    scores = product * scale
+    mask = a["attn_mask"]
+    if mask is not None and mask.dtype != torch.bool:
+        scores = scores + torch.where(mask > -1e4, mask, torch.zeros_like(mask)).to(scores.dtype)
+    keep = _attention_mask(mask, a["is_causal"], tuple(scores.shape), scores.device)
+    if keep is not None:
+        scores = torch.where(keep, scores, torch.full_like(scores, MASK_FILL))
+    return product, scores
+
+
+def _sdpa(node, types, f):
+    scale = node.attrs.get("scale")
+    scale = 1.0 / math.sqrt(types["query"].shape[-1]) if scale is None else scale
+    scaled = _scalar_bound(f, scale)
+    bound = product_bound(f) if scaled is None else min(product_bound(f), scaled)
+    return [
+        Check(_symmetric(bound, "q @ k^T", "the truncation range"), lambda a, out: _masked_scores(a)[0]),
+        Check(Domain(0.0, comparison_bound(f), f"score spread (max - min per row, masked at {MASK_FILL:g})",
+                     "the comparison domain"), lambda a, out: _spread(_masked_scores(a)[1], -1)),
+        Check(_symmetric(product_bound(f), "probabilities @ v", "the truncation range"), _out),
+    ]
+
+
+Rule = Callable[[Node, dict, int], list]
+
+DOMAIN_RULES: dict[str, Rule] = {
+    "mpc.share": _share,
+    "mpc.reveal": _none,
+    "mpc.add": _none,
+    "mpc.sub": _none,
+    "mpc.neg": _none,
+    "mpc.add_public": _none,
+    "mpc.masked_fill_public": _none,
+    "mpc.where_public": _none,
+    "mpc.where": _none,            # a 0/1 condition times x - y: no truncation
+    "mpc.mul_public": _product("x * value", lambda a, out: a["self"] * a["value"]),
+    "mpc.mul": _product("x * y", lambda a, out: a["self"] * a["other"]),
+    "mpc.mul_server": _product("x * w", lambda a, out: a["self"] * a["other"]),
+    "mpc.square": _product("x * x", lambda a, out: a["self"] * a["self"]),
+    "mpc.matmul": _product("x @ y", lambda a, out: a["self"] @ a["other"]),
+    "mpc.linear_server": _linear,
+    "mpc.trunc": _trunc,
+    "mpc.mul_scalar": _mul_scalar,
+    "mpc.ltz": _compare,
+    "mpc.relu": _compare,
+    "mpc.amax": _tournament,
+    "mpc.argmax": _tournament,
+    "mpc.softmax": _tournament,   # the max tournament; exp then sees x - max in (-2^15, 0]
+    "mpc.exp": _exp,
+    "mpc.reciprocal": _bracketed(RECIPROCAL_DOMAIN, "reciprocal"),
+    "mpc.rsqrt": _bracketed(RSQRT_DOMAIN, "rsqrt"),
+    "mpc.gelu": _segments,
+    "mpc.tanh": _segments,
+    "mpc.layer_norm": _layer_norm,
+    "mpc.sdpa": _sdpa,
+}
+
+
+def _operand_types(graph: Graph, node: Node) -> dict[str, TensorType]:
+    params = get_op(node.op).operand_params(node.attrs)
+    return {p: graph[name].type for p, name in zip(params, node.operands)}
+
+
+def _checks(graph: Graph, node: Node, frac_bits: int, input_ranges: Mapping) -> list[Check]:
+    if node.op == "input":
+        if node.name not in input_ranges:
+            return []
+        low, high = input_ranges[node.name]
+        return [Check(Domain(low, high + 2.0 ** -frac_bits if node.type.kind == "real" else high + 1, "input",
+                             "its input range"), _out)]
+    if node.op == "param":
+        if node.type.kind != "real":
+            return []
+        return [Check(_symmetric(weight_limit(frac_bits), "weight", "the weight limit"), _out)]
+    if not node.op.startswith("mpc."):
+        return []
+    try:
+        rule = DOMAIN_RULES[node.op]
+    except KeyError:
+        raise MissingDomainRule(node.op) from None
+    return rule(node, _operand_types(graph, node), frac_bits)
+
+
+def _graph_and_bits(plan_or_graph, frac_bits):
+    if isinstance(plan_or_graph, Graph):
+        if frac_bits is None:
+            raise TypeError("domains_of(graph, frac_bits): a graph needs frac_bits (a plan carries its own)")
+        return plan_or_graph, frac_bits
+    return plan_or_graph.graph, plan_or_graph.frac_bits if frac_bits is None else frac_bits
+
+
+def default_input_ranges(graph: Graph, frac_bits: int) -> dict[str, tuple[float, float]]:
+    """``{name: (low, high)}`` (closed) for the real inputs: the comparison domain,
+    |x| < 2^(CMP_BITS - 1 - f), as the largest encodable values inside it.
+    Token ids (``int`` inputs) are checked against the vocabulary elsewhere.
+
+    Example:
+        >>> import torch, mpcc
+        >>> g = mpcc.trace(torch.nn.Linear(2, 2), (torch.zeros(1, 2),))
+        >>> default_input_ranges(g, 16)
+        {'input': (-32768.0, 32767.99998474121)}
+    """
+    bound = comparison_bound(frac_bits)
+    return {n.name: (-bound, bound - 2.0 ** -frac_bits) for n in graph.inputs if n.type.kind == "real"}
+
+
+def domains_of(plan_or_graph, frac_bits: int | None = None) -> dict[str, list[Domain]]:
+    """For each node with a domain, its domains (inputs, weights, every range-limited mpc op).
+
+    Raises ``MissingDomainRule`` for an ``mpc.*`` op the table does not know.
+
+    Example:
+        >>> import torch, mpcc
+        >>> plan = mpcc.compile(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU()), (torch.zeros(1, 4),))
+        >>> [str(d) for d in domains_of(plan)["gelu"]]
+        ['input: |x| < 32763.5 (the comparison domain)']
+    """
+    graph, frac_bits = _graph_and_bits(plan_or_graph, frac_bits)
+    ranges = default_input_ranges(graph, frac_bits)
+    out = {}
+    for node in graph.nodes:
+        domains = [c.domain for c in _checks(graph, node, frac_bits, ranges)]
+        if domains:
+            out[node.name] = domains
+    return out
+
+
+# ----------------------------------------------------------------------------- the plaintext check
+@dataclass(frozen=True)
+class RangeProblem:
+    """A node whose ``domain.what`` took values in [seen_low, seen_high], outside ``domain``."""
+    node: str
+    origin: str
+    domain: Domain
+    seen_low: float
+    seen_high: float
+
+    def __str__(self) -> str:
+        where = f"%{self.node} ({self.origin or '<top>'})"
+        d = self.domain
+        if not (math.isfinite(self.seen_low) and math.isfinite(self.seen_high)):
+            return f"{where}: {d.what} contains NaN or inf"
+        if d.low == -d.high:
+            peak = max(-self.seen_low, self.seen_high)
+            return (f"{where}: {d.what} max |x| {_num(peak)} exceeds {d.limit} {_num(d.high)} "
+                    f"by {_factor(peak / d.high)}")
+        span = f"{d.limit} [{_num(d.low)}, {_num(d.high)})"
+        above, below = self.seen_high >= d.high, self.seen_low < d.low
+        if above and below:
+            seen = f"[{_num(self.seen_low)}, {_num(self.seen_high)}]"
+            return f"{where}: {d.what} spans {seen}, beyond both ends of {span}"
+        if above:
+            return f"{where}: {d.what} max {_num(self.seen_high)} is above {span} by {_margin(self.seen_high, d.high)}"
+        return f"{where}: {d.what} min {_num(self.seen_low)} is below {span} by {_margin(self.seen_low, d.low)}"
+
+
+@dataclass
+class RangeReport:
+    """What ``check_ranges`` found: ``ok``, ``problems`` (one per node and value), ``checked`` (values checked)."""
+    problems: list[RangeProblem] = field(default_factory=list)
+    checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"ok: all {self.checked} checked values lie within their protocols' domains"
+        return "\n".join(str(p) for p in self.problems)
+
+
+def check_ranges(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], *,
+                 input_ranges: Mapping[str, tuple[float, float]] | None = None) -> RangeReport:
+    """Interpret ``plan`` in float64 and report every value outside its protocol's domain.
+
+    Checks the real inputs against ``input_ranges`` (default:
+    ``default_input_ranges``), the weights against the weight limit, every
+    operand and intermediate value in ``DOMAIN_RULES`` and every shared real
+    value against the ring. Raises only where the plan cannot be interpreted
+    (missing inputs or weights, wrong shapes).
+
+    Args:
+        plan: a compiled ``Plan`` (its lowered graph and ``frac_bits``).
+        inputs: the model inputs by name.
+        weights: the server's weights (``state_dict()``; numpy arrays accepted).
+        input_ranges: closed ``(low, high)`` per input, e.g. the ones the plan stores.
+
+    Example:
+        >>> import torch, mpcc
+        >>> from mpcc.ranges import check_ranges
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU())
+        >>> plan = mpcc.compile(model, (torch.zeros(1, 4),))
+        >>> check_ranges(plan, {"input": torch.ones(1, 4)}, model.state_dict()).ok
+        True
+        >>> print(check_ranges(plan, {"input": torch.full((1, 4), 1e5)}, model.state_dict()))  # doctest: +ELLIPSIS
+        %input (<top>): input max |x| 1e5 exceeds its input range 3.28e4 by 3.05x
+        %gelu (1): input max |x| ... exceeds the comparison domain 3.28e4 by ...x
+    """
+    graph, frac_bits = plan.graph, plan.frac_bits
+    ranges = default_input_ranges(graph, frac_bits) if input_ranges is None else dict(input_ranges)
+    ring = _ring_bound(frac_bits)
+    report = RangeReport()
+
+    def on_node(node: Node, operands: list, value: torch.Tensor) -> None:
+        checks = _checks(graph, node, frac_bits, ranges)
+        if node.type.vis == "shared" and node.type.kind == "real":
+            checks.append(Check(_symmetric(ring, "value", "the ring"), _out))
+        if not checks:
+            return
+        args = dict(zip(get_op(node.op).params, get_op(node.op).bind(operands, node.attrs))) if operands else {}
+        for check in checks:
+            report.checked += 1
+            problem = _problem(node, check.domain, check.probe(args, value))
+            if problem is not None:
+                report.problems.append(problem)
+
+    interpret(graph, inputs, weights, on_node=on_node)
+    return report
+
+
+def _problem(node: Node, domain: Domain, values: torch.Tensor) -> RangeProblem | None:
+    if not values.numel():
+        return None
+    low, high = (float(v) for v in torch.aminmax(values.detach().to(torch.float64)))
+    if math.isfinite(low) and math.isfinite(high) and domain.low <= low and high < domain.high:
+        return None
+    return RangeProblem(node.name, node.origin, domain, low, high)
+
+
+def _num(value: float, digits: int = 3) -> str:
+    """``digits`` significant digits, exponents without '+' or leading zeros: 41000 -> '4.1e4'."""
+    text = f"{value:.{digits}g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def _factor(ratio: float) -> str:
+    return f"{ratio:.6f}x" if ratio < 1.005 else f"{_num(ratio)}x"   # just past the bound: show how far
+
+
+def _margin(value: float, bound: float) -> str:
+    if value * bound > 0:
+        return _factor(max(abs(value / bound), abs(bound / value)))
+    return _num(abs(value - bound))
