@@ -13,7 +13,10 @@ from .api import APPROXIMATIONS, Session, compile, interpret, load, run, trace
 from .frontend import TraceError, UnsupportedOpError
 from .interpreter import InterpretError
 from .plan import Plan, PlanFormatError
+from .ranges import RangeReport, check_ranges
+from .runtime import DealerError, PlanRefused, RunError
 
 __all__ = ["compile", "trace", "interpret", "load", "run", "Session", "ir", "Plan", "APPROXIMATIONS", "TraceError",
-           "UnsupportedOpError", "InterpretError", "PlanFormatError"]
+           "UnsupportedOpError", "InterpretError", "PlanFormatError", "check_ranges", "RangeReport", "RunError",
+           "PlanRefused", "DealerError"]
 __version__ = "0.1.0"

@@ -42,4 +42,9 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
     graph = run_pipeline(trace(model, example_inputs, owners=owners), names)
     used = {n.attrs["key"] for n in graph.params}
     unused = sorted(set(model.state_dict()) - used)
-    return Plan(graph, approx, names, frac_bits, {"unused_weights": unused})
+    from dataclasses import asdict
+    from .ranges import default_input_ranges, domains_of
+    ranges = {name: list(bounds) for name, bounds in default_input_ranges(graph, frac_bits).items()}
+    domains = {name: [asdict(d) for d in found] for name, found in domains_of(graph, frac_bits).items()}
+    return Plan(graph, approx, names, frac_bits, {"unused_weights": unused, "input_ranges": ranges,
+                                                  "domains": domains})

@@ -245,3 +245,32 @@ def test_ctrl_c_stops_the_party_threads_promptly(bert, monkeypatch):
     assert time.perf_counter() - start < 5
     time.sleep(0.5)
     assert not any(t.name.startswith("mpcc-party") and t.is_alive() for t in threading.enumerate())
+
+
+# ----------------------------------------------------------------------- ranges
+def test_out_of_range_weights_and_inputs_are_refused_before_the_run(bert, linear):
+    plan, weights, inputs = bert
+    bad = dict(weights)
+    name = next(k for k in bad if k.endswith("intermediate.dense.weight"))
+    for value, message in ((float("nan"), "NaN"), (1e12, "limit")):
+        bad[name] = weights[name].clone().fill_(value)
+        with pytest.raises(RunError, match=f"{name}.*{message}"):
+            Session(plan, bad, progress=False)
+    lin_plan = mpcc.compile(linear, (torch.zeros(1, 4),))
+    assert lin_plan.info["input_ranges"]["input"][1] < 2 ** 15
+    session = Session(lin_plan, {k: v.numpy() for k, v in linear.state_dict().items()}, progress=False)  # numpy
+    with pytest.raises(RunError, match="input"):
+        session.run((torch.full((1, 4), 1e5),))
+    with pytest.raises(RunError, match="whole numbers"):
+        Session(plan, weights, progress=False).run({"input_ids": inputs["input_ids"] + 0.5})
+
+
+def test_a_large_intermediate_weight_is_reported_by_check_ranges(bert):
+    plan, weights, inputs = bert
+    assert mpcc.check_ranges(plan, inputs, weights).ok
+    scaled = dict(weights)
+    name = next(k for k in scaled if k.endswith("0.intermediate.dense.weight"))
+    scaled[name] = weights[name] * 1e5
+    report = mpcc.check_ranges(plan, inputs, scaled)
+    assert not report.ok and "comparison domain" in str(report) and "gelu" in str(report)
+    assert "domains" in plan.info and any("gelu" in node for node in plan.info["domains"])

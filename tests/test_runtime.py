@@ -259,12 +259,17 @@ def test_dealer_stays_within_its_lookahead(bert_session, tiny_bert):
     assert loose.dealer_ahead_bytes > stats.dealer_ahead_bytes
 
 
-def test_a_failing_party_does_not_leave_the_dealer_waiting(bert_session, tiny_bert):
+def test_a_failing_party_does_not_leave_the_dealer_waiting(bert_session, tiny_bert, monkeypatch):
     plan, _, inputs = bert_session
-    weights = dict(tiny_bert.state_dict())
-    name = next(k for k in weights if k.endswith("intermediate.dense.weight"))
-    weights[name] = weights[name] * 1e18   # the server fails to encode it, in the middle of the run
-    session = Session(plan, weights, progress=False, timeout=60, lookahead_bytes=1)
+    import mpcc.runtime.executor as executor
+    original = executor._run
+
+    def server_fails_midway(node, graph, env, ctx, *rest):   # (a bad weight is now refused before the run)
+        if ctx.party == 1 and not ctx.meta and node.op == "mpc.gelu":
+            raise RuntimeError("server out of memory")
+        return original(node, graph, env, ctx, *rest)
+    monkeypatch.setattr(executor, "_run", server_fails_midway)
+    session = Session(plan, tiny_bert.state_dict(), progress=False, timeout=60, lookahead_bytes=1)
     start = time.perf_counter()
     with pytest.raises(RunError, match="server failed"):
         session.run(inputs)

@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 import torch
 
 from ..backends import RingBackend, get_backend
-from ..interpreter import check_inputs, check_weights
+from ..interpreter import check_inputs, check_weights, normalize_weights
 from .context import PartyContext, PeerAborted, SessionState
 from .cost import op_family
 from .dealer import LOOKAHEAD_BYTES, Dealer, DealtMaterial, MaterialStream, fresh_label
@@ -113,7 +113,8 @@ class Session:
         self.plan_hash = plan.hash
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
         try:
-            check_weights(plan.graph, weights)
+            weights = normalize_weights(weights)   # numpy arrays too
+            check_weights(plan.graph, weights, frac_bits=plan.frac_bits)   # also NaN, inf and magnitude
         except Exception as error:
             raise RunError(str(error)) from None
         known = set(plan.info.get("unused_weights", [])) | set(plan.weight_keys)
@@ -144,7 +145,7 @@ class Session:
         """
         inputs = self._as_dict(inputs)
         try:
-            check_inputs(self.plan.graph, inputs)
+            check_inputs(self.plan.graph, inputs, self.plan.info.get("input_ranges"))
         except Exception as error:
             raise RunError(str(error)) from None
         _check_token_ids(self.plan, inputs)
