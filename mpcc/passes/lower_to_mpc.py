@@ -19,6 +19,7 @@ __all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES"]
 
 LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "expand", "slice",
                    "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat"}
+NOT_VALUES = {"condition", "mask", "attn_mask"}   # operands read as 0/1 or as a mask, never as reals
 SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "relu": "mpc.relu", "exp": "mpc.exp", "rsqrt": "mpc.rsqrt",
           "neg": "mpc.neg", "reciprocal": "mpc.reciprocal"}
 
@@ -32,7 +33,7 @@ class _Lowering:
         self.graph = graph
         self.taken = {n.name for n in graph.nodes}
         self.nodes: list[Node] = []
-        self.shared_copy: dict[str, str] = {}
+        self.shared_copy: dict[tuple[str, bool], str] = {}
 
     def vis(self, name):
         return self.graph[name].type.vis
@@ -41,15 +42,36 @@ class _Lowering:
         self.nodes.append(node)
         return node.name
 
-    def shared(self, name: str, origin: str) -> str:
-        """``name`` as shares: itself if shared, else one ``mpc.share`` node (reused)."""
+    def shared(self, name: str, origin: str, real: bool = False) -> str:
+        """``name`` as shares: itself if shared, else one ``mpc.share`` node (reused).
+
+        ``real``: the consumer reads the shares as fixed point, so a party's
+        integers or bools are first cast to reals by that party (shares of an
+        integer hold the integer itself, not 2^f times it).
+        """
         if self.vis(name) == "shared":
             return name
-        if name not in self.shared_copy:
-            source = self.graph[name]
-            self.shared_copy[name] = self.emit(Node(fresh_name(f"{name}_shared", self.taken), "mpc.share", (name,), {},
-                                                    TensorType(source.type.shape, source.type.kind, "shared"), origin))
-        return self.shared_copy[name]
+        source = self.graph[name].type
+        cast = real and source.kind != "real"
+        if (name, cast) not in self.shared_copy:
+            operand, kind = name, source.kind
+            if cast:
+                kind = "real"
+                operand = self.emit(Node(fresh_name(f"{name}_real", self.taken), "cast", (name,), {"dtype": kind},
+                                         TensorType(source.shape, kind, source.vis), origin))
+            self.shared_copy[(name, cast)] = self.emit(Node(fresh_name(f"{name}_shared", self.taken), "mpc.share",
+                                                            (operand,), {}, TensorType(source.shape, kind, "shared"),
+                                                            origin))
+        return self.shared_copy[(name, cast)]
+
+    def real_values(self, node: Node) -> set[str]:
+        """The operands ``node`` reads as fixed-point values: all of them when its
+        result is real, except masks, conditions and indices."""
+        if node.type.kind != "real":
+            return set()
+        op = get_op(node.op)
+        skip = set(op.index_params) | NOT_VALUES
+        return {o for p, o in zip(op.operand_params(node.attrs), node.operands) if p not in skip}
 
     def fail(self, node: Node, why: str):
         raise LoweringError(f"%{node.name} = {node.op}(...) in {node.origin or '<top>'}: {why}")
@@ -61,7 +83,12 @@ class _Lowering:
         op, a = node.op, node.attrs
         make = lambda mpc_op, operands, attrs=None, name=None: self.emit(  # noqa: E731
             Node(name or node.name, mpc_op, tuple(operands), attrs or {}, node.type, node.origin))
-        share = lambda name: self.shared(name, node.origin)  # noqa: E731
+        real_values = self.real_values(node) if op != "mul" else set()   # lower_mul: integers times reals exactly
+        secret_ints = sorted(o for o in real_values if self.vis(o) == "shared" and self.graph[o].type.kind != "real")
+        if secret_ints:
+            self.fail(node, f"%{secret_ints[0]} is a secret {self.graph[secret_ints[0]].type.kind} used as a real: "
+                            "turning shared integers into fixed point has no protocol yet")
+        share = lambda name: self.shared(name, node.origin, real=name in real_values)  # noqa: E731
         if op in LOCAL_ON_SHARES:
             index_params = get_op(op).index_params
             params = get_op(op).operand_params(a)
@@ -146,13 +173,21 @@ class _Lowering:
                 make("mpc.add_public", [x], {"value": value if op == "add" else -value})
 
     def lower_mul(self, node, make, share):
+        """Integers times reals need no truncation: an integer operand (secret or
+        not) with a real one goes to ``mpc.mul`` without it, whose shares of
+        the integer are the integer itself; the local forms (``mul_public``,
+        ``mul_server``, ``mul_scalar``) read a secret operand as fixed point."""
         a = node.attrs
         if len(node.operands) == 1:
             value = a["other"]
+            x = node.operands[0]
+            if self.graph[x].type.kind != "real" and node.type.kind == "real":
+                self.fail(node, f"%{x} is a secret {self.graph[x].type.kind} times the real {value}: turning shared "
+                                "integers into fixed point has no protocol yet")
             if float(value).is_integer() or node.type.kind != "real":
-                make("mpc.mul_public", [share(node.operands[0])], {"value": value, "truncate": False})
+                make("mpc.mul_public", [share(x)], {"value": value, "truncate": False})
             else:
-                make("mpc.mul_scalar", [share(node.operands[0])], {"value": value})
+                make("mpc.mul_scalar", [share(x)], {"value": value})
             return
         x, y = node.operands
         plain_first = {"public": 0, "server": 1}   # y: the operand a cheaper protocol can take in the clear
@@ -160,7 +195,9 @@ class _Lowering:
             x, y = y, x
         y_vis = self.vis(y)
         kinds = {self.graph[x].type.kind, self.graph[y].type.kind}
-        if y_vis == "public":
+        if self.graph[x].type.kind != "real" and node.type.kind == "real":   # an integer times a real
+            make("mpc.mul", [share(x), share(y)], {"truncate": False})
+        elif y_vis == "public":
             make("mpc.mul_public", [share(x), y], {"truncate": self.graph[y].type.kind == "real"})
         elif y_vis == "server" and self.graph[y].type.kind == "real":
             make("mpc.mul_server", [share(x), y])
