@@ -652,9 +652,6 @@ def test_reciprocal_documented_bound_above_its_range():
     check_case("mpc.reciprocal", Case({"self": Arg(x)}, atol=2.0 ** -13))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "mpcc/runtime/executor.py _run, the mpc.reveal branch: a revealed bool is returned as the "
-    "int64 ring value, not decoded to bool as its type says"))
 def test_reveal_of_a_shared_bool_gives_bools():
     got, want = run_case("mpc.share", Case({"self": Arg(torch.tensor([True, False, True]), "client")}))
     assert got.dtype == torch.bool, f"revealed bools came back as {got.dtype}"

@@ -100,7 +100,9 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
             return None
         if ctx.meta:
             return torch.empty(node.type.shape, dtype=dtype_of_kind(node.type.kind), device="meta")
-        return ctx.backend.decode(ring, ctx.frac_bits).cpu() if node.type.kind == "real" else ring.cpu()
+        if node.type.kind == "real":
+            return ctx.backend.decode(ring, ctx.frac_bits).cpu()
+        return ring.cpu().to(dtype_of_kind(node.type.kind))   # ints as they are, bools as bools
     if not _knows(vis, ctx.party):
         return None
     if ctx.meta and vis != "shared":
