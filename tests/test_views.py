@@ -208,8 +208,8 @@ def test_a_reused_mask_fails_the_cross_inference_test(model, monkeypatch, protoc
 
 
 # --------------------------------------------------------------------------- the dealer's tape
-def test_no_label_is_drawn_twice_and_scoped_draws_mask_server_statics(model, monkeypatch):
-    plan, session = _session(model, record=False)
+def count_draws(monkeypatch) -> dict:
+    """(thread, seed, PRG name) -> how often it was drawn, from now on."""
     draws: dict = defaultdict(int)
     ring = Prg.ring
 
@@ -217,6 +217,12 @@ def test_no_label_is_drawn_twice_and_scoped_draws_mask_server_statics(model, mon
         draws[(threading.current_thread().name, self.seed, label)] += 1
         return ring(self, label, shape)
     monkeypatch.setattr(Prg, "ring", counted)
+    return draws
+
+
+def test_no_label_is_drawn_twice_and_scoped_draws_mask_server_statics(model, monkeypatch):
+    plan, session = _session(model, record=False)
+    draws = count_draws(monkeypatch)
     inputs = {"input_ids": token_ids(SEQ, 120, 4)}
     session.run(inputs)
     session.run(inputs)
@@ -235,13 +241,7 @@ def test_no_label_is_drawn_twice_and_scoped_draws_mask_server_statics(model, mon
 
 def test_the_tape_check_catches_a_repeated_label(model, monkeypatch):
     plan, session = _session(model, record=False)
-    draws: dict = defaultdict(int)
-    ring = Prg.ring
-
-    def counted(self, label, shape):
-        draws[(threading.current_thread().name, self.seed, label)] += 1
-        return ring(self, label, shape)
-    monkeypatch.setattr(Prg, "ring", counted)
+    draws = count_draws(monkeypatch)
     monkeypatch.setattr("mpcc.runtime.session.fresh_label", lambda: "same-label")
     monkeypatch.setattr(session.dealer, "claim", lambda label: label)   # the refusal, disabled
     inputs = {"input_ids": token_ids(SEQ, 120, 4)}
