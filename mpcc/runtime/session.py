@@ -168,16 +168,14 @@ class Session:
         return dict(inputs)
 
     def _check_material(self, material: DealtMaterial) -> None:
-        """Material of another deployment or plan, or used before, is refused before use."""
+        """Material of another deployment or plan is refused before use (material used
+        before is refused under the run lock)."""
         if getattr(material, "plan", None) != self.plan_hash:
             raise RunError(f"dealer material {material.inference!r} is for plan {str(material.plan)[:12]}, "
                            f"this session runs plan {self.plan_hash[:12]}")
         if getattr(material, "deployment", None) != self.dealer.deployment:
             raise RunError(f"dealer material {material.inference!r} belongs to another deployment "
                            f"({str(material.deployment)[:12]}); deal it with this session's dealer")
-        if material.inference in self.used:
-            raise RunError(f"dealer material {material.inference!r} was already used; one-time material must not "
-                           f"be reused")
 
     def _run_locked(self, inputs, material):
         owners = self.plan.inputs
@@ -191,8 +189,9 @@ class Session:
             dealer_thread = material.start(self.dealer)
             own_material = material.feeds
         else:
-            if material.inference in self.used:   # checked again under the lock
-                raise RunError(f"dealer material {material.inference!r} was already used")
+            if material.inference in self.used:   # under the lock: two runs cannot both take it
+                raise RunError(f"dealer material {material.inference!r} was already used; one-time material must not "
+                               f"be reused")
             own_material = material.stored
         self.used.add(material.inference)
         states = (self.states[0].fork(), self.states[1].fork())
