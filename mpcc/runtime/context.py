@@ -275,8 +275,9 @@ class PartyContext(Context):
                 self.session.deployment[key] = None   # sent; the sender needs neither it nor its masks again
                 self.session.scoped_masks.pop(f"deploy/{key}", None)
             else:
-                (self.session.deployment[key],) = self.transport.receive(count_round=False)
-                self._view([torch.zeros_like(self.session.deployment[key])], [self.session.deployment[key]], None, "add",
-                           setup=True)
+                (received,) = self.transport.receive(count_round=False)
+                self.session.deployment[key] = received
+                if self.views is not None:   # the message alone (no own share): a weight-sized zero only when recording
+                    self._view([torch.zeros_like(received)], [received], None, "add", setup=True)
         return self.session.deployment[key] if self.party != sender else None
 
