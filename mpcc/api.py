@@ -18,7 +18,7 @@ APPROXIMATIONS = ("exact",)
 
 def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
             owners: Mapping[str, str] | None = None, passes: Sequence[str] | None = None,
-            frac_bits: int = 16) -> Plan:
+            frac_bits: int = 16, overflow_check: bool = False) -> Plan:
     """Trace ``model`` and run the compiler pipeline.
 
     Args:
@@ -29,6 +29,11 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
         owners: who holds each input (default: the client).
         passes: pass names to run instead of the default pipeline.
         frac_bits: fixed-point fractional bits for the secure runtime.
+        overflow_check: every run also checks, under MPC, that the values reaching
+            range-limited protocols (comparisons, reciprocal, rsqrt) lie in their
+            domains, and fails with ``RangeOverflowError`` instead of returning wrong
+            outputs; it reveals one bit (overflow or not) to both parties and costs
+            rounds and bytes (``plan.cost()`` counts them). See docs/security.md.
 
     Example:
         >>> import torch, mpcc
@@ -46,5 +51,7 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
     from .ranges import default_input_ranges, domains_of
     ranges = {name: list(bounds) for name, bounds in default_input_ranges(graph, frac_bits).items()}
     domains = {name: [asdict(d) for d in found] for name, found in domains_of(graph, frac_bits).items()}
-    return Plan(graph, approx, names, frac_bits, {"unused_weights": unused, "input_ranges": ranges,
-                                                  "domains": domains})
+    info = {"unused_weights": unused, "input_ranges": ranges, "domains": domains}
+    if overflow_check:
+        info["overflow_check"] = True
+    return Plan(graph, approx, names, frac_bits, info)

@@ -83,6 +83,11 @@ class Plan:
         return plan_cost(self)
 
     @property
+    def overflow_check(self) -> bool:
+        """Whether runs open the secure overflow flag (``compile(..., overflow_check=True)``)."""
+        return bool(self.info.get("overflow_check", False))
+
+    @property
     def inputs(self) -> dict[str, str]:
         """Input name -> owner."""
         return {n.name: n.attrs["owner"] for n in self.graph.inputs}

@@ -274,3 +274,55 @@ def test_a_large_intermediate_weight_is_reported_by_check_ranges(bert):
     report = mpcc.check_ranges(plan, inputs, scaled)
     assert not report.ok and "comparison domain" in str(report) and "gelu" in str(report)
     assert "domains" in plan.info and any("gelu" in node for node in plan.info["domains"])
+
+
+# ----------------------------------------------------------------------- the secure overflow check
+@pytest.fixture(scope="module")
+def checked(tiny_bert):
+    inputs = {"input_ids": token_ids(6, 120)}
+    return mpcc.compile(tiny_bert, inputs, overflow_check=True), tiny_bert.state_dict(), inputs
+
+
+def _scaled(weights, scale):
+    scaled = dict(weights)
+    name = next(k for k in scaled if k.endswith("0.intermediate.dense.weight"))
+    scaled[name] = weights[name] * scale
+    return scaled
+
+
+def test_overflow_check_keeps_results_and_its_cost_is_counted(checked, bert):
+    plan, weights, inputs = checked
+    assert plan.overflow_check and plan.hash != bert[0].hash
+    outputs, stats = Session(plan, weights, progress=False).run(inputs)
+    assert (outputs[0] - mpcc.interpret(plan.graph, inputs, weights)[0]).abs().max() < 1e-2
+    cost = plan.cost()
+    assert (stats.rounds, stats.online_bytes_total, stats.offline_bytes) == \
+        (cost.rounds, cost.online_bytes, cost.offline_bytes)
+    assert "overflow_check" in stats.by_family and cost.rounds > bert[0].cost().rounds
+
+
+def test_overflow_check_has_no_false_alarm_under_a_causal_mask(tiny_gpt2):
+    ids = token_ids(12, 120)
+    plan = mpcc.compile(tiny_gpt2, (ids,), overflow_check=True)
+    outputs, _ = mpcc.run(plan, (ids,), tiny_gpt2.state_dict(), progress=False)
+    assert (outputs[0] - mpcc.interpret(plan.graph, {"input_ids": ids}, tiny_gpt2.state_dict())[0]).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("scale", [1e5, 1e6])
+def test_values_out_of_range_end_in_an_error_naming_the_node(checked, bert, scale):
+    """The review's cases: an intermediate weight x1e5 (GeLU inputs ~3.5e4) and x1e6."""
+    plan, weights, inputs = checked
+    scaled = _scaled(weights, scale)
+    with pytest.raises(RunError, match="values left the domain of %gelu .*encoder.layer.0.intermediate"):
+        Session(plan, scaled, progress=False).run(inputs)
+    unchecked, _, _ = bert    # without the check, the same weights give a silently wrong answer
+    outputs, _ = Session(unchecked, scaled, progress=False).run(inputs)
+    assert (outputs[0] - mpcc.interpret(unchecked.graph, inputs, scaled)[0]).abs().max() > 1.0
+
+
+def test_the_overflow_test_fails_without_the_checks(tiny_bert, monkeypatch):
+    from mpcc.runtime.context import Context
+    monkeypatch.setattr(Context, "check_range", lambda self, x, bound_log2: None)   # planted: no flags raised
+    inputs = {"input_ids": token_ids(6, 120)}
+    plan = mpcc.compile(tiny_bert, inputs, overflow_check=True)   # its own plan: the dealer's tape follows the plant
+    Session(plan, _scaled(tiny_bert.state_dict(), 1e5), progress=False).run(inputs)   # no error: the test above fails

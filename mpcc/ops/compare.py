@@ -181,6 +181,8 @@ def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
     Bytes per element, both: bits/8 + ~1.5 (bits-1)/8 (10 at 32 bits).
     (Masked comparison with a dealer, after Catrina and de Hoogh.)
     """
+    if bits < 64:   # a 64-bit LTZ has no domain: it reads the sign of the ring element
+        ctx.check_range(x, bits - 1)
     low = _low(bits)
     r = ctx.rand(x.shape)
     r_xor = ctx.derive(lambda r: r & low, r, shape=x.shape, kind="xor")

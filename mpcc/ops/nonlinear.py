@@ -136,6 +136,7 @@ def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     (Newton-Raphson as in CrypTen, with an initial guess from bracketing
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
+    ctx.check_range(x, high_log2 + ctx.frac_bits)
     s = _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1)
     x_norm = mul(ctx, x, s)
     y = add_public(ctx, mul_scalar(ctx, x_norm, -8.0 / 17.0), _public(ctx, 24.0 / 17.0, x_norm))
@@ -158,6 +159,7 @@ def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11):
     (Newton for rsqrt as in CrypTen; normalisation by powers of four as in
     SecFormer's Goldschmidt rsqrt.)
     """
+    ctx.check_range(x, 2 * high_log4 + ctx.frac_bits)
     s = _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2)
     x_norm = mul(ctx, mul(ctx, x, s), s)
     y = add_public(ctx, mul_scalar(ctx, x_norm, -1.0 / 6.0), _public(ctx, 7.0 / 6.0, x_norm))

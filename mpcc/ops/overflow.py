@@ -19,13 +19,17 @@ __all__ = ["out_of_range_bits", "any_bits", "WORD_BITS"]
 WORD_BITS = 64   # XOR-shared bits packed per word by ``any_bits``
 
 
-def out_of_range_bits(ctx, x, bound_log2: int):
+def out_of_range_bits(ctx, x, bound_log2: int, fuzz_log2: int | None = None):
     """XOR-shared 0/1 words: 1 where |x| >= 2^bound_log2 ring units, 0 where
     |x| < 2^(bound_log2 - 1), either value in between; exact on the whole ring.
 
     To catch every value outside |x| < 2^k, pass ``bound_log2 = k``: values
     in [2^(k-1), 2^k) may raise a false alarm, none outside is missed.
-    (For the comparison domain at f = 16, k = 31.)
+    (For the comparison domain at f = 16, k = 31.) ``fuzz_log2`` = j (default
+    k - 2) moves the threshold to T = 2^k - 2^j and narrows the band where
+    either answer may come to [2^k - 2^(j+1), 2^k): j = k - 3 keeps every
+    |x| < 3/4 2^k unflagged, at the same cost while the tree width rounds up
+    to the same power of two. (The default gives T = 3 * 2^(k-2), as below.)
 
     Steps: with T = 3 * 2^(bound_log2 - 2), one 64-bit LTZ on the pair
     (T - x, x + T) gives [x > T] and [x < -T]; its ``fuzz_bits`` = bound_log2 - 2
@@ -52,11 +56,13 @@ def out_of_range_bits(ctx, x, bound_log2: int):
     triples) and one 1-bit AND gate per element. (Masked comparison with a
     dealer, after Catrina and de Hoogh; Beaver AND over GF(2).)
     """
-    if not 2 <= bound_log2 <= 62:
-        raise ValueError(f"bound_log2 must be in [2, 62], not {bound_log2}")
-    threshold = 3 << (bound_log2 - 2)
+    fuzz_log2 = bound_log2 - 2 if fuzz_log2 is None else fuzz_log2
+    if not 2 <= bound_log2 <= 62 or not 0 <= fuzz_log2 <= bound_log2 - 2:
+        raise ValueError(f"bound_log2 must be in [2, 62] and fuzz_log2 in [0, bound_log2 - 2], "
+                         f"not {bound_log2}, {fuzz_log2}")
+    threshold = (1 << bound_log2) - (1 << fuzz_log2)
     public = threshold if ctx.party == 0 else 0
-    sides = ltz_bits(ctx, torch.stack([public - x, x + public], -1), 64, fuzz_bits=bound_log2 - 2)
+    sides = ltz_bits(ctx, torch.stack([public - x, x + public], -1), 64, fuzz_bits=fuzz_log2)
     above_not, below_not = (not_bit(ctx, sides[..., i].contiguous()) for i in (0, 1))
     (inside,) = and_gates(ctx, above_not, [below_not], 1)
     return not_bit(ctx, inside)

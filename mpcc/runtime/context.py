@@ -147,7 +147,19 @@ class Context:
     def deployment(self, key: str, make: Callable[[], torch.Tensor], like: torch.Tensor, *, sender: int):
         raise NotImplementedError
 
+    overflow_flags: dict | None = None   # node -> XOR-shared flags (``execute(..., overflow_check=True)``)
+
     # --- helpers every context shares
+    def check_range(self, x: torch.Tensor, bound_log2: int) -> None:
+        """With the overflow check on, flag (secretly) each element of x with
+        |x| >= 2^bound_log2 ring units; none below 3/4 of that (see
+        ``out_of_range_bits``). The flags are ORed and opened once, at the end."""
+        if self.overflow_flags is None:
+            return
+        from ..ops.overflow import out_of_range_bits
+        flags = out_of_range_bits(self, x, bound_log2, bound_log2 - 3)
+        self.overflow_flags.setdefault(self.node, []).append(flags)
+
     def open(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Reveal an additive sharing to both parties (1 round)."""
         (other,) = self.exchange(share, bits=bits)

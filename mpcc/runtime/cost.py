@@ -8,7 +8,7 @@ import torch
 
 from ..backends import CpuRing
 from ..ops import get_op
-from .executor import execute
+from .executor import OVERFLOW_NODE, execute
 from .shape_context import CostContext, OpCost
 
 __all__ = ["PlanCost", "plan_cost", "op_cost", "NETWORKS", "op_family"]
@@ -79,7 +79,7 @@ def plan_cost(plan) -> PlanCost:
     with torch.no_grad():
         for party in (0, 1):
             ctx = CostContext(party, CpuRing(), plan.frac_bits)
-            execute(plan.graph, ctx)
+            execute(plan.graph, ctx, overflow_check=plan.overflow_check)
             contexts.append(ctx)
     totals = []
     for ctx in contexts:
@@ -88,6 +88,7 @@ def plan_cost(plan) -> PlanCost:
             total.add(cost)
         totals.append(total)
     node_ops = {n.name: n.op for n in plan.graph.nodes}
+    node_ops[OVERFLOW_NODE] = "mpc." + OVERFLOW_NODE
     return PlanCost(tuple(totals), (contexts[0].by_node, contexts[1].by_node), contexts[0].materials, node_ops)
 
 

@@ -269,7 +269,7 @@ class Dealer:
                 dealing_seconds[0] += time.perf_counter() - begin
             done[0] = len(ctx.tape)
         with torch.no_grad():
-            execute(self.plan.graph, ctx, on_node=deal_recorded)
+            execute(self.plan.graph, ctx, on_node=deal_recorded, overflow_check=self.plan.overflow_check)
         cached = tapes[self._tape_key] = (ctx.tape, ctx.materials)
         self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
         return cached

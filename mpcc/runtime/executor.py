@@ -7,6 +7,7 @@ the other party's values as ``None``.
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 from typing import Callable, Mapping
 
 import torch
@@ -14,13 +15,20 @@ import torch
 from ..ir import Graph, Node, dtype_of_kind
 from ..ops import get_op
 
-__all__ = ["execute", "ExecutionError", "OWNER_PARTY"]
+__all__ = ["execute", "ExecutionError", "RangeOverflowError", "OWNER_PARTY", "OVERFLOW_NODE"]
 
 OWNER_PARTY = {"client": 0, "server": 1}
 
 
+OVERFLOW_NODE = "overflow_check"   # the final check's name: its labels, material and cost go under it
+
+
 class ExecutionError(RuntimeError):
     """A node failed while running; names it and its module."""
+
+
+class RangeOverflowError(ExecutionError):
+    """The secure overflow check found values outside a protocol's domain: the outputs would be wrong."""
 
 
 def _knows(vis: str, party: int) -> bool:
@@ -40,12 +48,17 @@ def _plain(ctx, value):
 
 def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
             weights: Mapping[str, torch.Tensor] | None = None, *,
-            on_node: Callable[[Node, float], None] | None = None) -> dict[str, torch.Tensor | None]:
+            on_node: Callable[[Node, float], None] | None = None,
+            overflow_check: bool = False) -> dict[str, torch.Tensor | None]:
     """Run every node for ``ctx.party``; returns the outputs this party holds.
 
     Revealed outputs are decoded to plaintext; ``on_node(node, seconds)`` is
-    called after each node (for progress and timing by op).
+    called after each node (for progress and timing by op). With
+    ``overflow_check`` the range-limited protocols flag values outside their
+    domains, and one bit, opened to both parties at the end, turns them into
+    a ``RangeOverflowError`` (see ``_overflow_verdict``).
     """
+    ctx.overflow_flags = {} if overflow_check else None
     env: dict[str, torch.Tensor | None] = {}
     fixed = getattr(getattr(ctx, "session", None), "plain", None)   # a party's values fixed for the deployment
     static = ctx.session.static if fixed is not None else frozenset()
@@ -73,7 +86,35 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
             del env[name]   # no later node reads it: let its memory go now
         if on_node is not None:
             on_node(node, time.perf_counter() - start)
+    if overflow_check:
+        start = time.perf_counter()
+        _overflow_verdict(graph, ctx)
+        if on_node is not None:
+            on_node(SimpleNamespace(name=OVERFLOW_NODE, op="mpc." + OVERFLOW_NODE), time.perf_counter() - start)
     return {name: env[name] for name in graph.outputs}
+
+
+def _overflow_verdict(graph: Graph, ctx) -> None:
+    """OR every node's flags to one bit per node, those to one bit, and open it to
+    both parties: the one bit the check reveals. Only when it is set (the run is
+    failing anyway) are the per-node bits opened, to name the first node."""
+    from ..ops.overflow import any_bits
+    flags = ctx.overflow_flags
+    ctx.begin(OVERFLOW_NODE)
+    if not flags:
+        return
+    nodes = list(flags)
+    per_node = any_bits(ctx, [torch.cat([f.reshape(-1) for f in flags[n]]) for n in nodes])
+    anywhere = any_bits(ctx, [per_node])
+    opened = ctx.open_xor(anywhere & 1, bits=1)
+    if ctx.meta or not int(opened.reshape(-1)[0]) & 1:
+        return
+    which = (ctx.open_xor(per_node & 1, bits=1) & 1).reshape(-1).nonzero().reshape(-1).tolist()
+    first = graph[nodes[which[0]]]
+    others = f" and {len(which) - 1} later node(s)" if len(which) > 1 else ""
+    raise RangeOverflowError(f"values left the domain of %{first.name} = {first.op}(...) in "
+                             f"{first.origin or '<top>'}{others}: the outputs would be wrong, so none are given "
+                             f"(mpcc.check_ranges shows by how much, with the inputs and weights in the clear)")
 
 
 def _dead_after(graph: Graph) -> dict[str, list[str]]:

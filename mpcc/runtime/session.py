@@ -218,7 +218,8 @@ class Session:
             try:
                 with torch.no_grad():
                     results[party] = execute(self.plan.graph, ctx, party_inputs[party],
-                                             self.weights if party == 1 else None, on_node=on_node)
+                                             self.weights if party == 1 else None, on_node=on_node,
+                                             overflow_check=self.plan.overflow_check)
             except BaseException as error:  # the peer must not wait for a dead party, nor the dealer
                 errors[party] = error
                 endpoint.abort("failed")    # a generic code: the details stay on this side

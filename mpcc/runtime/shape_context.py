@@ -68,10 +68,13 @@ class ShapeContext(Context):
     def _since(self, mark, names: set[str]) -> tuple | None:
         """What the node begun at ``mark`` recorded (``names``: its operands'); None
         if it cannot be renamed."""
-        return (self.materials[mark[0]:],)
+        flags = None if self.overflow_flags is None else list(self.overflow_flags.get(self.node, []))
+        return (self.materials[mark[0]:], flags)
 
     def _copy(self, node: str, recorded: tuple, renamed: dict[str, str], first_node: str) -> None:
         self.materials.extend(replace(material, node=node) for material in recorded[0])
+        if recorded[1]:   # the overflow check's flags (shapes): the final OR must see every node's
+            self.overflow_flags[node] = list(recorded[1])
 
     def _record(self, shape, kind, holder, stored):
         self.materials.append(Material(self.node, self.counter - 1, tuple(shape), kind, holder, stored))
