@@ -36,7 +36,7 @@ def cmd_compile(args) -> int:
     is_plan(args.model, plans=False)
     loaded, inputs = _load(args)
     start = time.perf_counter()
-    plan = compile_model(loaded, inputs, args.approx)
+    plan = compile_model(loaded, inputs, args.approx, args.overflow_check)
     seconds = time.perf_counter() - start
     plan.info.update({"model": args.model, "seq_len": int(inputs["input_ids"].shape[-1])})
     plan.save(args.output)
@@ -107,7 +107,7 @@ def cmd_run(args) -> int:
         loaded, inputs = load_model_and_inputs(source, args.seq or plan.info.get("seq_len"), args.input)
     else:
         loaded, inputs = _load(args)
-        plan = compile_model(loaded, inputs)
+        plan = compile_model(loaded, inputs, overflow_check=args.overflow_check)
     outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict(), backend=args.backend)  # its own progress bar
     worst = _report_secure(loaded, inputs, plan, outputs)
     print(stats.summary())
@@ -240,11 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     backends = ["cpu", "limb", "cuda"]
     backend_help = "ring arithmetic: cpu (int64), limb (the GPU algorithm on CPU) or cuda (needs a GPU)"
+    overflow_help = ("check under MPC that values stay in the protocols' domains and fail instead of giving wrong "
+                     "outputs (reveals one bit; about 2x the bytes)")
 
     p = command("compile", "trace and compile a model into a plan file", cmd_compile)
     model_args(p, plans=False)
     p.add_argument("-o", "--output", required=True, help="plan file to write")
     p.add_argument("--approx", default="exact", choices=APPROXIMATIONS, help="approximations of the non-linear functions")
+    p.add_argument("--overflow-check", action="store_true", help=overflow_help)
 
     p = command("dump", "print the IR of a model (after a pass) or of a plan file", cmd_dump)
     model_args(p, plans=True)
@@ -262,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="for a plan file: preset or model directory holding the weights "
                                                      "(default: the model the plan was compiled from)")
     p.add_argument("--backend", default="cpu", choices=backends, help=backend_help)
+    p.add_argument("--overflow-check", action="store_true", help=overflow_help + " (a plan file keeps its own setting)")
     p.add_argument("--json", action="store_true", help="also print the stats as JSON")
 
     p = command("cost", "rounds, bytes and dealer material of a model or plan file", cmd_cost)

@@ -80,10 +80,10 @@ def load_plan(path: str):
         return mpcc.load(path)
 
 
-def compile_model(loaded, inputs, approx: str = "exact"):
+def compile_model(loaded, inputs, approx: str = "exact", overflow_check: bool = False):
     import mpcc
     with step(f"tracing {loaded.name} with torch.export and compiling it"):
-        return mpcc.compile(loaded.model, inputs, approx=approx)
+        return mpcc.compile(loaded.model, inputs, approx=approx, overflow_check=overflow_check)
 
 
 def reference(loaded, inputs):

@@ -145,3 +145,11 @@ def test_bad_metadata_is_refused_even_with_a_valid_checksum(plan_file, changes, 
     _edit_metadata(path, sha256=_digest(settings, body))
     with pytest.raises(mpcc.PlanFormatError, match=message):
         mpcc.load(path)
+
+
+def test_compile_with_the_overflow_check(tmp_path):
+    path = tmp_path / "checked.mpcc"
+    assert main(["compile", "tiny-bert", "--seq", "4", "-o", str(path), "--overflow-check"]) == 0
+    assert mpcc.load(path).overflow_check
+    assert main(["compile", "tiny-bert", "--seq", "4", "-o", str(tmp_path / "plain.mpcc")]) == 0
+    assert not mpcc.load(tmp_path / "plain.mpcc").overflow_check
