@@ -7,7 +7,7 @@ included), of the online phase alone (material dealt ahead), the dealer's busy
 time, bytes, rounds and max error against float64 torch, the time and bytes by
 op, and JSON.
 
-    python benchmarks/bert_layer.py [--seq 32 128] [--repeats 4] [--json out.json]
+    python benchmarks/bert_layer.py [--seq 32 128] [--repeats 4] [--overflow-check] [--json out.json]
 """
 from __future__ import annotations
 
@@ -21,13 +21,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--overflow-check", action="store_true",
+                        help="also measure plans compiled with the secure overflow check")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     layer = bert_layer()
     rows = []
     for seq in args.seq:
         x = torch.randn(1, seq, 768, generator=torch.Generator().manual_seed(1))
-        rows.append(measure_model(f"bert-layer seq {seq}", layer, {"hidden_states": x}, repeats=args.repeats))
+        for checked in (False, True) if args.overflow_check else (False,):
+            rows.append(measure_model(f"bert-layer seq {seq}" + (" +check" if checked else ""), layer,
+                                      {"hidden_states": x}, repeats=args.repeats, overflow_check=checked))
     report(rows, args.json)
 
 

@@ -22,7 +22,7 @@ def bert_layer(hidden=768, heads=12, ffn=3072, seed=0):
 
 
 def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=None, backend: str = "cpu",
-                  step=lambda what: nullcontext()) -> dict:
+                  step=lambda what: nullcontext(), overflow_check: bool = False) -> dict:
     """Compile, run ``repeats`` times in one session (setup once), keep the fastest run;
     then the online phase alone (material dealt ahead) and whole one-shot ``mpcc.run`` calls.
     ``step(what)`` is a context manager around each stage (the CLI shows them as progress)."""
@@ -32,7 +32,7 @@ def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=No
         raise ValueError(f"repeats must be at least 1, not {repeats}")
     start = time.perf_counter()
     with step("tracing and compiling"):
-        plan = mpcc.compile(model, inputs, owners=owners)
+        plan = mpcc.compile(model, inputs, owners=owners, overflow_check=overflow_check)
     compile_seconds = time.perf_counter() - start
     cost = plan.cost()
     with step("float64 torch reference"):
