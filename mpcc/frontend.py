@@ -67,7 +67,7 @@ def trace(model: torch.nn.Module, example_inputs, *, owners: Mapping[str, str] |
         >>> [n.op for n in g.nodes]
         ['param', 'param', 'input', 'linear']
     """
-    args, kwargs = _split_inputs(model, example_inputs)
+    args, kwargs = _unaliased(*_split_inputs(model, example_inputs))
     was_training = model.training
     model.eval()
     try:
@@ -79,6 +79,23 @@ def trace(model: torch.nn.Module, example_inputs, *, owners: Mapping[str, str] |
     finally:
         model.train(was_training)
     return import_exported(exported, owners or {})
+
+
+def _unaliased(args, kwargs):
+    """Example inputs that share memory are cloned apart: torch.export would merge
+    them into one input, and the plan would compute with one in place of the other."""
+    from torch.utils._pytree import tree_map
+    seen: set = set()
+
+    def apart(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        key = value.untyped_storage().data_ptr() if value.numel() else id(value)
+        if key in seen:
+            return value.clone()
+        seen.add(key)
+        return value
+    return tree_map(apart, args), tree_map(apart, kwargs)
 
 
 def reference_outputs(model: torch.nn.Module, example_inputs) -> list[torch.Tensor]:

@@ -268,11 +268,8 @@ def test_secret_integer_used_as_real_matches_torch():
         assert (got - want).abs().max() <= 2 * ULP
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "mpcc/frontend.py trace(): torch.export merges user inputs passed as the same tensor object; "
-    "the importer keeps the other inputs as unused nodes, so the plan silently computes with one "
-    "input in place of the others. trace should refuse aliased example inputs (or clone them)."))
 def test_aliased_example_inputs():
+    """torch.export merges inputs passed as one tensor object; trace clones them apart."""
     class Diff(torch.nn.Module):
         def forward(self, x, s):
             return x - s
