@@ -32,8 +32,8 @@ from .ir import Graph, Node, TensorType
 from .ops import get_op
 from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
-from .ops.nonlinear import (FOURIER_HALF_RANGE, MASK_FILL, SCALAR_FRAC, SEGMENT_FUZZ, _attention_mask, reciprocal,
-                             rsqrt)
+from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
+from .ops.nonlinear import MASK_FILL, SCALAR_FRAC, _attention_mask, reciprocal, rsqrt
 
 __all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
            "check_ranges", "RangeReport", "RangeProblem", "comparison_bound", "product_bound"]
