@@ -192,6 +192,7 @@ def interpret(graph: Graph, inputs: Mapping[str, torch.Tensor], weights: Mapping
         >>> bool(torch.allclose(out.float(), layer(x)))
         True
     """
+    graph = getattr(graph, "graph", graph)   # a Plan works too
     check_inputs(graph, inputs)
     weights = normalize_weights(weights)
     check_weights(graph, weights)

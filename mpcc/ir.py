@@ -170,6 +170,16 @@ class Graph:
                 result[operand].append(node.name)
         return result
 
+    def static_values(self) -> frozenset[str]:
+        """Values that depend only on weights and constants: fixed for a deployment
+        (what a server may mask once and send once, and what a party may cache)."""
+        static: set[str] = set()
+        for node in self.nodes:
+            if node.op in ("param", "const") or (node.op != "input" and node.type.vis != "shared"
+                                                  and node.operands and all(o in static for o in node.operands)):
+                static.add(node.name)
+        return frozenset(static)
+
     def replace_nodes(self, nodes: Iterable[Node], outputs: Iterable[str] | None = None) -> "Graph":
         return Graph(tuple(nodes), tuple(self.outputs if outputs is None else outputs))
 

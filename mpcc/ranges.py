@@ -33,7 +33,7 @@ from .ops import get_op
 from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
-from .ops.nonlinear import MASK_FILL, SCALAR_FRAC, _attention_mask, reciprocal, rsqrt
+from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, _attention_mask, reciprocal, rsqrt
 
 __all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
            "check_ranges", "RangeReport", "RangeProblem", "comparison_bound", "product_bound"]
@@ -201,7 +201,8 @@ def _layer_norm(node, types, f):
         Check(_symmetric(by_n, "mean", "the truncation range of sum * (1/n)"), lambda a, out: a["input"].mean(-1)),
         Check(_symmetric(math.sqrt(product_bound(f)), "centred values", "the truncation range of their square"),
               centred),
-        Check(Domain(RSQRT_DOMAIN[0], min(RSQRT_DOMAIN[1], by_n), "variance + eps", "rsqrt's domain"), variance),
+        Check(Domain(4.0 ** LAYER_NORM_FLOOR_LOG4, min(RSQRT_DOMAIN[1], by_n), "variance + eps",
+                     "LayerNorm's variance domain"), variance),   # below 4 ulps the fixed-point variance swamps it
     ]
     if node.attrs.get("weight", "operand") is not None:
         def scaled(a, out):

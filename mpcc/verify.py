@@ -6,6 +6,8 @@ and kind by running its reference on meta tensors.
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 from .ir import Graph, IRError, dtype_of_kind, join_visibility
@@ -14,6 +16,7 @@ from .ops import UnknownOpError, get_op
 __all__ = ["lint", "LintError"]
 
 OWNERS = ("client", "server", "public")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class LintError(IRError):
@@ -28,6 +31,8 @@ def lint(graph: Graph, *, shapes: bool = False) -> Graph:
     """Raise ``LintError`` if ``graph`` is malformed; return it otherwise."""
     defined: dict[str, object] = {}
     for node in graph.nodes:
+        if not _NAME.fullmatch(node.name):
+            _fail(node, "a value name is letters, digits and '_' (names enter dealer labels)")
         try:
             op = get_op(node.op)
         except UnknownOpError as error:

@@ -326,3 +326,99 @@ def test_the_overflow_test_fails_without_the_checks(tiny_bert, monkeypatch):
     inputs = {"input_ids": token_ids(6, 120)}
     plan = mpcc.compile(tiny_bert, inputs, overflow_check=True)   # its own plan: the dealer's tape follows the plant
     Session(plan, _scaled(tiny_bert.state_dict(), 1e5), progress=False).run(inputs)   # no error: the test above fails
+
+
+# ----------------------------------------------------------------------- found by the adversarial review
+class _TimesServer(torch.nn.Module):
+    def forward(self, x, s):
+        return x * s
+
+
+def test_a_server_input_is_never_masked_once_per_deployment():
+    """D = s - B sent once would be stale for the next s, and a resend would give the client s1 - s2."""
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    plan = mpcc.compile(_TimesServer(), {"x": x, "s": torch.ones(1, 4)}, owners={"s": "server"})
+    assert "mpc.mul_server" not in {n.op for n in plan.graph.nodes}
+    session = Session(plan, {}, progress=False)
+    for s in (torch.full((1, 4), 10.0), torch.tensor([[1.0, 2.0, 3.0, 4.0]])):
+        assert (session.run({"x": x, "s": s})[0][0] - x * s).abs().max() < 1e-3
+    from mpcc.ir import Graph, parse   # the edited plan: mul_server with the server input as its "weight"
+    product = next(n for n in plan.graph.nodes if n.op == "mpc.mul")
+    x_shared, s_shared = product.operands
+    graph = parse(plan.dump().replace(f"= mpc.mul(%{x_shared}, %{s_shared}, truncate=True)",
+                                      f"= mpc.mul_server(%{x_shared}, %s)"))
+    graph = Graph(tuple(n for n in graph.nodes if n.name != s_shared), graph.outputs)
+    with pytest.raises(RunError, match="reuse a deployment mask.*changes per inference"):
+        Session(mpcc.Plan(graph, plan.approx, plan.pipeline, plan.frac_bits, plan.info), {})
+
+
+def test_reveals_of_public_and_server_values_and_side_computations_are_refused(linear):
+    from mpcc.ir import parse
+    plan = mpcc.compile(linear, (torch.zeros(1, 4),), owners={"input": "public"})   # output: public x and weights
+    with pytest.raises(RunError, match="depends on no client input"):
+        Session(plan, linear.state_dict())
+    plan = mpcc.compile(linear, (torch.zeros(1, 4),))
+    side = plan.dump().replace("return %linear_revealed",
+                               "%probe = mpc.relu(%linear) : real[1,3] shared\nreturn %linear_revealed")
+    with pytest.raises(RunError, match="probe.*reaches no declared output"):
+        Session(mpcc.Plan(parse(side), plan.approx, plan.pipeline, plan.frac_bits, plan.info), linear.state_dict())
+
+
+def test_layer_norm_below_rsqrt_domain_is_an_error_under_the_check():
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(64, eps=1e-12).eval()
+    plan = mpcc.compile(norm, (torch.zeros(2, 64),), overflow_check=True)
+    for spread in (1e-3, 3e-3, 5e-3):   # variances 1e-6 .. 2.5e-5, about 0 to 2 ulps: errors up to ~3 before
+        x = 5.0 + spread * torch.randn(2, 64)
+        session = Session(plan, norm.state_dict(), progress=False)
+        for _ in range(3):   # the variance's rounding is random: every run must fail
+            with pytest.raises(RunError, match="values left the domain of %layer_norm"):
+                session.run((x,))
+    fine = 0.1 * torch.randn(2, 64)    # variance 1e-2 (below ~1e-3 the fixed-point variance costs > 1%: docs)
+    out, _ = mpcc.run(plan, (fine,), norm.state_dict(), progress=False)
+    expected = norm(fine).detach().double()
+    assert (out[0] - expected).abs().max() < 1e-2 * expected.abs().max()   # within 1% of the output's scale
+
+
+def test_a_product_that_wraps_the_ring_is_an_error_under_the_check():
+    """w = 1e5 and x = 2e4 pass the Session's checks, but x w 2^32 wraps Z_2^64 about half the time."""
+    layer = torch.nn.Linear(1, 1, bias=False)
+    layer.weight.data.fill_(1e5)
+    x = torch.full((1, 1), 2e4)
+    plan = mpcc.compile(layer, (x,), overflow_check=True)
+    session = Session(plan, layer.state_dict(), progress=False)
+    for _ in range(6):
+        with pytest.raises(RunError, match="values left the domain"):
+            session.run((x,))
+
+
+def test_edited_material_is_refused(bert):
+    plan, weights, inputs = bert
+    session, other = Session(plan, weights, progress=False), Session(plan, weights, progress=False)
+    used = session.dealer.deal()
+    session.run(inputs, material=used)
+    used.inference = session.dealer.deal().inference      # relabelled as a fresh, unused dealing
+    with pytest.raises(RunError, match="not dealt under this label"):
+        session.run(inputs, material=used)
+    foreign = other.dealer.deal()
+    foreign.deployment = session.dealer.deployment        # another deployment's, its id edited
+    with pytest.raises(RunError, match="not dealt under this label"):
+        session.run(inputs, material=foreign)
+    stream = MaterialStream("not-material", timeout=1)
+    with pytest.raises(RunError, match="must be DealtMaterial"):
+        session.run(inputs, material=stream)
+
+
+def test_reserved_labels_and_names_that_could_collide(linear):
+    from mpcc.ir import Graph, Node
+    from mpcc.verify import LintError, lint
+    plan = mpcc.compile(linear, (torch.zeros(1, 4),))
+    dealer = Session(plan, linear.state_dict(), progress=False).dealer
+    for label in ("deploy", "tag"):
+        with pytest.raises(DealerError, match="not deploy, tag"):
+            dealer.deal(label)
+    node = plan.graph.nodes[0]
+    renamed = Graph((Node("mul/3", node.op, node.operands, node.attrs, node.type),) + plan.graph.nodes[1:],
+                    plan.graph.outputs)
+    with pytest.raises(LintError, match="letters, digits and '_'"):
+        lint(renamed)

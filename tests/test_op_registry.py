@@ -234,6 +234,12 @@ def server_arg(draw, value):
     return Arg(value, "server", draw(st.sampled_from(["param", "input"])))
 
 
+def weight_arg(value):
+    """A server operand masked once per deployment (D = W - B): a weight, never a server
+    input, which changes per inference (the server refuses that plan: runtime/policy.py)."""
+    return Arg(value, "server", "param")
+
+
 def public_arg(draw, value):
     return Arg(value, "public", draw(st.sampled_from(["input", "const"])))
 
@@ -247,8 +253,9 @@ def case_share(draw):
     vis = draw(st.sampled_from(["client", "server", "public"]))
     source = {"client": "input", "server": draw(st.sampled_from(["input", "param"])),
               "public": draw(st.sampled_from(["input", "const"]))}[vis]
-    # the server refuses to open to the client what depends on no client input (runtime/policy.py)
-    return Case({"self": Arg(value, vis, source)}, plus_client_zero=vis == "server" or source == "const")
+    # the server refuses to open to the client what depends on no client input, public ones included
+    # (the server knows those too: runtime/policy.py)
+    return Case({"self": Arg(value, vis, source)}, plus_client_zero=vis != "client" or source == "const")
 
 
 def case_reveal(draw):
@@ -332,7 +339,7 @@ def case_linear_server(draw):
     k, n = draw(st.integers(1, 5)), draw(st.integers(1, 4))
     transpose = draw(st.booleans())
     x = Arg(reals(draw, (*batch, k), -100, 100, [0.0, ULP]))
-    weight = server_arg(draw, reals(draw, (n, k) if transpose else (k, n), -10, 10, [0.0, -ULP]))
+    weight = weight_arg(reals(draw, (n, k) if transpose else (k, n), -10, 10, [0.0, -ULP]))
     args, attrs = {"input": x, "weight": weight}, {"transpose": transpose}
     if draw(st.booleans()):
         args["bias"] = server_arg(draw, reals(draw, (n,), -10, 10, [0.0, ULP]))
@@ -344,7 +351,7 @@ def case_linear_server(draw):
 def case_mul_server(draw):
     shape = draw(shapes())
     x = Arg(reals(draw, shape, -1000, 1000, [0.0, ULP, -ULP]))
-    return Case({"self": x, "other": server_arg(draw, reals(draw, suffix(draw, shape), -100, 100, [0.0, ULP, 1.0]))},
+    return Case({"self": x, "other": weight_arg(reals(draw, suffix(draw, shape), -100, 100, [0.0, ULP, 1.0]))},
                 atol=TRUNC_ULPS)
 
 
@@ -497,7 +504,8 @@ def case_layer_norm(draw):
     args, attrs = {"input": Arg(x)}, {"normalized_shape": [n], "eps": eps}
     for key, values in (("weight", (-2.0, 2.0)), ("bias", (-5.0, 5.0))):
         if draw(st.booleans()):
-            args[key] = server_arg(draw, reals(draw, (n,), *values, [0.0, 1.0]))
+            value = reals(draw, (n,), *values, [0.0, 1.0])
+            args[key] = weight_arg(value) if key == "weight" else server_arg(draw, value)
         else:
             attrs[key] = None
     return Case(args, attrs, check=_layer_norm_check)

@@ -124,7 +124,7 @@ def test_tiny_bert_with_its_weights_is_in_range(bert_plan, tiny_bert):
 
 def test_a_large_intermediate_weight_is_reported_at_the_gelu(bert_plan, tiny_bert):
     """The issue's model: the intermediate weight x1e5 puts GeLU inputs beyond 2^15;
-    x1e6 also puts the next LayerNorm's variance beyond rsqrt's domain."""
+    x1e6 also puts the next LayerNorm's variance beyond LayerNorm's variance domain (rsqrt's, floored at 4 ulps)."""
     plan, inputs = bert_plan
     report = check_ranges(plan, inputs, scaled(tiny_bert, INTERMEDIATE, 1e5))
     assert [(p.node, p.domain.what) for p in report.problems] == [("gelu", "input")]
@@ -137,7 +137,7 @@ def test_a_large_intermediate_weight_is_reported_at_the_gelu(bert_plan, tiny_ber
     lines = str(report).splitlines()
     assert "by 10.7x" in lines[0]
     assert lines[1].startswith("%layer_norm_2 (encoder.layer.0.output.LayerNorm): variance + eps max ")
-    assert "is above rsqrt's domain [1.53e-5, 4.19e6)" in lines[1]
+    assert "is above LayerNorm's variance domain [6.1e-5, 4.19e6)" in lines[1]
 
 
 def test_tiny_gpt2_with_its_weights_is_in_range(tiny_gpt2):
@@ -174,7 +174,7 @@ def test_intermediate_values_and_bounds_are_reported():
     assert ("layer_norm", "variance + eps") in found
     variance = next(p for p in report.problems if p.domain.what == "variance + eps")
     assert variance.seen_low < variance.domain.low and variance.seen_high >= variance.domain.high
-    assert "beyond both ends of rsqrt's domain" in str(variance)
+    assert "beyond both ends of LayerNorm's variance domain" in str(variance)
 
     huge = dict(weights, **{"proj.bias": torch.full((4,), weight_limit(F))})
     report = check_ranges(plan, {"x": torch.full((2, 4), 4e4)}, huge)

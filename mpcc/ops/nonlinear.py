@@ -25,6 +25,10 @@ EXP_SHARE_FRAC = 40         # dealt e^(-t) values carry 40 fractional bits
 EXP_PUBLIC_FRAC = 20        # the public e^delta carries 20
 RECIPROCAL_ITERATIONS = 2  # relative error 1/17 -> 3.5e-3 -> 1.2e-5
 RSQRT_ITERATIONS = 3       # relative error 0.18 -> 0.049 -> 3.6e-3 -> 1.9e-5
+# LayerNorm's variance is known to about one ulp (2^-f), so its output's relative error is about
+# 2^-f / (2 var): 1% near var = 1e-3 (at f = 16), garbage from a few ulps down. The overflow check flags
+# variance below 4^-7 = 6.1e-5 (4 ulps), not only below rsqrt's own floor 4^-8 (1 ulp)
+LAYER_NORM_FLOOR_LOG4 = -7
 SCALAR_FRAC = 24            # public scalars are encoded with more bits than f
 MASK_FILL = -(2.0 ** 14)    # what masked attention scores become before the max (LTZ range 2^15)
 
@@ -95,15 +99,22 @@ def encode_scaled(ctx, value, frac: int):
     return (value * 2.0 ** frac).round_().to(torch.int64)
 
 
-def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int):
+def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
     """s = 2^(-m) where 2^(step*m) <= x < 2^(step*(m+1)), from one batch of LTZs.
 
     thresholds_log2 are the exponents m tested (x >= 2^(step*m)); below the
     first, s takes the first bracket's value. All comparisons run in one call
-    (rounds 8); the weighted sum of bits is local (exact powers of two).
+    (rounds 8); the weighted sum of bits is local (exact powers of two). With
+    the overflow check on, ``floor_log2`` adds the domain's floor as one more
+    column and flags the elements below it.
     """
-    diffs = torch.stack([add_public(ctx, x, _public(ctx, -(2.0 ** (step * m)), x)) for m in thresholds_log2], -1)
+    floor = ctx.overflow_flags is not None and floor_log2 is not None   # the check: one more column, no round
+    tested = list(thresholds_log2) + ([floor_log2] if floor else [])
+    diffs = torch.stack([add_public(ctx, x, _public(ctx, -(2.0 ** (step * m)), x)) for m in tested], -1)
     bits = not_bit(ctx, ltz_bits(ctx, diffs, WIDE_CMP_BITS))
+    if floor:   # x below the domain's floor 2^(step * floor_log2): flagged
+        ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
+        bits = bits[..., :-1]
     arithmetic = b2a(ctx, bits)
     first = thresholds_log2[0] - 1
     weights = [2.0 ** (-m) - 2.0 ** (-(m - 1)) for m in thresholds_log2]
@@ -128,7 +139,7 @@ def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
     ctx.check_range(x, high_log2 + ctx.frac_bits)
-    s = _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1)
+    s = _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
     x_norm = mul(ctx, x, s)
     y = add_public(ctx, mul_scalar(ctx, x_norm, -8.0 / 17.0), _public(ctx, 24.0 / 17.0, x_norm))
     for _ in range(RECIPROCAL_ITERATIONS):
@@ -137,7 +148,7 @@ def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     return mul(ctx, y, s)
 
 
-def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11):
+def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):
     """1/sqrt(x) for x in [4^low, 4^high) = [1.5e-5, 4.2e6).
 
     Domain: [4^low, 4^high). Above it the normalised x' exceeds 4 and Newton
@@ -151,7 +162,8 @@ def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11):
     SecFormer's Goldschmidt rsqrt.)
     """
     ctx.check_range(x, 2 * high_log4 + ctx.frac_bits)
-    s = _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2)
+    floor = low_log4 if floor_log4 is None else floor_log4   # the overflow check flags x below 4^floor
+    s = _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2, floor)
     x_norm = mul(ctx, mul(ctx, x, s), s)
     y = add_public(ctx, mul_scalar(ctx, x_norm, -1.0 / 6.0), _public(ctx, 7.0 / 6.0, x_norm))
     for _ in range(RSQRT_ITERATIONS):
@@ -202,7 +214,7 @@ def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     centered = x - mu
     variance = mul_scalar(ctx, square(ctx, centered).sum(-1, keepdim=True), 1.0 / n)
     variance = add_public(ctx, variance, _public(ctx, eps, variance))
-    y, s = rsqrt(ctx, variance)
+    y, s = rsqrt(ctx, variance, floor_log4=LAYER_NORM_FLOOR_LOG4)
     out = mul(ctx, mul(ctx, centered, s), y)
     if weight is not None or "weight" in ctx.operand_types:  # the server's gamma (the client holds None)
         w_ring = server_ring(ctx, "weight", weight)

@@ -34,6 +34,7 @@ class _Lowering:
         self.taken = {n.name for n in graph.nodes}
         self.nodes: list[Node] = []
         self.shared_copy: dict[tuple[str, bool], str] = {}
+        self.static = graph.static_values()   # server values fixed for a deployment: masked once, sent once
 
     def vis(self, name):
         return self.graph[name].type.vis
@@ -199,8 +200,8 @@ class _Lowering:
             make("mpc.mul", [share(x), share(y)], {"truncate": False})
         elif y_vis == "public":
             make("mpc.mul_public", [share(x), y], {"truncate": self.graph[y].type.kind == "real"})
-        elif y_vis == "server" and self.graph[y].type.kind == "real":
-            make("mpc.mul_server", [share(x), y])
+        elif y_vis == "server" and self.graph[y].type.kind == "real" and y in self.static:
+            make("mpc.mul_server", [share(x), y])   # a server input changes per inference: shared, Beaver below
         else:
             make("mpc.mul", [share(x), share(y)], {"truncate": kinds == {"real"}})
 
@@ -217,8 +218,11 @@ class _Lowering:
         else:
             x, w = node.operands
             bias, transpose, bias_attr = [], False, {"bias": None}
-        if self.vis(w) == "server" and all(self.vis(b) == "server" for b in bias):
+        if self.vis(w) == "server" and w in self.static and all(self.vis(b) == "server" for b in bias):
             make("mpc.linear_server", [share(x), w] + bias, {"transpose": transpose, **bias_attr})
+        elif self.vis(w) == "server":   # W - B is sent once per deployment: only for values fixed for it
+            self.fail(node, f"%{w} is a server value that changes per inference (it depends on a server input); "
+                            "only the model's weights can be the plaintext operand of a server linear")
         elif self.vis(w) == "shared" or self.vis(x) == "shared":
             if bias or transpose:
                 self.fail(node, "linear with a secret-shared weight: write it as matmul + add")
@@ -233,6 +237,8 @@ class _Lowering:
         for key in ("weight", "bias"):
             if key in named and self.vis(named[key]) not in ("server", "public"):
                 self.fail(node, f"layer_norm {key} must be the server's or public")
+            if key == "weight" and key in named and self.vis(named[key]) == "server" and named[key] not in self.static:
+                self.fail(node, "layer_norm weight must be a weight of the model (fixed for the deployment)")
         operands = [share(named["input"])] + [named[k] for k in ("weight", "bias") if k in named]
         attrs = {"normalized_shape": a["normalized_shape"], "eps": a["eps"]}
         attrs.update({k: None for k in ("weight", "bias") if k not in named})

@@ -157,8 +157,12 @@ class Context:
         if self.overflow_flags is None:
             return
         from ..ops.overflow import out_of_range_bits
-        flags = out_of_range_bits(self, x, bound_log2, bound_log2 - 3)
-        self.overflow_flags.setdefault(self.node, []).append(flags)
+        self.flag(out_of_range_bits(self, x, bound_log2, bound_log2 - 3))
+
+    def flag(self, bits: torch.Tensor) -> None:
+        """Add XOR-shared 0/1 words (1: out of its domain) to this node's overflow flags."""
+        if self.overflow_flags is not None:
+            self.overflow_flags.setdefault(self.node, []).append(bits)
 
     def open(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Reveal an additive sharing to both parties (1 round)."""

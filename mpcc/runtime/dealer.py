@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..backends import RingBackend, get_backend
-from ..backends.prg import new_seed
+from ..backends.prg import Prg, new_seed
 from .context import payload_bytes
 from .executor import execute
 from .shape_context import DealerContext, Replay
@@ -41,6 +41,15 @@ class DealerError(ValueError):
 
 
 _LABEL = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+RESERVED_LABELS = frozenset({"deploy", "tag"})   # PRG names deploy/SCOPE and tag/LABEL are taken
+TAG = "#tag"   # the stored item that binds dealt material to its label and seeds
+
+
+def material_tag(seed: bytes, label: str) -> torch.Tensor:
+    """What a party's share of material dealt under ``label`` must carry: a PRG
+    output only the holder of its seed can make. An edited label, or material
+    of another deployment, does not carry it."""
+    return Prg(seed).ring(f"tag/{label}", (2,))
 
 
 def fresh_label() -> str:
@@ -280,8 +289,9 @@ class Dealer:
 
     def claim(self, label: str) -> str:
         """Reserve ``label`` for one dealing; a label is dealt at most once per deployment."""
-        if not isinstance(label, str) or not _LABEL.fullmatch(label):
-            raise DealerError(f"a dealing label is 1-64 letters, digits, '_', '.' or '-', not {label!r}")
+        if not isinstance(label, str) or not _LABEL.fullmatch(label) or label in RESERVED_LABELS:
+            raise DealerError(f"a dealing label is 1-64 letters, digits, '_', '.' or '-' (not "
+                              f"{', '.join(sorted(RESERVED_LABELS))}), not {label!r}")
         with self._lock:
             if label in self._labels:
                 raise DealerError(f"label {label!r} was already dealt in this deployment; its masks must never be "
@@ -294,5 +304,7 @@ class Dealer:
         label = self.claim(fresh_label() if label is None else label)
         dealing = Replay(self.backend, self.seeds, label, scoped=self.scoped)
         self.deal_into(dealing)
+        for party in (0, 1):
+            dealing.stored[party][TAG] = [material_tag(self.seeds[party], label)]
         return DealtMaterial(label, dealing.stored, self.deployment, self.plan.hash, self._materials,
                              tuple(dealing.offline))

@@ -21,6 +21,9 @@ OWNER_PARTY = {"client": 0, "server": 1}
 
 
 OVERFLOW_NODE = "overflow_check"   # the final check's name: its labels, material and cost go under it
+# A product of two reals wraps the ring past 2^(63 - 2f); truncated, a wrap is off by 2^(64 - 2f). Outputs
+# are checked against 2^(62 - 2f) (ring units: 2^(62 - f)), so a wrapped product that reaches an output is caught.
+REVEAL_BOUND_LOG2 = 62
 
 
 class ExecutionError(RuntimeError):
@@ -63,9 +66,14 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
     fixed = getattr(getattr(ctx, "session", None), "plain", None)   # a party's values fixed for the deployment
     static = ctx.session.static if fixed is not None else frozenset()
     dead_after = _dead_after(graph)
+    deferred: list[Node] = []   # with the check on, outputs are opened only after the verdict
     for node in graph.nodes:
         start = time.perf_counter()
         ctx.begin(node.name)
+        if overflow_check and node.op == "mpc.reveal":
+            ctx.check_range(env[node.operands[0]], REVEAL_BOUND_LOG2 - ctx.frac_bits)
+            deferred.append(node)
+            continue
         try:
             if node.op == "param" or node.name not in static or node.type.vis == "shared":
                 env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
@@ -91,6 +99,12 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
         _overflow_verdict(graph, ctx)
         if on_node is not None:
             on_node(SimpleNamespace(name=OVERFLOW_NODE, op="mpc." + OVERFLOW_NODE), time.perf_counter() - start)
+    for node in deferred:
+        start = time.perf_counter()
+        ctx.begin(node.name)   # the opening draws nothing: its check, in the loop, drew under this name
+        env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
+        if on_node is not None:
+            on_node(node, time.perf_counter() - start)
     return {name: env[name] for name in graph.outputs}
 
 

@@ -23,7 +23,7 @@ from ..backends import RingBackend, get_backend
 from ..interpreter import check_inputs, check_weights, normalize_weights
 from .context import PartyContext, PeerAborted, SessionState
 from .cost import op_family
-from .dealer import LOOKAHEAD_BYTES, Dealer, DealtMaterial, MaterialStream, fresh_label
+from .dealer import LOOKAHEAD_BYTES, TAG, Dealer, DealtMaterial, MaterialStream, fresh_label, material_tag
 from .executor import execute
 from .policy import PlanRefused, accept_plan
 from .transport import InProcessChannel
@@ -124,7 +124,7 @@ class Session:
                            f"{' ...' if len(extra) > 5 else ''}")
         self.weights = weights
         self.dealer = Dealer(plan, self.backend)  # its one-time shape run goes along with the first dealing
-        static = frozenset(_static_values(plan.graph))
+        static = plan.graph.static_values()
         self.states = (SessionState(static=static), SessionState(static=static))
         self.timeout = timeout
         self.lookahead_bytes = lookahead_bytes   # how far the dealer may run ahead of the parties (memory)
@@ -168,14 +168,24 @@ class Session:
         return dict(inputs)
 
     def _check_material(self, material: DealtMaterial) -> None:
-        """Material of another deployment or plan is refused before use (material used
-        before is refused under the run lock)."""
-        if getattr(material, "plan", None) != self.plan_hash:
+        """Material of another deployment or plan, or whose label was edited, is refused
+        before use (material used before is refused under the run lock). Each party's
+        share must carry the tag its own seed makes for the label."""
+        if not isinstance(material, DealtMaterial):
+            raise RunError(f"material must be DealtMaterial (from session.dealer.deal() or DealtMaterial.load), "
+                           f"not {type(material).__name__}")
+        if material.plan != self.plan_hash:
             raise RunError(f"dealer material {material.inference!r} is for plan {str(material.plan)[:12]}, "
                            f"this session runs plan {self.plan_hash[:12]}")
-        if getattr(material, "deployment", None) != self.dealer.deployment:
+        if material.deployment != self.dealer.deployment:
             raise RunError(f"dealer material {material.inference!r} belongs to another deployment "
                            f"({str(material.deployment)[:12]}); deal it with this session's dealer")
+        for party in (0, 1):
+            tag = material.stored[party].get(TAG, [None])[0]
+            expected = material_tag(self.dealer.seed_for(party), material.inference)
+            if tag is None or not torch.equal(tag.cpu(), expected):
+                raise RunError(f"dealer material {material.inference!r}: the {('client', 'server')[party]}'s share "
+                               f"was not dealt under this label by this deployment's dealer (edited or mixed up)")
 
     def _run_locked(self, inputs, material):
         owners = self.plan.inputs
@@ -285,16 +295,6 @@ def _caused_by_peer(error: BaseException | None) -> bool:
             return True
         error = error.__cause__
     return False
-
-
-def _static_values(graph):
-    """Values that depend only on weights and constants (fixed for a deployment)."""
-    static = set()
-    for node in graph.nodes:
-        if node.op in ("param", "const") or (node.op != "input" and node.type.vis != "shared"
-                                              and node.operands and all(o in static for o in node.operands)):
-            static.add(node.name)
-    return static
 
 
 def run(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], **options):
