@@ -132,8 +132,8 @@ def test_overflow_flag_end_to_end():
     bad = small[1].clone()
     bad[17] = -2 ** 40
 
-    def protocol(ctx, a, b, c):
-        return any_bits(ctx, [out_of_range_bits(ctx, t, 31) for t in (a, b, c)])
+    async def protocol(ctx, a, b, c):
+        return await any_bits(ctx, [await out_of_range_bits(ctx, t, 31) for t in (a, b, c)])
     run = run_protocol(protocol, small[0], bad, small[2], integer=True, xor_result=True)
     check_counts(run)
     assert run.result.tolist() == [0, 1, 0]
@@ -173,8 +173,8 @@ def test_received_messages_are_masked(party):
 
 def test_the_masking_test_can_fail():
     """An opening without the dealer's mask is caught."""
-    def unmasked(ctx, a):
-        ctx.open(a)
+    async def unmasked(ctx, a):
+        await ctx.open(a)
         return a
     for party in (0, 1):
         view_a = run_protocol(unmasked, torch.zeros(2000, dtype=torch.int64), integer=True, record=True, seed=1)

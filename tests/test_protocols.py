@@ -32,6 +32,14 @@ def check_counts(run):
 seeds = st.integers(0, 2**31)
 
 
+
+async def ltz_arith(ctx, a, **options):
+    return await compare.b2a(ctx, await compare.ltz_bits(ctx, a, **options))
+
+
+async def rsqrt_product(ctx, a):
+    return await arith.mul(ctx, *(await nl.rsqrt(ctx, a)))
+
 @given(shapes(), seeds)
 def test_mul_and_square(shape, seed):
     x, y = reals(shape, -100, 100, seed), reals(shape, -100, 100, seed + 1)
@@ -65,13 +73,13 @@ def test_linear_with_server_weight(m, k, n, seed):
     x, w = reals((m, k), -5, 5, seed), reals((n, k), -1, 1, seed + 1)
     w_ring = torch.round(w * 2**16).to(torch.int64)
 
-    def protocol(ctx, a):
+    async def protocol(ctx, a):
         if ctx.party == 0:
             weight = None
         else:
             weight = torch.empty((n, k), dtype=torch.int64, device="meta") if ctx.meta else w_ring
         fn = lambda p, q: p @ q.transpose(-1, -2)  # noqa: E731
-        return arith.trunc(ctx, arith.linear_server(ctx, a, weight, (n, k), "w", fn))
+        return await arith.trunc(ctx, await arith.linear_server(ctx, a, weight, (n, k), "w", fn))
     run = run_protocol(protocol, x, seed=seed)
     check_counts(run)
     assert run.bytes_sent[0] == 8 * m * k + 8 * m * n, "the client sends x - A once, plus the truncation opening"
@@ -82,7 +90,7 @@ def test_linear_with_server_weight(m, k, n, seed):
 def test_ltz_relu_select(shape, seed):
     x = reals(shape, -30000, 30000, seed)
     x.view(-1)[0] = 0.0
-    run = run_protocol(lambda ctx, a: compare.b2a(ctx, compare.ltz_bits(ctx, a)), x, seed=seed)
+    run = run_protocol(lambda ctx, a: ltz_arith(ctx, a), x, seed=seed)
     check_counts(run)
     assert torch.equal(run.result, (x < 0).to(torch.int64) if x.numel() else run.result)
     run = run_protocol(lambda ctx, a: compare.relu(ctx, a), x, seed=seed)
@@ -123,7 +131,7 @@ def test_reciprocal_and_rsqrt(shape, seed):
     check_counts(run)
     assert ((run.decoded - 1 / x).abs() <= 4 * ULP + 1e-4 / x).all()
     v = reals(shape, 1e-3, 1e6, seed + 1)
-    run = run_protocol(lambda ctx, a: arith.mul(ctx, *nl.rsqrt(ctx, a)), v, seed=seed)
+    run = run_protocol(lambda ctx, a: rsqrt_product(ctx, a), v, seed=seed)
     check_counts(run)
     assert ((run.decoded - v.rsqrt()).abs() <= 1e-3 * v.rsqrt() + 4 * ULP).all()
 
@@ -162,8 +170,10 @@ def test_gelu_dense_grid_within_1e_2_of_exact():
 def test_integer_bit_select_needs_no_truncation():
     x = torch.tensor([1.5, -2.25, 3.0])
     bits = torch.tensor([1, 0, 1])
-    run = run_protocol(lambda ctx, a: compare.select_bits(
-        ctx, bits.to(ctx.device) if (ctx.party == 0 and not ctx.meta) else torch.zeros_like(a), [a])[0], x)
+    async def protocol(ctx, a):
+        mine = bits.to(ctx.device) if (ctx.party == 0 and not ctx.meta) else torch.zeros_like(a)
+        return (await compare.select_bits(ctx, mine, [a]))[0]
+    run = run_protocol(protocol, x)
     assert torch.equal(run.decoded, x * bits)
     assert run.rounds == (1, 1)
     assert math.isclose(run.bytes_sent[0], 3 * 8 + 1)
@@ -186,7 +196,7 @@ def test_op_cost_from_types_alone():
 @given(shapes(2, 9), seeds, st.integers(1, 20))
 def test_fuzzy_ltz_is_exact_away_from_zero(shape, seed, fuzz):
     x = torch.randint(-2**30, 2**30, shape, generator=torch.Generator().manual_seed(seed))
-    run = run_protocol(lambda ctx, a: compare.b2a(ctx, compare.ltz_bits(ctx, a, fuzz_bits=fuzz)), x, integer=True,
+    run = run_protocol(lambda ctx, a: ltz_arith(ctx, a, fuzz_bits=fuzz), x, integer=True,
                        seed=seed)
     check_counts(run)
     far = x.abs() >= 2**fuzz

@@ -38,7 +38,7 @@ def encode(ctx, value: torch.Tensor, kind: str, name: str = "value") -> torch.Te
     return ctx.backend.to_device(value.to(torch.int64))
 
 
-def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
+async def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     """Faithful truncation by ``shift`` bits (default f), dealer-assisted.
 
     Steps: the dealer deals r (uniform), [r >> s] and [msb(r)]. Parties open
@@ -58,11 +58,11 @@ def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     r_high = ctx.derive(lambda r: rshift(r, shift), r, shape=z.shape)
     r_msb = ctx.derive(lambda r: rshift(r, 63), r, shape=z.shape)
     if ctx.meta:  # shapes only (dealer, cost model): the same requests and message, no arithmetic
-        ctx.open(z)
+        await ctx.open(z)
         return torch.empty(tuple(z.shape), dtype=torch.int64, device="meta")
     offset = 1 << RING_SHIFT_LIMIT
     masked = z + r + (offset if ctx.party == 0 else 0)
-    c = ctx.open(masked)
+    c = await ctx.open(masked)
     wrap = (1 - rshift(c, 63)) * r_msb
     out = wrap * (1 << (64 - shift)) - r_high
     if ctx.party == 0:
@@ -70,7 +70,7 @@ def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     return out
 
 
-def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
+async def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
     """z = fn(x, y) for a bilinear ``fn`` (product, matmul), no truncation: exact mod 2^64.
 
     Steps: dealer deals a, b (seeded) and c = fn(a, b) (stored); open
@@ -83,9 +83,9 @@ def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
     b = ctx.rand(y.shape)
     c = ctx.derive(fn, a, b, shape=out_shape)
     if ctx.meta:
-        ctx.exchange(x, y)
+        await ctx.exchange(x, y)
         return torch.empty(out_shape, dtype=torch.int64, device="meta")
-    e_peer, d_peer = ctx.exchange(x - a, y - b)
+    e_peer, d_peer = await ctx.exchange(x - a, y - b)
     e, d = x - a + e_peer, y - b + d_peer
     z = c + fn(e, b) + fn(a, d)
     if ctx.party == 0:
@@ -93,17 +93,17 @@ def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
     return z
 
 
-def mul(ctx, x, y, truncate: bool = True):
+async def mul(ctx, x, y, truncate: bool = True):
     """Elementwise product of shares (broadcasting); truncate when both are reals.
 
     Domain: with truncation |x * y| < 2^(62 - 2f) (2^30 at f = 16), see ``trunc``;
     without (an integer operand), the product must be representable.
     """
-    z = beaver(ctx, x, y, torch.mul)
-    return trunc(ctx, z) if truncate else z
+    z = await beaver(ctx, x, y, torch.mul)
+    return await trunc(ctx, z) if truncate else z
 
 
-def square(ctx, x, truncate: bool = True):
+async def square(ctx, x, truncate: bool = True):
     """x^2 with one opening: dealer deals a (seeded), c = a^2 (stored); open
     e = x - a; x^2 = c + 2ea + [p0] e^2. Rounds 1 (+1 trunc); bytes 8n both
     (+8n). Domain with truncation: x^2 < 2^(62 - 2f), |x| < 2^(31 - f) (32768
@@ -111,25 +111,25 @@ def square(ctx, x, truncate: bool = True):
     a = ctx.rand(x.shape)
     c = ctx.derive(lambda a: a * a, a, shape=x.shape)
     if ctx.meta:
-        ctx.exchange(x)
+        await ctx.exchange(x)
         z = torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
-        return trunc(ctx, z) if truncate else z
-    (e_peer,) = ctx.exchange(x - a)
+        return await trunc(ctx, z) if truncate else z
+    (e_peer,) = await ctx.exchange(x - a)
     e = x - a + e_peer
     z = c + 2 * e * a
     if ctx.party == 0:
         z = z + e * e
-    return trunc(ctx, z) if truncate else z
+    return await trunc(ctx, z) if truncate else z
 
 
-def matmul_shares(ctx, x, y, truncate: bool = True):
+async def matmul_shares(ctx, x, y, truncate: bool = True):
     """x @ y of shares (Beaver) and one truncation. Domain: every entry of
     x @ y (a sum over the inner axis) |.| < 2^(62 - 2f), see ``trunc``."""
-    z = beaver(ctx, x, y, ctx.backend.matmul)
-    return trunc(ctx, z) if truncate else z
+    z = await beaver(ctx, x, y, ctx.backend.matmul)
+    return await trunc(ctx, z) if truncate else z
 
 
-def linear_server(ctx, x, weight, weight_shape, key: str, fn):
+async def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     """fn(x, W) for shared x and the server's plaintext W, no per-inference weight traffic.
 
     Steps: the dealer deals the client a fresh mask A (seeded, per inference),
@@ -151,32 +151,33 @@ def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     mask_b = ctx.rand(weight_shape, holder="server", scope=key)
     c = ctx.derive(fn, mask_a, mask_b, shape=out_shape)
     # W - B in B's memory: the server drops B once D is sent (a BERT-base's worth of weights is 880 MB)
-    d = ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w, sender=1)
+    # the once-per-deployment D travels in the same step as the per-inference e
+    d, received = await ctx.gather(ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w,
+                                                  sender=1),
+                                   ctx.transfer(x - mask_a if ctx.party == 0 else x, sender=0))
     if ctx.party == 0:
-        ctx.transfer(x - mask_a, sender=0)
         return fn(mask_a, d) + c
-    (e,) = ctx.transfer(x, sender=0)
-    return fn(e + x, weight) + c
+    return fn(received[0] + x, weight) + c
 
 
 def add_public(ctx, x, ring_value):
     return x + ring_value if ctx.party == 0 else x + torch.zeros_like(ring_value)
 
 
-def mul_public(ctx, x, ring_value, truncate: bool):
+async def mul_public(ctx, x, ring_value, truncate: bool):
     """x times a public ring value (local), truncated for a real one: then
     |x * value| < 2^(62 - 2f) (see ``trunc``)."""
     z = x * ring_value
-    return trunc(ctx, z) if truncate else z
+    return await trunc(ctx, z) if truncate else z
 
 
-def reveal(ctx, x, to: int):
+async def reveal(ctx, x, to: int):
     """Open a share to one party: the other sends its share. Rounds 1; 8n bytes
     one way; no randomness."""
     if ctx.party == to:
-        (other,) = ctx.transfer(x, sender=1 - to)
+        (other,) = await ctx.transfer(x, sender=1 - to)
         return x + other
-    ctx.transfer(x, sender=1 - to)
+    await ctx.transfer(x, sender=1 - to)
     return None
 
 
@@ -206,7 +207,7 @@ def server_ring(ctx, param: str, value, transpose: bool = False):
     return ctx.encode_static(name, value, make, "^T" if transpose else "")
 
 
-def _proto_linear(ctx, x, weight, bias, transpose):
+async def _proto_linear(ctx, x, weight, bias, transpose):
     """x @ W^T (+ b): the server keeps W^T contiguous (a transposed view makes
     the int64 matmuls of the client, server and dealer ~40% slower)."""
     shape = ctx.operand_types["weight"].shape
@@ -214,16 +215,16 @@ def _proto_linear(ctx, x, weight, bias, transpose):
         shape = shape[:-2] + (shape[-1], shape[-2])
     w_ring = server_ring(ctx, "weight", weight, transpose)
     key = ctx.operand_names["weight"] + ("^T" if transpose else "")
-    z = trunc(ctx, linear_server(ctx, x, w_ring, shape, key, ctx.backend.matmul))
+    z = await trunc(ctx, await linear_server(ctx, x, w_ring, shape, key, ctx.backend.matmul))
     if bias is not None and ctx.party == 1:
         z = z + server_ring(ctx, "bias", bias)
     return z
 
 
-def _proto_mul_server(ctx, x, other):
+async def _proto_mul_server(ctx, x, other):
     w_ring = server_ring(ctx, "other", other)
-    return trunc(ctx, linear_server(ctx, x, w_ring, ctx.operand_types["other"].shape, ctx.operand_names["other"],
-                                    torch.mul))
+    return await trunc(ctx, await linear_server(ctx, x, w_ring, ctx.operand_types["other"].shape,
+                                                ctx.operand_names["other"], torch.mul))
 
 
 def _linear_reference(x, weight, bias=None, transpose=True):

@@ -63,7 +63,7 @@ def _low(bits: int) -> int:
     return (1 << bits) - 1 if bits < 64 else -1
 
 
-def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
+async def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
     """x AND y (bitwise, low ``bits`` bits) for each y, one round; x's mask is shared by all gates.
 
     Dealer: words a, b_i (seeded) and c_i = a & b_i (stored). Open x^a and
@@ -75,10 +75,10 @@ def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
     bs = [ctx.rand(y.shape, kind="xor") for y in ys]
     cs = [ctx.derive(lambda a, b: a & b, a, b, shape=y.shape, kind="xor") for y, b in zip(ys, bs)]
     if ctx.meta:  # shapes only (dealer, cost model): same requests and messages, no bit arithmetic
-        ctx.exchange(x, *ys, bits=bits)
+        await ctx.exchange(x, *ys, bits=bits)
         return list(ys)
     masked = [x ^ a] + [y ^ b for y, b in zip(ys, bs)]
-    opened = ctx.exchange(*masked, bits=bits, combine="xor")  # bits above ``bits`` are masks: never used, not counted
+    opened = await ctx.exchange(*masked, bits=bits, combine="xor")  # bits above ``bits`` are masks: never used, not counted
     e = masked[0] ^ opened[0]
     outs = []
     for m, b, c, other in zip(masked[1:], bs, cs, opened[1:]):
@@ -90,7 +90,7 @@ def and_gates(ctx, x, ys, bits: int, mask: int | None = None):
     return outs
 
 
-def lt_public(ctx, c, r, bits: int):
+async def lt_public(ctx, c, r, bits: int):
     """[c < r] on the low ``bits`` bits, for public words c and XOR-shared words r.
 
     A log-depth tree over (greater, equal) pairs of adjacent bit segments:
@@ -109,7 +109,7 @@ def lt_public(ctx, c, r, bits: int):
         word = torch.empty(count, dtype=torch.int64, device="meta") if lanes > 1 else c
         while width > 1:
             width //= 2
-            and_gates(ctx, word, [word] if width == 1 else [word, word], width * lanes)
+            await and_gates(ctx, word, [word] if width == 1 else [word, word], width * lanes)
         return torch.empty(shape, dtype=torch.int64, device="meta")
     if lanes > 1:
         c, r = _pack(c, lanes), _pack(r, lanes)
@@ -124,9 +124,9 @@ def lt_public(ctx, c, r, bits: int):
         half = _lanes_mask(_low(width), lanes)
         g_lo, g_hi, e_lo, e_hi = g & half, (g >> width) & half, e & half, (e >> width) & half
         if width == 1:
-            (t,) = and_gates(ctx, e_hi, [g_lo], width * lanes, half)
+            (t,) = await and_gates(ctx, e_hi, [g_lo], width * lanes, half)
         else:
-            t, e = and_gates(ctx, e_hi, [g_lo, e_lo], width * lanes, half)
+            t, e = await and_gates(ctx, e_hi, [g_lo, e_lo], width * lanes, half)
         g = g_hi ^ t
     if lanes > 1:
         return _unpack(g, lanes, shape)
@@ -156,7 +156,7 @@ def _unpack(words, lanes: int, shape):
     return every[:count].reshape(shape)
 
 
-def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
+async def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
     """XOR-shared bit [x < 0] for -2^(bits-1) <= x < 2^(bits-1) ring units.
 
     Domain: exact on [-2^(bits-1), 2^(bits-1)) with ``fuzz_bits`` = 0. At
@@ -187,29 +187,29 @@ def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
     r = ctx.rand(x.shape)
     r_xor = ctx.derive(lambda r: r & low, r, shape=x.shape, kind="xor")
     y = x + (1 << (bits - 1)) if ctx.party == 0 else x
-    c = ctx.open((y + r) & low, bits=bits) & low
+    c = await ctx.open((y + r) & low, bits=bits) & low
     top = bits - 1
     middle = top - fuzz_bits
-    borrow = lt_public(ctx, (c >> fuzz_bits) & _low(middle), (r_xor >> fuzz_bits) & _low(middle), middle)
+    borrow = await lt_public(ctx, (c >> fuzz_bits) & _low(middle), (r_xor >> fuzz_bits) & _low(middle), middle)
     msb = borrow ^ ((r_xor >> top) & 1)
     if ctx.party == 0:
         msb = msb ^ ((c >> top) & 1) ^ 1
     return msb
 
 
-def b2a(ctx, bit):
+async def b2a(ctx, bit):
     """XOR-shared bit -> additive share of 0/1. Dealer: a random bit rho
     (seeded word, low bit) and its additive shares (stored). Open
     beta = bit ^ rho (1 bit each way); bit = beta + rho - 2 beta rho. Rounds 1.
     (The dealer-assisted B2A of CrypTen's TTP mode and ABY3.)"""
     rho = ctx.rand(bit.shape, kind="xor")
     rho_a = ctx.derive(lambda r: r & 1, rho, shape=bit.shape)
-    beta = ctx.open_xor((bit ^ rho) & 1, bits=1) & 1
+    beta = await ctx.open_xor((bit ^ rho) & 1, bits=1) & 1
     out = rho_a * (1 - 2 * beta)
     return out + beta if ctx.party == 0 else out
 
 
-def select_bits(ctx, bit, values):
+async def select_bits(ctx, bit, values):
     """bit * v for each v (an XOR-shared bit times additive shares), one round.
 
     Dealer: bit rho, its additive shares, masks a_i (seeded) and rho*a_i
@@ -224,10 +224,10 @@ def select_bits(ctx, bit, values):
     masks = [ctx.rand(v.shape) for v in values]
     products = [ctx.derive(lambda r, a: (r & 1) * a, rho, a, shape=v.shape) for v, a in zip(values, masks)]
     if ctx.meta:  # shapes only: the same requests and message
-        ctx.exchange(bit, *values, bits=[1] + [None] * len(values))
+        await ctx.exchange(bit, *values, bits=[1] + [None] * len(values))
         return [torch.empty(torch.broadcast_shapes(bit.shape, v.shape), dtype=torch.int64, device="meta")
                 for v in values]
-    opened = ctx.exchange((bit ^ rho) & 1, *[v - a for v, a in zip(values, masks)], bits=[1] + [None] * len(values),
+    opened = await ctx.exchange((bit ^ rho) & 1, *[v - a for v, a in zip(values, masks)], bits=[1] + [None] * len(values),
                           combine=["xor"] + ["add"] * len(values))
     beta = (bit ^ rho ^ opened[0]) & 1
     outs = []
@@ -241,10 +241,10 @@ def not_bit(ctx, bit):
     return bit ^ 1 if ctx.party == 0 else bit
 
 
-def relu(ctx, x):
+async def relu(ctx, x):
     """max(x, 0) = [x >= 0] * x: one LTZ and one select. Domain: LTZ's,
     -2^(CMP_BITS-1) <= x < 2^(CMP_BITS-1) ring units (|x| < 32768 at f = 16)."""
-    (out,) = select_bits(ctx, not_bit(ctx, ltz_bits(ctx, x)), [x])
+    (out,) = await select_bits(ctx, not_bit(ctx, await ltz_bits(ctx, x)), [x])
     return out
 
 
@@ -253,7 +253,7 @@ def _split_pairs(x):
     return x[..., :half], x[..., half: 2 * half], x[..., 2 * half:]
 
 
-def max_last(ctx, x, fuzz_bits: int = 0):
+async def max_last(ctx, x, fuzz_bits: int = 0):
     """Max over the last axis by a tournament: ceil(log2 n) levels of
     LTZ + select, all pairs of a level in one call. With ``fuzz_bits`` the
     result may be below the max by up to 2^fuzz_bits ring units per level.
@@ -264,12 +264,12 @@ def max_last(ctx, x, fuzz_bits: int = 0):
     while x.shape[-1] > 1:
         a, b, rest = _split_pairs(x)
         diff = a - b
-        (chosen,) = select_bits(ctx, not_bit(ctx, ltz_bits(ctx, diff, fuzz_bits=fuzz_bits)), [diff])
+        (chosen,) = await select_bits(ctx, not_bit(ctx, await ltz_bits(ctx, diff, fuzz_bits=fuzz_bits)), [diff])
         x = torch.cat([b + chosen, rest], -1)
     return x[..., 0]
 
 
-def argmax_last(ctx, x):
+async def argmax_last(ctx, x):
     """Index of a max over the last axis, as an additive share of an integer;
     tournament as ``max_last`` carrying the index through the same selects
     (and with its domain: the spread of each row < 2^(CMP_BITS-1) ring units)."""
@@ -279,17 +279,25 @@ def argmax_last(ctx, x):
         a, b, rest = _split_pairs(x)
         ia, ib, irest = _split_pairs(index)
         diff = a - b
-        chosen, chosen_index = select_bits(ctx, not_bit(ctx, ltz_bits(ctx, diff)), [diff, ia - ib])
+        chosen, chosen_index = await select_bits(ctx, not_bit(ctx, await ltz_bits(ctx, diff)), [diff, ia - ib])
         x = torch.cat([b + chosen, rest], -1)
         index = torch.cat([ib + chosen_index, irest], -1)
     return index[..., 0]
 
 
 def _along(fn, dim, keepdim):
-    def protocol(ctx, x):
-        out = fn(ctx, x.movedim(dim, -1))
+    async def protocol(ctx, x):
+        out = await fn(ctx, x.movedim(dim, -1))
         return out.unsqueeze(dim) if keepdim else out
     return protocol
+
+
+async def _ltz_arith(ctx, x):
+    return await b2a(ctx, await ltz_bits(ctx, x))
+
+
+async def _where(ctx, condition, x, y):
+    return y + await mul(ctx, condition, x - y, truncate=False)
 
 
 def _mpc(name, params, reference, doc, protocol):
@@ -297,10 +305,10 @@ def _mpc(name, params, reference, doc, protocol):
 
 
 _mpc("mpc.ltz", ("self",), lambda x: (x < 0).to(torch.int64), "[x < 0] as a shared 0/1 integer",
-     lambda ctx, x: b2a(ctx, ltz_bits(ctx, x)))
+     lambda ctx, x: _ltz_arith(ctx, x))
 _mpc("mpc.relu", ("self",), torch.relu, "max(x, 0)", relu)
 _mpc("mpc.where", ("condition", "self", "other"), torch.where, "select by a shared 0/1 condition (Beaver, no truncation)",
-     lambda ctx, condition, x, y: y + mul(ctx, condition, x - y, truncate=False))
+     lambda ctx, condition, x, y: _where(ctx, condition, x, y))
 _mpc("mpc.amax", ("self", "dim", "keepdim"), lambda x, dim, keepdim=False: torch.amax(x, dim, keepdim),
      "max over one axis (tournament)",
      lambda ctx, x, dim, keepdim=False: _along(max_last, dim, keepdim)(ctx, x))

@@ -46,7 +46,7 @@ GELU_EVEN_COEFFS, GELU_FIT_ERROR = _fit(lambda x: 0.5 * x * _erf(x / math.sqrt(2
 TANH_ODD_COEFFS, TANH_FIT_ERROR = _fit(np.tanh, True, TANH_TERMS, 1e-5)
 
 
-def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high):
+async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high):
     """f(x) = constant + linear x + sum_k (a_k cos(k pi x/8) + b_k sin(k pi x/8)) on
     [-4, 4]; below -4 ``low(x)``, above 4 ``high(x)`` (SecFormer's private sine).
 
@@ -79,7 +79,13 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
     # two items of |x| K words each rather than one of 2K: halves the largest allocation
     cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
     sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
-    delta = ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2) & (modulus - 1)
+    bound = _public(ctx, FOURIER_HALF_RANGE, x)
+    # the segment bits do not depend on the series: both openings go in the same steps
+    opened, outside = await ctx.gather(
+        ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2),
+        ltz_bits(ctx, torch.stack([add_public(ctx, x, bound), add_public(ctx, -x, bound)], -1),
+                 fuzz_bits=ctx.frac_bits - SEGMENT_FUZZ))
+    delta = opened & (modulus - 1)
     a = [c * 2.0 ** f for c in cos_coeffs]
     b = [c * 2.0 ** f for c in sin_coeffs]
     if ctx.meta:
@@ -98,13 +104,9 @@ def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high
         acc = acc.reshape(x.shape)
     if linear:
         acc = acc + x * round(linear * 2 ** f)
-    mid = add_public(ctx, trunc(ctx, acc), _public(ctx, constant, x))
-
-    bound = _public(ctx, FOURIER_HALF_RANGE, x)
-    outside = ltz_bits(ctx, torch.stack([add_public(ctx, x, bound), add_public(ctx, -x, bound)], -1),
-                       fuzz_bits=ctx.frac_bits - SEGMENT_FUZZ)
+    mid = add_public(ctx, await trunc(ctx, acc), _public(ctx, constant, x))
     targets = torch.stack([low(ctx, x) - mid, high(ctx, x) - mid], -1)
-    (chosen,) = select_bits(ctx, outside, [targets])
+    (chosen,) = await select_bits(ctx, outside, [targets])
     return mid + chosen.sum(-1)
 
 
@@ -130,22 +132,22 @@ def _dot_last(public, share):
     return torch.einsum("...k,...k->...", public, share)
 
 
-def gelu(ctx, x):
+async def gelu(ctx, x):
     """GeLU within 1e-3 of the exact (erf) form on all reals in range: 0 below -4,
     x above 4, x/2 + an 8-term cosine series between (fit on [-4.5, 4.5]; the
     segment tests may err within 0.5 of +-4, where GeLU and its asymptotes
     differ by < 8e-4). Rounds ~ 10. Domain: ``fourier_segments``', |x| <= 32763.5
     at f = 16."""
     coeffs = GELU_EVEN_COEFFS
-    return fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
+    return await fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
                             low=lambda ctx, x: torch.zeros_like(x), high=lambda ctx, x: x)
 
 
-def tanh(ctx, x):
+async def tanh(ctx, x):
     """tanh within 3e-3 on all reals in range: -1 below -4, 1 above 4, a
     9-term sine series (ridge-regularised fit on [-4.5, 4.5]) between; near
     +-4 the fuzzy segment test costs at most |1 - tanh(3.5)| = 1.8e-3.
     Domain: ``fourier_segments``', |x| <= 32763.5 at f = 16."""
-    return fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
+    return await fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
                             low=lambda ctx, x: ctx.public_share(_public(ctx, -1.0, x)),
                             high=lambda ctx, x: ctx.public_share(_public(ctx, 1.0, x)))

@@ -33,17 +33,17 @@ SCALAR_FRAC = 24            # public scalars are encoded with more bits than f
 MASK_FILL = -(2.0 ** 14)    # what masked attention scores become before the max (LTZ range 2^15)
 
 
-def mul_scalar(ctx, x, value: float):
+async def mul_scalar(ctx, x, value: float):
     """x * c for a public real c, encoded with SCALAR_FRAC bits (precise for 1/768 etc.).
 
     Domain: |x| 2^f |round(c 2^24)| < 2^62 (the truncation's), about
     |x c| < 2^(38 - f) = 4.2e6 at f = 16.
     """
     scaled = round(value * 2 ** SCALAR_FRAC)
-    return trunc(ctx, x * scaled, SCALAR_FRAC)
+    return await trunc(ctx, x * scaled, SCALAR_FRAC)
 
 
-def exp(ctx, x):
+async def exp(ctx, x):
     """e^x for x <= 0 (softmax after the max shift), absolute error < 1.2 * 2^-f
     (1.8e-5 at f = 16: the final truncation's ulp and a little).
 
@@ -72,8 +72,8 @@ def exp(ctx, x):
     # y = relu(x + 15), but y in (0, 1) may also become 0 (e^(y-15) < 1e-6 either way): a fuzzy
     # test of y - 1/2 (exact for y <= 0) takes a 16-bit comparison tree instead of a 31-bit one
     shifted = add_public(ctx, x, _public(ctx, clip, x))
-    keep = not_bit(ctx, ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)), fuzz_bits=f - 1))
-    (y,) = select_bits(ctx, keep, [shifted])
+    keep = not_bit(ctx, await ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)), fuzz_bits=f - 1))
+    (y,) = await select_bits(ctx, keep, [shifted])
     t = ctx.rand(x.shape)
     t_xor = ctx.derive(lambda t: t & (span - 1), t, shape=x.shape, kind="xor")
 
@@ -84,11 +84,11 @@ def exp(ctx, x):
         return make
     v0 = ctx.derive(dealt(-clip), t, shape=x.shape)
     v1 = ctx.derive(dealt(2 ** EXP_SPAN_LOG2 - clip), t, shape=x.shape)
-    delta = ctx.open((y + t) & (span - 1), bits=span_bits) & (span - 1)
-    wrap = lt_public(ctx, delta, t_xor, span_bits)
-    (step,) = select_bits(ctx, wrap, [v1 - v0])
+    delta = await ctx.open((y + t) & (span - 1), bits=span_bits) & (span - 1)
+    wrap = await lt_public(ctx, delta, t_xor, span_bits)
+    (step,) = await select_bits(ctx, wrap, [v1 - v0])
     factor = encode_scaled(ctx, torch.exp(delta.to(torch.float64) / 2 ** f), EXP_PUBLIC_FRAC)
-    return trunc(ctx, (v0 + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
+    return await trunc(ctx, (v0 + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
 
 
 def encode_scaled(ctx, value, frac: int):
@@ -99,7 +99,7 @@ def encode_scaled(ctx, value, frac: int):
     return (value * 2.0 ** frac).round_().to(torch.int64)
 
 
-def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
+async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
     """s = 2^(-m) where 2^(step*m) <= x < 2^(step*(m+1)), from one batch of LTZs.
 
     thresholds_log2 are the exponents m tested (x >= 2^(step*m)); below the
@@ -111,11 +111,11 @@ def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: in
     floor = ctx.overflow_flags is not None and floor_log2 is not None   # the check: one more column, no round
     tested = list(thresholds_log2) + ([floor_log2] if floor else [])
     diffs = torch.stack([add_public(ctx, x, _public(ctx, -(2.0 ** (step * m)), x)) for m in tested], -1)
-    bits = not_bit(ctx, ltz_bits(ctx, diffs, WIDE_CMP_BITS))
+    bits = not_bit(ctx, await ltz_bits(ctx, diffs, WIDE_CMP_BITS))
     if floor:   # x below the domain's floor 2^(step * floor_log2): flagged
         ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
         bits = bits[..., :-1]
-    arithmetic = b2a(ctx, bits)
+    arithmetic = await b2a(ctx, bits)
     first = thresholds_log2[0] - 1
     weights = [2.0 ** (-m) - 2.0 ** (-(m - 1)) for m in thresholds_log2]
     weight_ring = encode(ctx, torch.tensor(weights, dtype=torch.float64), "real")
@@ -123,7 +123,7 @@ def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: in
     return add_public(ctx, scale, _public(ctx, 2.0 ** (-first), scale))
 
 
-def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
+async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     """1/x for x in [2^low, 2^high) = [1, 4096) by default.
 
     Domain: [2^low, 2^high). Just above, up to about 1.45 * 2^high, the result
@@ -139,16 +139,16 @@ def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
     ctx.check_range(x, high_log2 + ctx.frac_bits)
-    s = _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
-    x_norm = mul(ctx, x, s)
-    y = add_public(ctx, mul_scalar(ctx, x_norm, -8.0 / 17.0), _public(ctx, 24.0 / 17.0, x_norm))
+    s = await _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
+    x_norm = await mul(ctx, x, s)
+    y = add_public(ctx, await mul_scalar(ctx, x_norm, -8.0 / 17.0), _public(ctx, 24.0 / 17.0, x_norm))
     for _ in range(RECIPROCAL_ITERATIONS):
-        t = mul(ctx, x_norm, y)
-        y = mul(ctx, y, add_public(ctx, -t, _public(ctx, 2.0, t)))
-    return mul(ctx, y, s)
+        t = await mul(ctx, x_norm, y)
+        y = await mul(ctx, y, add_public(ctx, -t, _public(ctx, 2.0, t)))
+    return await mul(ctx, y, s)
 
 
-def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):
+async def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):
     """1/sqrt(x) for x in [4^low, 4^high) = [1.5e-5, 4.2e6).
 
     Domain: [4^low, 4^high). Above it the normalised x' exceeds 4 and Newton
@@ -163,16 +163,17 @@ def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | Non
     """
     ctx.check_range(x, 2 * high_log4 + ctx.frac_bits)
     floor = low_log4 if floor_log4 is None else floor_log4   # the overflow check flags x below 4^floor
-    s = _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2, floor)
-    x_norm = mul(ctx, mul(ctx, x, s), s)
-    y = add_public(ctx, mul_scalar(ctx, x_norm, -1.0 / 6.0), _public(ctx, 7.0 / 6.0, x_norm))
+    s = await _bracket_scale(ctx, x, list(range(low_log4 + 1, high_log4)), 2, floor)
+    x_norm = await mul(ctx, await mul(ctx, x, s), s)
+    y = add_public(ctx, await mul_scalar(ctx, x_norm, -1.0 / 6.0), _public(ctx, 7.0 / 6.0, x_norm))
     for _ in range(RSQRT_ITERATIONS):
-        t = mul(ctx, x_norm, square(ctx, y))
-        y = trunc(ctx, beaver(ctx, y, add_public(ctx, -t, _public(ctx, 3.0, t)), torch.mul), ctx.frac_bits + 1)
+        t = await mul(ctx, x_norm, await square(ctx, y))
+        y = await trunc(ctx, await beaver(ctx, y, add_public(ctx, -t, _public(ctx, 3.0, t)), torch.mul),
+                        ctx.frac_bits + 1)
     return y, s
 
 
-def softmax_masked(ctx, x, mask):
+async def softmax_masked(ctx, x, mask):
     """softmax over the last axis, masked positions (mask == 0) get exactly 0.
 
     Max-shift (tournament), exp, sum, reciprocal on [1, n], one product. The
@@ -187,16 +188,16 @@ def softmax_masked(ctx, x, mask):
     if mask is not None:
         fill = encode(ctx, (1 - mask.to(torch.float64)) * MASK_FILL, "real")
         x = add_public(ctx, x * mask.to(torch.int64), fill)
-    peak = max_last(ctx, x)  # exact: a fuzzy tournament could undershoot by 0.5 per level, past exp's domain
-    e = exp(ctx, x - peak.unsqueeze(-1))
+    peak = await max_last(ctx, x)  # exact: a fuzzy tournament could undershoot by 0.5 per level, past exp's domain
+    e = await exp(ctx, x - peak.unsqueeze(-1))
     if mask is not None:
         e = e * mask.to(torch.int64)
     total = e.sum(-1, keepdim=True)
     n = x.shape[-1]
-    return mul(ctx, e, reciprocal(ctx, total, 0, max(2, math.ceil(math.log2(n)) + 1)))
+    return await mul(ctx, e, await reciprocal(ctx, total, 0, max(2, math.ceil(math.log2(n)) + 1)))
 
 
-def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
+async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     """LayerNorm over the last axis: mean and variance by local sums and public
     scalings, 1/sqrt by ``rsqrt``, then the server's gamma (elementwise product
     with a server tensor, ``linear_server`` with mul) and beta (added locally).
@@ -210,16 +211,16 @@ def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     if len(normalized_shape) != 1:
         raise NotImplementedError("layer_norm over more than one axis")
     n = normalized_shape[0]
-    mu = mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
+    mu = await mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
     centered = x - mu
-    variance = mul_scalar(ctx, square(ctx, centered).sum(-1, keepdim=True), 1.0 / n)
+    variance = await mul_scalar(ctx, (await square(ctx, centered)).sum(-1, keepdim=True), 1.0 / n)
     variance = add_public(ctx, variance, _public(ctx, eps, variance))
-    y, s = rsqrt(ctx, variance, floor_log4=LAYER_NORM_FLOOR_LOG4)
-    out = mul(ctx, mul(ctx, centered, s), y)
+    y, s = await rsqrt(ctx, variance, floor_log4=LAYER_NORM_FLOOR_LOG4)
+    out = await mul(ctx, await mul(ctx, centered, s), y)
     if weight is not None or "weight" in ctx.operand_types:  # the server's gamma (the client holds None)
         w_ring = server_ring(ctx, "weight", weight)
-        out = trunc(ctx, linear_server(ctx, out, w_ring, ctx.operand_types["weight"].shape,
-                                       ctx.operand_names["weight"], torch.mul))
+        out = await trunc(ctx, await linear_server(ctx, out, w_ring, ctx.operand_types["weight"].shape,
+                                                   ctx.operand_names["weight"], torch.mul))
     if bias is not None and ctx.party == 1:
         out = out + server_ring(ctx, "bias", bias)
     return out
@@ -235,7 +236,7 @@ def _attention_mask(mask, is_causal, shape, device):
     return None if keep is None else keep.expand(shape)
 
 
-def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
     Beaver matmuls for q k^T and p v, a public scaling, masked softmax.
     An additive float mask is split into its -inf part (a 0/1 mask) and the rest.
@@ -245,7 +246,7 @@ def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
     ``softmax_masked``; |p v| < 2^(62-2f).
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = mul_scalar(ctx, matmul_shares(ctx, query, key.transpose(-1, -2)), scale)
+    scores = await mul_scalar(ctx, await matmul_shares(ctx, query, key.transpose(-1, -2)), scale)
     shape = tuple(scores.shape)
     device = scores.device
     if attn_mask is not None and attn_mask.dtype != torch.bool:
@@ -253,8 +254,16 @@ def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False,
         if ctx.meta or bool(finite.abs().max() > 0):
             scores = add_public(ctx, scores, encode(ctx, finite.expand(shape).to(torch.float64), "real"))
     keep = _attention_mask(attn_mask, is_causal, shape, device)
-    probs = softmax_masked(ctx, scores, keep)
-    return matmul_shares(ctx, probs, value)
+    probs = await softmax_masked(ctx, scores, keep)
+    return await matmul_shares(ctx, probs, value)
+
+
+async def _rsqrt_op(ctx, x):
+    return await mul(ctx, *(await rsqrt(ctx, x)))
+
+
+async def _softmax_op(ctx, x, dim):
+    return (await softmax_masked(ctx, x.movedim(dim, -1), None)).movedim(-1, dim)
 
 
 def _mpc(name, params, reference, doc, protocol):
@@ -268,9 +277,9 @@ def _sdpa_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sca
 _mpc("mpc.exp", ("self",), torch.exp, "e^x for x <= 0 (0 below -15)", exp)
 _mpc("mpc.reciprocal", ("self",), torch.reciprocal, "1/x on [1, 4096)", lambda ctx, x: reciprocal(ctx, x))
 _mpc("mpc.rsqrt", ("self",), torch.rsqrt, "1/sqrt(x) on [1.5e-5, 4e6)",
-     lambda ctx, x: mul(ctx, *rsqrt(ctx, x)))
+     lambda ctx, x: _rsqrt_op(ctx, x))
 _mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, reciprocal)",
-     lambda ctx, x, dim: softmax_masked(ctx, x.movedim(dim, -1), None).movedim(-1, dim))
+     lambda ctx, x, dim: _softmax_op(ctx, x, dim))
 _mpc("mpc.gelu", ("self", "approximate"),
      lambda x, approximate="none": torch.nn.functional.gelu(x, approximate=approximate),
      "GeLU (erf or tanh form), segmented Fourier of the erf form: within 1e-3 of either "

@@ -19,7 +19,7 @@ __all__ = ["out_of_range_bits", "any_bits", "WORD_BITS"]
 WORD_BITS = 64   # XOR-shared bits packed per word by ``any_bits``
 
 
-def out_of_range_bits(ctx, x, bound_log2: int, fuzz_log2: int | None = None):
+async def out_of_range_bits(ctx, x, bound_log2: int, fuzz_log2: int | None = None):
     """XOR-shared 0/1 words: 1 where |x| >= 2^bound_log2 ring units, 0 where
     |x| < 2^(bound_log2 - 1), either value in between; exact on the whole ring.
 
@@ -62,9 +62,9 @@ def out_of_range_bits(ctx, x, bound_log2: int, fuzz_log2: int | None = None):
                          f"not {bound_log2}, {fuzz_log2}")
     threshold = (1 << bound_log2) - (1 << fuzz_log2)
     public = threshold if ctx.party == 0 else 0
-    sides = ltz_bits(ctx, torch.stack([public - x, x + public], -1), 64, fuzz_bits=fuzz_log2)
+    sides = await ltz_bits(ctx, torch.stack([public - x, x + public], -1), 64, fuzz_bits=fuzz_log2)
     above_not, below_not = (not_bit(ctx, sides[..., i].contiguous()) for i in (0, 1))
-    (inside,) = and_gates(ctx, above_not, [below_not], 1)
+    (inside,) = await and_gates(ctx, above_not, [below_not], 1)
     return not_bit(ctx, inside)
 
 
@@ -81,7 +81,7 @@ def _pack_complements(ctx, bits):
     return ~packed if ctx.party == 0 else packed
 
 
-def any_bits(ctx, bit_tensors: list) -> torch.Tensor:
+async def any_bits(ctx, bit_tensors: list) -> torch.Tensor:
     """One XOR-shared bit per tensor of XOR-shared 0/1 words: 1 where any of its bits is 1.
 
     All tensors are reduced in parallel by one log-depth AND tree on the
@@ -107,12 +107,12 @@ def any_bits(ctx, bit_tensors: list) -> torch.Tensor:
         halves = [w.numel() // 2 for w in words]
         left = torch.cat([w[:h] for w, h in zip(words, halves)])
         right = torch.cat([w[h:2 * h] for w, h in zip(words, halves)])
-        (both,) = and_gates(ctx, left, [right], WORD_BITS)
+        (both,) = await and_gates(ctx, left, [right], WORD_BITS)
         words = [torch.cat([part, w[2 * h:]]) for part, w, h in zip(both.split(halves), words, halves)]
     word = torch.cat(words)
     width = WORD_BITS
     while width > 1:
         width //= 2
         low = (1 << width) - 1
-        (word,) = and_gates(ctx, word & low, [(word >> width) & low], width)
+        (word,) = await and_gates(ctx, word & low, [(word >> width) & low], width)
     return not_bit(ctx, word & 1)

@@ -1,29 +1,35 @@
 """What a protocol may use: the context.
 
-A protocol is straight-line code over ``ctx``. The same code runs in three
-contexts, so the protocol, the dealer's material and the cost can never
+A protocol is an ``async def`` over ``ctx``, the context of its node (each
+node gets its own, from ``for_node``). The same code runs in three kinds of
+context, so the protocol, the dealer's material and the cost can never
 disagree:
 
 - ``PartyContext``: a real party; tensors are its shares, messages travel.
-- ``DealerContext`` (dealer.py): shapes only (meta tensors); every request for
-  correlated randomness is generated for real and stored.
-- ``CostContext`` (cost.py): shapes only; counts rounds, bytes and material.
+- ``DealerContext`` (shape_context.py): shapes only (meta tensors); every
+  request for correlated randomness is generated for real and stored.
+- ``CostContext`` (shape_context.py): shapes only; counts bytes and material.
 
 Rules for protocol code: no branching on data; requests for randomness
 (``rand``, ``derive``) are made by both parties in the same order (never
-inside ``if ctx.party == ...``); messages are ``exchange`` (both send, one
-round) or ``transfer`` (one sends, one round).
+inside ``if ctx.party == ...``); messages are awaited: ``exchange`` (both
+send), ``transfer`` (one sends); independent parts run together with
+``gather`` or ``spawn``, so their messages share steps (schedule.py). A
+context's ``deliver`` carries out one step: all the messages every running
+node awaits, in one message each way.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+import copy
 from typing import Callable
 
 import torch
 
 from ..backends.base import RingBackend
 from ..backends.prg import Prg
+from .schedule import Gather, Message
 
 __all__ = ["Context", "PartyContext", "Material", "payload_bytes", "message_bytes", "widths", "SessionState",
            "ProtocolError", "PeerAborted", "Opening"]
@@ -112,6 +118,9 @@ class Context:
     operand_types: dict = {}         # param name -> TensorType, set by the executor per node
     operand_names: dict = {}         # param name -> value name
     out_type = None
+    flow = None                      # the node's Flow (schedule.py), for ``spawn``
+    node: str = ""
+    counter: int = 0
 
     @property
     def device(self):
@@ -119,6 +128,17 @@ class Context:
 
     def begin(self, node: str) -> None:
         self.node, self.counter = node, 0
+
+    def for_node(self, node: str) -> "Context":
+        """This context's view for one node: its own label counter and operand
+        types; everything else (session, material, counters) shared."""
+        child = copy.copy(self)
+        child.node, child.counter, child.flow = node, 0, None
+        child._fresh_node_state()
+        return child
+
+    def _fresh_node_state(self) -> None:
+        """Per-node fields of a subclass, reset in ``for_node``."""
 
     def _label(self, scope: str | None) -> str:
         label = f"deploy/{scope}" if scope else f"{self.node}/{self.counter}"
@@ -135,17 +155,35 @@ class Context:
         (``rand`` results); shared (``both``) or given to one party."""
         raise NotImplementedError
 
-    def exchange(self, *tensors: torch.Tensor, bits: int | None = None, combine="add") -> tuple[torch.Tensor, ...]:
-        """Both parties send ``tensors`` and receive the peer's (one round). ``combine``
+    def deliver(self, messages: list[Message]) -> None:
+        """One communication step: set each message's ``result``."""
+        raise NotImplementedError
+
+    # --- messages (awaited by protocols)
+    async def exchange(self, *tensors: torch.Tensor, bits=None, combine="add") -> tuple[torch.Tensor, ...]:
+        """Both parties send ``tensors`` and receive the peer's (one step). ``combine``
         ("add", "xor", or one per tensor) says how a tensor and the peer's join into the
         opened value; it changes nothing on the wire and serves the view tests."""
+        return await Message(self.node, "exchange", tensors, widths(tensors, bits), _combines(tensors, combine))
+
+    async def transfer(self, *tensors: torch.Tensor, sender: int, bits=None) -> tuple[torch.Tensor, ...] | None:
+        """``sender`` sends ``tensors``; the receiver passes its own share (same
+        shapes: what it joins the message with) and gets the sender's."""
+        return await Message(self.node, "transfer", tensors, widths(tensors, bits), _combines(tensors, "add"), sender)
+
+    async def deployment(self, key: str, make: Callable[[], torch.Tensor], like: torch.Tensor, *, sender: int):
+        """``make()`` sent once per deployment by ``sender``; the receiver gets it
+        (later runs: from the session), the sender None."""
         raise NotImplementedError
 
-    def transfer(self, *tensors: torch.Tensor, sender: int, bits: int | None = None) -> tuple[torch.Tensor, ...] | None:
-        raise NotImplementedError
+    def gather(self, *awaitables) -> Gather:
+        """Await independent parts together: their messages share steps."""
+        return Gather(list(awaitables))
 
-    def deployment(self, key: str, make: Callable[[], torch.Tensor], like: torch.Tensor, *, sender: int):
-        raise NotImplementedError
+    def spawn(self, awaitable) -> None:
+        """Run ``awaitable`` beside the rest of this node's protocol (its result is
+        not needed by it); the node finishes when it does."""
+        self.flow.spawn(awaitable)
 
     overflow_flags: dict | None = None   # node -> XOR-shared flags (``execute(..., overflow_check=True)``)
 
@@ -153,25 +191,29 @@ class Context:
     def check_range(self, x: torch.Tensor, bound_log2: int) -> None:
         """With the overflow check on, flag (secretly) each element of x with
         |x| >= 2^bound_log2 ring units; none below 3/4 of that (see
-        ``out_of_range_bits``). The flags are ORed and opened once, at the end."""
+        ``out_of_range_bits``). Runs beside the protocol (no added rounds); the
+        flags are ORed and opened once, at the end."""
         if self.overflow_flags is None:
             return
         from ..ops.overflow import out_of_range_bits
-        self.flag(out_of_range_bits(self, x, bound_log2, bound_log2 - 3))
+
+        async def check():
+            self.flag(await out_of_range_bits(self, x, bound_log2, bound_log2 - 3))
+        self.spawn(check())
 
     def flag(self, bits: torch.Tensor) -> None:
         """Add XOR-shared 0/1 words (1: out of its domain) to this node's overflow flags."""
         if self.overflow_flags is not None:
             self.overflow_flags.setdefault(self.node, []).append(bits)
 
-    def open(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    async def open(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Reveal an additive sharing to both parties (1 round)."""
-        (other,) = self.exchange(share, bits=bits)
+        (other,) = await self.exchange(share, bits=bits)
         return share + other
 
-    def open_xor(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
+    async def open_xor(self, share: torch.Tensor, bits: int | None = None) -> torch.Tensor:
         """Reveal an XOR sharing (of bit words) to both parties (1 round)."""
-        (other,) = self.exchange(share, bits=bits, combine="xor")
+        (other,) = await self.exchange(share, bits=bits, combine="xor")
         return share ^ other
 
     def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor],
@@ -181,6 +223,10 @@ class Context:
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
         """A sharing of a public (already encoded) ring value: party 0 holds it."""
         return value if self.party == 0 else torch.zeros_like(value)
+
+
+def _combines(tensors, combine) -> list:
+    return list(combine) if isinstance(combine, (list, tuple)) else [combine] * len(tensors)
 
 
 HOLDERS = {"both": None, "client": 0, "server": 1}
@@ -201,7 +247,11 @@ class PartyContext(Context):
         self.session = session
         self.inference = inference
         self.views = views
+        self.sent_by_node: dict[str, int] = {}   # online bytes this party sent, per node
         self.node, self.counter, self.stored_index = "", 0, 0
+
+    def _fresh_node_state(self) -> None:
+        self.stored_index = 0
 
     def begin(self, node: str) -> None:
         super().begin(node)
@@ -263,37 +313,40 @@ class PartyContext(Context):
                                 f"{tuple(value.shape)}, the protocol expects {tuple(shape)}")
         return value
 
-    def exchange(self, *tensors, bits=None, combine="add"):
-        received = self.transport.exchange(list(tensors), bits=bits)
-        self._view(tensors, received, bits, combine)
-        return received
+    def deliver(self, messages):
+        """All of one step's messages, as one message each way (``transport.step``)."""
+        outgoing, out_bits, out_setup, expected = [], [], [], []
+        for message in messages:
+            if message.sends(self.party):
+                outgoing.extend(message.tensors)
+                out_bits.extend(message.bits)
+                out_setup.extend([message.kind == "setup"] * len(message.tensors))
+                size = message_bytes(message.tensors, message.bits)
+                if message.kind != "setup":
+                    self.sent_by_node[message.node] = self.sent_by_node.get(message.node, 0) + size
+            if message.receives(self.party):
+                expected.extend(message.tensors)
+        received = list(self.transport.step(outgoing, out_bits, out_setup, expected))
+        for message in messages:
+            if not message.receives(self.party):
+                message.result = None
+                continue
+            count = len(message.tensors)
+            message.result, received = tuple(received[:count]), received[count:]
+            if self.views is not None:
+                own = message.tensors
+                if message.kind == "setup":   # the message alone (no own share): a zero only when recording
+                    own = [torch.zeros_like(t) for t in message.result]
+                for mine, theirs, width, how in zip(own, message.result, message.bits, message.combine):
+                    self.views.append(Opening(message.node, mine, theirs, width, how, message.kind == "setup"))
 
-    def transfer(self, *tensors, sender, bits=None):
-        """One way; the receiver passes its own share as ``tensors`` (what it joins the message with)."""
-        if self.party == sender:
-            self.transport.send(list(tensors), bits=bits)
-            return None
-        received = tuple(self.transport.receive())
-        self._view(tensors, received, bits, "add")
-        return received
-
-    def _view(self, own, received, bits, combine, setup=False):
-        if self.views is None:
-            return
-        combines = combine if isinstance(combine, (list, tuple)) else [combine] * len(own)
-        for mine, theirs, width, how in zip(own, received, widths(own, bits), combines):
-            self.views.append(Opening(self.node, mine, theirs, width, how, setup))
-
-    def deployment(self, key, make, like, *, sender):
+    async def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
             if self.party == sender:
-                self.transport.send([make()], setup=True)
+                await Message(self.node, "setup", (make(),), [None], ["add"], sender)
                 self.session.deployment[key] = None   # sent; the sender needs neither it nor its masks again
                 self.session.scoped_masks.pop(f"deploy/{key}", None)
             else:
-                (received,) = self.transport.receive(count_round=False)
+                (received,) = await Message(self.node, "setup", (like,), [None], ["add"], sender)
                 self.session.deployment[key] = received
-                if self.views is not None:   # the message alone (no own share): a weight-sized zero only when recording
-                    self._view([torch.zeros_like(received)], [received], None, "add", setup=True)
         return self.session.deployment[key] if self.party != sender else None
-

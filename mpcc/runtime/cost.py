@@ -30,9 +30,18 @@ class PlanCost:
     by_node: tuple[dict, dict]
     materials: list = field(default_factory=list)
     node_ops: dict = field(default_factory=dict)
+    scheduled_rounds: int | None = None   # the critical path: what a run takes (None: not scheduled)
+    schedule: dict = field(default_factory=dict)   # node -> (steps done when it starts, when it is done)
 
     @property
     def rounds(self) -> int:
+        """Communication steps of a run: the longest chain of dependent openings,
+        all openings of one step merged into one message each way."""
+        return self.sequential_rounds if self.scheduled_rounds is None else self.scheduled_rounds
+
+    @property
+    def sequential_rounds(self) -> int:
+        """What the run would take with every node's messages sent on their own."""
         return max(p.rounds for p in self.per_party)
 
     @property
@@ -64,7 +73,7 @@ class PlanCost:
         return families
 
     def summary(self, network: str = "lan") -> str:
-        lines = [f"rounds {self.rounds}, online {self.online_bytes / 1e6:.2f} MB "
+        lines = [f"rounds {self.rounds} (node by node: {self.sequential_rounds}), online {self.online_bytes / 1e6:.2f} MB "
                  f"(client {self.per_party[0].online_bytes / 1e6:.2f}, server {self.per_party[1].online_bytes / 1e6:.2f}), "
                  f"offline {self.offline_bytes / 1e6:.2f} MB, setup {self.setup_bytes / 1e6:.2f} MB once, "
                  f"estimated {self.estimate_seconds(network):.3f} s on {network} (communication only)"]
@@ -81,6 +90,9 @@ def plan_cost(plan) -> PlanCost:
             ctx = CostContext(party, CpuRing(), plan.frac_bits)
             execute(plan.graph, ctx, overflow_check=plan.overflow_check)
             contexts.append(ctx)
+    rounds = {ctx.schedule["rounds"] for ctx in contexts}
+    if len(rounds) != 1:
+        raise RuntimeError(f"the two parties' schedules differ: {sorted(rounds)} steps")
     totals = []
     for ctx in contexts:
         total = OpCost()
@@ -89,7 +101,10 @@ def plan_cost(plan) -> PlanCost:
         totals.append(total)
     node_ops = {n.name: n.op for n in plan.graph.nodes}
     node_ops[OVERFLOW_NODE] = "mpc." + OVERFLOW_NODE
-    return PlanCost(tuple(totals), (contexts[0].by_node, contexts[1].by_node), contexts[0].materials, node_ops)
+    timing = contexts[0].schedule
+    schedule = {name: (timing["start"][name], finish) for name, finish in timing["finish"].items()}
+    return PlanCost(tuple(totals), (contexts[0].by_node, contexts[1].by_node), contexts[0].materials, node_ops,
+                    rounds.pop(), schedule)
 
 
 def op_cost(op_name: str, operands: dict, attrs: dict | None = None, out_shape=None, frac_bits: int = 16) -> PlanCost:

@@ -118,6 +118,7 @@ class _Progress:
         self.cond = threading.Condition()
         self.ready: set[str] = set()
         self.untaken = 0
+        self.starving = 0   # parties waiting for a node not yet dealt: the dealer must go on regardless
         self.most_ahead_bytes = 0
         self.done = self.cancelled = False
         self.error: BaseException | None = None
@@ -134,8 +135,15 @@ class PartyFeed:
         until the dealer has published the node; one-time: the feed lets go of it."""
         progress = self._progress
         with progress.cond:
-            ok = progress.cond.wait_for(lambda: node in progress.ready or progress.done or progress.cancelled,
-                                        timeout=progress.timeout)
+            # parties run independent nodes together, not in the dealer's order: while one waits for a
+            # node, the dealer may not pause for the lookahead bound (it holds material of later nodes)
+            progress.starving += 1
+            progress.cond.notify_all()
+            try:
+                ok = progress.cond.wait_for(lambda: node in progress.ready or progress.done or progress.cancelled,
+                                            timeout=progress.timeout)
+            finally:
+                progress.starving -= 1
             if progress.error is not None:
                 raise RuntimeError(f"the dealer failed: {progress.error}")
             if progress.cancelled and node not in progress.ready:
@@ -187,8 +195,8 @@ class MaterialStream:
             progress.most_ahead_bytes = max(progress.most_ahead_bytes, progress.untaken)
             progress.cond.notify_all()
             start = time.perf_counter()
-            ok = progress.cond.wait_for(lambda: progress.untaken <= progress.lookahead_bytes or progress.cancelled,
-                                        timeout=progress.timeout)
+            ok = progress.cond.wait_for(lambda: progress.untaken <= progress.lookahead_bytes or progress.starving
+                                        or progress.cancelled, timeout=progress.timeout)
             self.paused_seconds += time.perf_counter() - start
             if progress.cancelled:
                 raise RuntimeError("the run stopped")

@@ -6,6 +6,8 @@ the other party's values as ``None``.
 """
 from __future__ import annotations
 
+import heapq
+import inspect
 import time
 from types import SimpleNamespace
 from typing import Callable, Mapping
@@ -14,6 +16,7 @@ import torch
 
 from ..ir import Graph, Node, dtype_of_kind
 from ..ops import get_op
+from .schedule import Flow, run_flow
 
 __all__ = ["execute", "ExecutionError", "RangeOverflowError", "OWNER_PARTY", "OVERFLOW_NODE"]
 
@@ -52,78 +55,216 @@ def _plain(ctx, value):
 def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
             weights: Mapping[str, torch.Tensor] | None = None, *,
             on_node: Callable[[Node, float], None] | None = None,
-            overflow_check: bool = False) -> dict[str, torch.Tensor | None]:
+            overflow_check: bool = False, concurrent: bool | None = None) -> dict[str, torch.Tensor | None]:
     """Run every node for ``ctx.party``; returns the outputs this party holds.
 
+    Scheduling: a node starts as soon as its operands are done, and every
+    running node's protocol advances together: one communication step
+    carries all their messages (``concurrent``, the default for a party).
+    The shape contexts (dealer, cost model) run node after node instead
+    (``concurrent=False``: their material is recorded node by node) and get
+    the same step count from the same rule, which ``ctx.schedule`` records:
+    a node finishes ``steps`` steps after the last of its operands.
+
     Revealed outputs are decoded to plaintext; ``on_node(node, seconds)`` is
-    called after each node (for progress and timing by op). With
+    called as each node finishes (for progress and timing by op). With
     ``overflow_check`` the range-limited protocols flag values outside their
     domains, and one bit, opened to both parties at the end, turns them into
     a ``RangeOverflowError`` (see ``_overflow_verdict``).
     """
-    ctx.overflow_flags = {} if overflow_check else None
-    env: dict[str, torch.Tensor | None] = {}
-    fixed = getattr(getattr(ctx, "session", None), "plain", None)   # a party's values fixed for the deployment
-    static = ctx.session.static if fixed is not None else frozenset()
-    dead_after = _dead_after(graph)
-    deferred: list[Node] = []   # with the check on, outputs are opened only after the verdict
-    for node in graph.nodes:
-        start = time.perf_counter()
-        ctx.begin(node.name)
-        if overflow_check and node.op == "mpc.reveal":
-            ctx.check_range(env[node.operands[0]], REVEAL_BOUND_LOG2 - ctx.frac_bits)
-            deferred.append(node)
-            continue
+    run = _Run(graph, ctx, inputs or {}, weights or {}, on_node, overflow_check,
+               not ctx.meta if concurrent is None else concurrent)
+    return run.go()
+
+
+class _Run:
+    """One execution of a graph: readiness, flows, the step clock, freeing values."""
+
+    def __init__(self, graph, ctx, inputs, weights, on_node, overflow_check, concurrent):
+        self.graph, self.ctx, self.inputs, self.weights = graph, ctx, inputs, weights
+        self.on_node, self.overflow_check, self.concurrent = on_node, overflow_check, concurrent
+        ctx.overflow_flags = {} if overflow_check else None
+        self.env: dict[str, torch.Tensor | None] = {}
+        self.fixed = getattr(getattr(ctx, "session", None), "plain", None)   # a party's values fixed for the deployment
+        self.static = ctx.session.static if self.fixed is not None else frozenset()
+        self.order = {node.name: index for index, node in enumerate(graph.nodes)}
+        self.waiting = {node.name: len(set(node.operands)) for node in graph.nodes}
+        self.readers: dict[str, list[str]] = {}
+        for node in graph.nodes:
+            for operand in dict.fromkeys(node.operands):
+                self.readers.setdefault(operand, []).append(node.name)
+        self.unread = {name: len(readers) for name, readers in self.readers.items()}
+        self.finish: dict[str, int] = {}   # node -> the step after which it was done
+        self.start: dict[str, int] = {}    # node -> the steps done when it started
+        self.steps = 0                     # communication steps so far (concurrent) / the critical path (not)
+        self.deferred: list[Node] = []     # with the check on, outputs are opened only after the verdict
+
+    def go(self):
+        # (first step it can run at, graph position): the concurrent run starts nodes in this order, and
+        # the shape runs follow the same order, so the dealer deals material in the order parties take it
+        ready = [(0, index) for index, node in enumerate(self.graph.nodes) if not node.operands]
+        heapq.heapify(ready)
+        flows: dict[str, Flow] = {}
+        while ready or flows:
+            while ready:   # start everything that can start
+                node = self.graph.nodes[heapq.heappop(ready)[1]]
+                flow = self._start(node)
+                if flow is not None and (flow.done or not self.concurrent):
+                    self._drive_alone(node, flow)
+                    flow = None
+                if flow is None:
+                    self._done(node, ready)
+                else:
+                    flows[node.name] = flow
+            if flows:
+                self._step(flows, ready)
+        self._finish_checks()
+        self.ctx.schedule = {"rounds": self.steps, "finish": self.finish, "start": self.start}
+        return {name: self.env[name] for name in self.graph.outputs}
+
+    def _step(self, flows, ready):
+        """One communication step for every running flow."""
+        messages = [message for flow in flows.values() for message in flow.pending()]
+        if not messages:
+            raise ExecutionError(f"party {self.ctx.party}: nodes {sorted(flows)} wait but send nothing")
+        self.ctx.deliver(messages)
+        self.steps += 1
+        for name in list(flows):
+            flow = flows[name]
+            self._guard(self.graph[name], flow.resume)
+            if flow.done:
+                del flows[name]
+                self._take_result(self.graph[name], flow)
+                self._done(self.graph[name], ready)
+
+    def _drive_alone(self, node, flow):
+        """Shape contexts: run one node's protocol to its end, its steps resolved at once."""
+        while not flow.done:
+            self.ctx.deliver(flow.pending())
+            self._guard(node, flow.resume)
+        self._take_result(node, flow)
+
+    def _start(self, node: Node) -> Flow | None:
+        """Begin ``node``: local work is done at once (None); a protocol returns its flow."""
+        self.ctx.begin(node.name)
+        self._started = time.perf_counter()
+        ctx = self.ctx.for_node(node.name)
+        if self.overflow_check and node.op == "mpc.reveal":
+            self.deferred.append(node)
+
+            async def check():
+                ctx.check_range(self.env[node.operands[0]], REVEAL_BOUND_LOG2 - ctx.frac_bits)
+            return Flow.start(check(), ctx)
+        value = self._guard(node, lambda: self._value(node, ctx))
+        if inspect.iscoroutine(value):
+            return self._guard(node, lambda: Flow.start(value, ctx))
+        self._store(node, value)
+        return None
+
+    def _value(self, node, ctx):
+        fixed = self.fixed
+        if node.op == "param" or node.name not in self.static or node.type.vis == "shared":
+            return _run(node, self.graph, self.env, ctx, self.inputs, self.weights)
+        if node.name not in fixed:
+            fixed[node.name] = _run(node, self.graph, self.env, ctx, self.inputs, self.weights)
+        return fixed[node.name]
+
+    def _take_result(self, node, flow):
+        if self.overflow_check and node.op == "mpc.reveal" and node in self.deferred:
+            self.env[node.name] = None   # opened after the verdict
+        else:
+            self._store(node, self._guard(node, lambda: _finish_value(node, self.ctx, flow.value)))
+        if self.ctx.meta and hasattr(self.ctx, "node_steps"):
+            self.ctx.node_steps[node.name] = flow.steps
+        self._flow_steps = flow.steps
+        self._flow_seconds = flow.seconds
+
+    def _store(self, node, value):
+        if value is not None and isinstance(value, torch.Tensor) and tuple(value.shape) != node.type.shape:
+            raise ExecutionError(f"party {self.ctx.party}: %{node.name} = {node.op}(...) produced shape "
+                                 f"{tuple(value.shape)}, its type says {node.type.shape}")
+        self.env[node.name] = value
+        self._flow_steps, self._flow_seconds = None, None
+
+    def _done(self, node: Node, ready: list) -> None:
+        start = max((self.finish[o] for o in node.operands), default=0)
+        self.start[node.name] = start
+        if self.concurrent:
+            self.finish[node.name] = self.steps
+        else:
+            steps = self._flow_steps
+            if steps is None:   # no flow ran: a local op, or one recalled from a twin (shape contexts)
+                steps = getattr(self.ctx, "node_steps", {}).get(node.name, 0)
+            self.finish[node.name] = start + steps
+            self.steps = max(self.steps, self.finish[node.name])
+        for operand in dict.fromkeys(node.operands if node not in self.deferred else ()):  # opened later: kept
+            self.unread[operand] -= 1
+            if not self.unread[operand] and operand not in self.graph.outputs:
+                self.env.pop(operand, None)   # no later node reads it: let its memory go now
+        for reader in self.readers.get(node.name, ()):
+            self.waiting[reader] -= 1
+            if not self.waiting[reader]:
+                at = max(self.finish[o] for o in self.graph[reader].operands)
+                heapq.heappush(ready, (at, self.order[reader]))
+        if self.on_node is not None:
+            seconds = self._flow_seconds if self._flow_seconds is not None else time.perf_counter() - self._started
+            self.on_node(node, seconds)
+        self._flow_steps, self._flow_seconds = None, None
+
+    def _guard(self, node, work):
         try:
-            if node.op == "param" or node.name not in static or node.type.vis == "shared":
-                env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
-            else:
-                if node.name not in fixed:
-                    fixed[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
-                env[node.name] = fixed[node.name]
+            return work()
         except Exception as error:
             if isinstance(error, ExecutionError):
                 raise
-            raise ExecutionError(f"party {ctx.party}: %{node.name} = {node.op}(...) in {node.origin or '<top>'} "
+            raise ExecutionError(f"party {self.ctx.party}: %{node.name} = {node.op}(...) in {node.origin or '<top>'} "
                                  f"failed: {type(error).__name__}: {error}") from error
-        value = env[node.name]
-        if value is not None and tuple(value.shape) != node.type.shape:
-            raise ExecutionError(f"party {ctx.party}: %{node.name} = {node.op}(...) produced shape "
-                                 f"{tuple(value.shape)}, its type says {node.type.shape}")
-        for name in dead_after.get(node.name, ()):
-            del env[name]   # no later node reads it: let its memory go now
-        if on_node is not None:
-            on_node(node, time.perf_counter() - start)
-    if overflow_check:
+
+    def _finish_checks(self):
+        """The overflow verdict, then the deferred openings (all in one step)."""
+        if not self.overflow_check:
+            return
+        ctx = self.ctx
+        ctx.begin(OVERFLOW_NODE)
+        verdict_ctx = ctx.for_node(OVERFLOW_NODE)
         start = time.perf_counter()
-        _overflow_verdict(graph, ctx)
-        if on_node is not None:
-            on_node(SimpleNamespace(name=OVERFLOW_NODE, op="mpc." + OVERFLOW_NODE), time.perf_counter() - start)
-    for node in deferred:
-        start = time.perf_counter()
-        ctx.begin(node.name)   # the opening draws nothing: its check, in the loop, drew under this name
-        env[node.name] = _run(node, graph, env, ctx, inputs or {}, weights or {})
-        if on_node is not None:
-            on_node(node, time.perf_counter() - start)
-    return {name: env[name] for name in graph.outputs}
+        _, steps = run_flow(verdict_ctx, _overflow_verdict(self.graph, verdict_ctx))
+        self.steps += steps
+        if self.on_node is not None:
+            self.on_node(SimpleNamespace(name=OVERFLOW_NODE, op="mpc." + OVERFLOW_NODE), time.perf_counter() - start)
+        if not self.deferred:
+            return
+        flows = {}
+        for node in self.deferred:   # the opening draws nothing: its check drew under this name
+            node_ctx = ctx.for_node(node.name)
+            value = _run(node, self.graph, self.env, node_ctx, self.inputs, self.weights)
+            flows[node.name] = Flow.start(value, node_ctx)
+        while any(not flow.done for flow in flows.values()):
+            ctx.deliver([m for flow in flows.values() for m in flow.pending()])
+            self.steps += 1
+            for flow in flows.values():
+                flow.resume()
+        for node in self.deferred:
+            self.env[node.name] = _finish_value(node, ctx, flows[node.name].value)
+            if self.on_node is not None:
+                self.on_node(node, flows[node.name].seconds)
 
 
-def _overflow_verdict(graph: Graph, ctx) -> None:
+async def _overflow_verdict(graph: Graph, ctx) -> None:
     """OR every node's flags to one bit per node, those to one bit, and open it to
     both parties: the one bit the check reveals. Only when it is set (the run is
     failing anyway) are the per-node bits opened, to name the first node."""
     from ..ops.overflow import any_bits
     flags = ctx.overflow_flags
-    ctx.begin(OVERFLOW_NODE)
     if not flags:
         return
     nodes = list(flags)
-    per_node = any_bits(ctx, [torch.cat([f.reshape(-1) for f in flags[n]]) for n in nodes])
-    anywhere = any_bits(ctx, [per_node])
-    opened = ctx.open_xor(anywhere & 1, bits=1)
+    per_node = await any_bits(ctx, [torch.cat([f.reshape(-1) for f in flags[n]]) for n in nodes])
+    anywhere = await any_bits(ctx, [per_node])
+    opened = await ctx.open_xor(anywhere & 1, bits=1)
     if ctx.meta or not int(opened.reshape(-1)[0]) & 1:
         return
-    which = (ctx.open_xor(per_node & 1, bits=1) & 1).reshape(-1).nonzero().reshape(-1).tolist()
+    which = (await ctx.open_xor(per_node & 1, bits=1) & 1).reshape(-1).nonzero().reshape(-1).tolist()
     first = graph[nodes[which[0]]]
     others = f" and {len(which) - 1} later node(s)" if len(which) > 1 else ""
     raise RangeOverflowError(f"values left the domain of %{first.name} = {first.op}(...) in "
@@ -131,33 +272,23 @@ def _overflow_verdict(graph: Graph, ctx) -> None:
                              f"(mpcc.check_ranges shows by how much, with the inputs and weights in the clear)")
 
 
-def _dead_after(graph: Graph) -> dict[str, list[str]]:
-    """node -> the values whose last reader it is (graph outputs are never dead)."""
-    last_reader: dict[str, str] = {}
-    for node in graph.nodes:
-        for operand in node.operands:
-            last_reader[operand] = node.name
-    dead: dict[str, list[str]] = {}
-    for value, reader in last_reader.items():
-        if value not in graph.outputs:
-            dead.setdefault(reader, []).append(value)
-    return dead
+def _finish_value(node: Node, ctx, value):
+    """A finished protocol's result; an opened output decoded to plaintext."""
+    if node.op != "mpc.reveal" or value is None:
+        return value
+    if ctx.meta:
+        return torch.empty(node.type.shape, dtype=dtype_of_kind(node.type.kind), device="meta")
+    if node.type.kind == "real":
+        return ctx.backend.decode(value, ctx.frac_bits).cpu()
+    return value.cpu().to(dtype_of_kind(node.type.kind))   # ints as they are, bools as bools
 
 
 def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     op = get_op(node.op)
     vis = node.type.vis
-    if node.op == "mpc.reveal":
-        share = env[node.operands[0]]
+    if node.op == "mpc.reveal":   # a coroutine; ``_finish_value`` decodes what it opens
         ctx.operand_types = {"self": graph[node.operands[0]].type}
-        ring = op.protocol(ctx, share, **node.attrs)
-        if ring is None:
-            return None
-        if ctx.meta:
-            return torch.empty(node.type.shape, dtype=dtype_of_kind(node.type.kind), device="meta")
-        if node.type.kind == "real":
-            return ctx.backend.decode(ring, ctx.frac_bits).cpu()
-        return ring.cpu().to(dtype_of_kind(node.type.kind))   # ints as they are, bools as bools
+        return op.protocol(ctx, env[node.operands[0]], **node.attrs)
     if not _knows(vis, ctx.party):
         return None
     if ctx.meta and vis != "shared":

@@ -15,6 +15,7 @@ import torch
 from ..backends import get_backend
 from ..backends.prg import new_seed
 from .context import PartyContext, SessionState
+from .schedule import run_flow
 from .shape_context import CostContext, DealerContext, replay
 from .transport import InProcessChannel
 
@@ -51,13 +52,15 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
     dealer = DealerContext(ring, frac_bits)
     dealer.begin("p")
     with torch.no_grad():
-        fn(dealer, *metas)
+        node = dealer.for_node("p")
+        run_flow(node, fn(node, *metas))
         stored, dealt_bytes = replay(dealer.tape, ring, seeds, "test")
     costs = []
     for party in (0, 1):
         cost = CostContext(party, ring, frac_bits)
         cost.begin("p")
-        fn(cost, *metas)
+        node = cost.for_node("p")
+        run_flow(node, fn(node, *metas))
         costs.append(cost.by_node.get("p"))
     channel = InProcessChannel(timeout)
     outputs, errors = [None, None], [None, None]
@@ -66,11 +69,10 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
 
     def main(party):
         ctx = PartyContext(party, ring, frac_bits, channel.endpoints[party], seeds[party], stored[party],
-                           SessionState(), "test")
-        ctx.begin("p")
+                           SessionState(), "test").for_node("p")
         try:
             with torch.no_grad():
-                outputs[party] = fn(ctx, *shares[party])
+                outputs[party] = run_flow(ctx, fn(ctx, *shares[party]))[0]
         except BaseException as error:
             errors[party] = error
             channel.endpoints[party].abort()

@@ -215,14 +215,11 @@ class Session:
             endpoint = channel.endpoints[party]
             ctx = PartyContext(party, self.backend, self.plan.frac_bits, endpoint, self.dealer.seed_for(party),
                                own_material[party], states[party], material.inference, self.views[party])
-            last = [0]
 
             def on_node(node, seconds):
-                sent = endpoint.stats.bytes_sent
                 entry = timings[party].setdefault(op_family(node.op), {"seconds": 0.0, "bytes": 0})
                 entry["seconds"] += seconds
-                entry["bytes"] += sent - last[0]
-                last[0] = sent
+                entry["bytes"] += ctx.sent_by_node.get(node.name, 0)
                 if bar is not None and party == 0:
                     bar.advance(task)
             try:

@@ -9,6 +9,7 @@ import torch
 from ..backends.base import RingBackend
 from ..backends.prg import Prg
 from .context import HOLDERS, Context, Material, message_bytes, payload_bytes
+from .schedule import meta_like
 
 __all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "Replay", "replay"]
 
@@ -25,7 +26,8 @@ class ShapeContext(Context):
         self.node, self.counter = "", 0
         self.materials: list[Material] = []
         self._templates: dict[tuple, tuple | None] = {}   # node signature -> what its protocol recorded
-        self._pending: tuple | None = None
+        self._shared = {"pending": None}   # the template being recorded (shared with the per-node views)
+        self.node_steps: dict[str, int] = {}   # node -> communication steps of its protocol
 
     def begin(self, node):
         self._keep_template()
@@ -40,12 +42,12 @@ class ShapeContext(Context):
         Sound because protocols never branch on data, and names enter only
         labels and deployment scopes (an operand's name + a variant suffix).
         """
-        self._pending = None
+        self._shared["pending"] = None
         key = _signature(node, self.operand_types, self.out_type)
         if key is None:
             return False
         if key not in self._templates:
-            self._pending = (key, self._mark(), dict(self.operand_names))
+            self._shared["pending"] = (key, self._mark(), dict(self.operand_names))
             return False
         template = self._templates[key]
         if template is None:
@@ -55,10 +57,10 @@ class ShapeContext(Context):
         return True
 
     def _keep_template(self):
-        if self._pending is None:
+        if self._shared["pending"] is None:
             return
-        key, mark, names = self._pending
-        self._pending = None
+        key, mark, names = self._shared["pending"]
+        self._shared["pending"] = None
         recorded = self._since(mark, set(names.values()))
         self._templates[key] = None if recorded is None else (recorded, names, self.node)
 
@@ -69,24 +71,23 @@ class ShapeContext(Context):
         """What the node begun at ``mark`` recorded (``names``: its operands'); None
         if it cannot be renamed."""
         flags = None if self.overflow_flags is None else list(self.overflow_flags.get(self.node, []))
-        return (self.materials[mark[0]:], flags)
+        return (self.materials[mark[0]:], flags, self.node_steps.get(self.node, 0))
 
     def _copy(self, node: str, recorded: tuple, renamed: dict[str, str], first_node: str) -> None:
         self.materials.extend(replace(material, node=node) for material in recorded[0])
+        self.node_steps[node] = recorded[2]
         if recorded[1]:   # the overflow check's flags (shapes): the final OR must see every node's
             self.overflow_flags[node] = list(recorded[1])
 
     def _record(self, shape, kind, holder, stored):
         self.materials.append(Material(self.node, self.counter - 1, tuple(shape), kind, holder, stored))
 
-    def exchange(self, *tensors, bits=None, combine="add"):
-        return tuple(_meta(t.shape, t.dtype) for t in tensors)
+    def deliver(self, messages):
+        for message in messages:
+            message.result = tuple(meta_like(t) for t in message.tensors) if message.receives(self.party) else None
 
-    def transfer(self, *tensors, sender, bits=None):
-        return None if self.party == sender else tuple(_meta(t.shape, t.dtype) for t in tensors)
-
-    def deployment(self, key, make, like, *, sender):
-        return None if self.party == sender else _meta(like.shape, like.dtype)
+    async def deployment(self, key, make, like, *, sender):
+        return None if self.party == sender else meta_like(like)
 
 
 class DealerContext(ShapeContext):
@@ -104,7 +105,10 @@ class DealerContext(ShapeContext):
 
     def begin(self, node):
         super().begin(node)
-        self.slots.clear()
+        self.slots = {}
+
+    def _fresh_node_state(self):
+        self.slots = {}
 
     def _mark(self):
         return super()._mark() + (len(self.tape),)
@@ -308,19 +312,16 @@ class CostContext(ShapeContext):
             self._cost().offline_bytes += payload_bytes(tensor)
         return tensor
 
-    def exchange(self, *tensors, bits=None, combine="add"):
-        cost = self._cost()
-        cost.rounds += 1
-        cost.online_bytes += message_bytes(tensors, bits)
-        return super().exchange(*tensors, bits=bits)
+    def deliver(self, messages):
+        """One step: a round for each node taking part; bytes for what this party sends."""
+        for node in dict.fromkeys(message.node for message in messages):
+            self.by_node.setdefault(node, OpCost()).rounds += 1
+        for message in messages:
+            if message.sends(self.party) and message.kind != "setup":
+                self.by_node.setdefault(message.node, OpCost()).online_bytes += message_bytes(message.tensors,
+                                                                                           message.bits)
+        super().deliver(messages)
 
-    def transfer(self, *tensors, sender, bits=None):
-        cost = self._cost()
-        cost.rounds += 1
-        if self.party == sender:
-            cost.online_bytes += message_bytes(tensors, bits)
-        return super().transfer(*tensors, sender=sender, bits=bits)
-
-    def deployment(self, key, make, like, *, sender):
+    async def deployment(self, key, make, like, *, sender):
         self._deploy(key, payload_bytes(like), sender)
-        return super().deployment(key, make, like, sender=sender)
+        return await super().deployment(key, make, like, sender=sender)

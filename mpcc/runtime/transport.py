@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .context import PeerAborted, ProtocolError, message_bytes, widths
+from .context import PeerAborted, ProtocolError, message_bytes
 
 __all__ = ["InProcessChannel", "Endpoint", "LinkStats", "ABORT_CODES"]
 
@@ -47,22 +47,26 @@ class Endpoint:
     stats: LinkStats = field(default_factory=LinkStats)
     record: list | None = None  # (tensor, bit width) of every received message, kept when a test asks
 
-    def send(self, tensors: list[torch.Tensor], *, bits: int | None = None, setup: bool = False) -> None:
-        bit_widths = widths(tensors, bits)
-        size = message_bytes(tensors, bit_widths)
-        if setup:
-            self.stats.setup_bytes_sent += size
-        else:
-            self.stats.bytes_sent += size
-            self.stats.rounds += 1
-            self.stats.messages += 1
-        self.outbox.put(([t.detach() for t in tensors], bit_widths))
-
-    def receive(self, *, count_round: bool = True) -> list[torch.Tensor]:
-        """One message from the peer; a one-way transfer counts as a round for both sides."""
-        if count_round:
-            self.stats.rounds += 1
-        return self._get()
+    def step(self, tensors: list[torch.Tensor], bits: list, setup: list, expected: list) -> list[torch.Tensor]:
+        """One communication step: send this party's ``tensors`` (possibly none) as one
+        message, receive the peer's, check it against ``expected`` (shapes and dtypes).
+        Both are sent before either is read, so large messages cannot deadlock.
+        A step is one round for both parties; ``setup`` tensors count apart."""
+        for tensor, width, once in zip(tensors, bits, setup):
+            size = message_bytes([tensor], [width])
+            if once:
+                self.stats.setup_bytes_sent += size
+            else:
+                self.stats.bytes_sent += size
+        self.stats.rounds += 1
+        self.stats.messages += 1
+        self.outbox.put(([t.detach() for t in tensors], list(bits)))
+        received = self._get()
+        if len(received) != len(expected) or any(tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype
+                                                 for a, b in zip(received, expected)):
+            raise ProtocolError(f"party {self.party}: the peer sent {[tuple(t.shape) for t in received]}, "
+                                f"expected {[tuple(t.shape) for t in expected]}")
+        return received
 
     def _get(self) -> list[torch.Tensor]:
         start = time.perf_counter()
@@ -77,20 +81,6 @@ class Endpoint:
         if self.record is not None:
             self.record.extend(zip(tensors, bit_widths))
         return tensors
-
-    def exchange(self, tensors: list[torch.Tensor], *, bits: int | None = None) -> tuple[torch.Tensor, ...]:
-        bit_widths = widths(tensors, bits)
-        size = message_bytes(tensors, bit_widths)
-        self.stats.bytes_sent += size
-        self.stats.rounds += 1
-        self.stats.messages += 1
-        self.outbox.put(([t.detach() for t in tensors], bit_widths))
-        received = self._get()
-        if len(received) != len(tensors) or any(a.shape != b.shape or a.dtype != b.dtype
-                                                 for a, b in zip(received, tensors)):
-            raise ProtocolError(f"party {self.party}: the peer sent {[tuple(t.shape) for t in received]}, "
-                                f"expected {[tuple(t.shape) for t in tensors]}")
-        return tuple(received)
 
     def abort(self, code: str = "failed") -> None:
         """Tell the peer this party stopped; only ``code`` (a key of ABORT_CODES) crosses."""
