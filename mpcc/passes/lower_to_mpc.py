@@ -15,13 +15,13 @@ from ..ops import get_op
 from .names import fresh_name
 from .registry import register_pass
 
-__all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES"]
+__all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES", "LOWERING_RULES", "register_lowering"]
 
 LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "expand", "slice",
                    "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat"}
 NOT_VALUES = {"condition", "mask", "attn_mask"}   # operands read as 0/1 or as a mask, never as reals
 SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "relu": "mpc.relu", "exp": "mpc.exp", "rsqrt": "mpc.rsqrt",
-          "neg": "mpc.neg", "reciprocal": "mpc.reciprocal"}
+          "neg": "mpc.neg", "reciprocal": "mpc.reciprocal", "softmax": "mpc.softmax"}
 
 
 class LoweringError(IRError):
@@ -81,77 +81,84 @@ class _Lowering:
         if node.type.vis != "shared":
             self.nodes.append(node)
             return
-        op, a = node.op, node.attrs
         make = lambda mpc_op, operands, attrs=None, name=None: self.emit(  # noqa: E731
             Node(name or node.name, mpc_op, tuple(operands), attrs or {}, node.type, node.origin))
-        real_values = self.real_values(node) if op != "mul" else set()   # lower_mul: integers times reals exactly
+        real_values = self.real_values(node) if node.op != "mul" else set()   # lower_mul: integers times reals exactly
         secret_ints = sorted(o for o in real_values if self.vis(o) == "shared" and self.graph[o].type.kind != "real")
         if secret_ints:
             self.fail(node, f"%{secret_ints[0]} is a secret {self.graph[secret_ints[0]].type.kind} used as a real: "
                             "turning shared integers into fixed point has no protocol yet")
         share = lambda name: self.shared(name, node.origin, real=name in real_values)  # noqa: E731
-        if op in LOCAL_ON_SHARES:
-            index_params = get_op(op).index_params
-            params = get_op(op).operand_params(a)
-            operands = [o if p in index_params else share(o) for p, o in zip(params, node.operands)]
-            if any(p in index_params and self.vis(o) != "public" for p, o in zip(params, node.operands)):
-                self.fail(node, "a secret index")
-            make(op, operands, a)
-        elif op in ("add", "sub", "rsub"):
-            self.lower_add(node, make, share)
-        elif op == "mul":
-            self.lower_mul(node, make, share)
-        elif op == "div":
-            if len(node.operands) != 1 or a.get("rounding_mode"):
-                self.fail(node, "division by a secret is not supported yet; only by public scalars")
-            make("mpc.mul_scalar", [share(node.operands[0])], {"value": 1.0 / a["other"]})
-        elif op in SIMPLE:
-            make(SIMPLE[op], [share(node.operands[0])], {"approximate": a["approximate"]} if op == "gelu" else {})
-        elif op == "pow" and a.get("exponent") == 2:
-            make("mpc.square", [share(node.operands[0])])
-        elif op in ("linear", "addmm", "mm", "matmul", "bmm"):
-            self.lower_matmul(node, make, share)
-        elif op == "softmax":
-            make("mpc.softmax", [share(node.operands[0])], {"dim": a["dim"]})
-        elif op == "sdpa":
-            q, k, v, *mask = node.operands
-            if mask and self.vis(mask[0]) != "public":
-                self.fail(node, f"the attention mask is {self.vis(mask[0])}, it must be public: declare the mask "
-                                "input public (owners={'attention_mask': 'public'}), which reveals the padding")
-            attrs = {key: a[key] for key in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa") if key in a}
-            make("mpc.sdpa", [share(q), share(k), share(v)] + mask, attrs)
-        elif op == "layer_norm":
-            self.lower_layer_norm(node, make, share)
-        elif op == "mean":
-            dims = a.get("dim")
-            shape = self.graph[node.operands[0]].type.shape
-            count = 1
-            for d in (dims if dims is not None else range(len(shape))):
-                count *= shape[d]
-            total = fresh_name(f"{node.name}_sum", self.taken)
-            sum_type = node.type
-            self.emit(Node(total, "sum", (share(node.operands[0]),), {"dim": dims, "keepdim": a.get("keepdim", False),
-                                                                      "dtype": None}, sum_type, node.origin))
-            make("mpc.mul_scalar", [total], {"value": 1.0 / count})
-        elif op in ("amax", "argmax"):
-            dim = a.get("dim")
-            dim = dim[0] if isinstance(dim, (list, tuple)) and len(dim) == 1 else dim
-            if not isinstance(dim, int):
-                self.fail(node, f"{op} needs exactly one axis")
-            make(f"mpc.{op}", [share(node.operands[0])], {"dim": dim, "keepdim": a.get("keepdim", False)})
-        elif op == "where":
-            cond, x, y = node.operands
-            if self.vis(cond) == "public":
-                make("mpc.where_public", [cond, share(x), share(y)])
-            else:
-                make("mpc.where", [share(cond), share(x), share(y)])
-        elif op == "masked_fill":
-            x, mask = node.operands[:2]
-            if self.vis(mask) != "public" or len(node.operands) != 2:
-                self.fail(node, "masked_fill needs a public mask and a scalar value")
-            make("mpc.masked_fill_public", [share(x), mask], {"value": a["value"]})
+        rule = LOWERING_RULES.get(node.op)
+        if rule is None:
+            self.fail(node, f"no MPC protocol for {node.op!r} on shared values (see docs/protocols.md)")
+        rule(self, node, make, share)
+
+    def lower_local(self, node, make, share):
+        """Shape ops and sums: the same on shares as on plaintext (indices must be public)."""
+        op = get_op(node.op)
+        params = op.operand_params(node.attrs)
+        if any(p in op.index_params and self.vis(o) != "public" for p, o in zip(params, node.operands)):
+            self.fail(node, "a secret index")
+        make(node.op, [o if p in op.index_params else share(o) for p, o in zip(params, node.operands)], node.attrs)
+
+    def lower_simple(self, node, make, share):
+        """One shared operand to its ``mpc.`` op, with the attributes that op takes."""
+        target = SIMPLE[node.op]
+        params = get_op(target).params
+        make(target, [share(node.operands[0])], {k: v for k, v in node.attrs.items() if k in params})
+
+    def lower_div(self, node, make, share):
+        if len(node.operands) != 1 or node.attrs.get("rounding_mode"):
+            self.fail(node, "division by a secret is not supported yet; only by public scalars")
+        make("mpc.mul_scalar", [share(node.operands[0])], {"value": 1.0 / node.attrs["other"]})
+
+    def lower_pow(self, node, make, share):
+        if node.attrs.get("exponent") != 2:
+            self.fail(node, f"pow with exponent {node.attrs.get('exponent')!r}: only squares have a protocol")
+        make("mpc.square", [share(node.operands[0])])
+
+    def lower_sdpa(self, node, make, share):
+        a = node.attrs
+        q, k, v, *mask = node.operands
+        if mask and self.vis(mask[0]) != "public":
+            self.fail(node, f"the attention mask is {self.vis(mask[0])}, it must be public: declare the mask "
+                            "input public (owners={'attention_mask': 'public'}), which reveals the padding")
+        attrs = {key: a[key] for key in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax")
+                 if key in a}
+        make("mpc.sdpa", [share(q), share(k), share(v)] + mask, attrs)
+
+    def lower_mean(self, node, make, share):
+        a = node.attrs
+        dims = a.get("dim")
+        shape = self.graph[node.operands[0]].type.shape
+        count = 1
+        for d in (dims if dims is not None else range(len(shape))):
+            count *= shape[d]
+        total = fresh_name(f"{node.name}_sum", self.taken)
+        self.emit(Node(total, "sum", (share(node.operands[0]),), {"dim": dims, "keepdim": a.get("keepdim", False),
+                                                                  "dtype": None}, node.type, node.origin))
+        make("mpc.mul_scalar", [total], {"value": 1.0 / count})
+
+    def lower_reduce_max(self, node, make, share):
+        dim = node.attrs.get("dim")
+        dim = dim[0] if isinstance(dim, (list, tuple)) and len(dim) == 1 else dim
+        if not isinstance(dim, int):
+            self.fail(node, f"{node.op} needs exactly one axis")
+        make(f"mpc.{node.op}", [share(node.operands[0])], {"dim": dim, "keepdim": node.attrs.get("keepdim", False)})
+
+    def lower_where(self, node, make, share):
+        cond, x, y = node.operands
+        if self.vis(cond) == "public":
+            make("mpc.where_public", [cond, share(x), share(y)])
         else:
-            self.fail(node, f"no MPC protocol for {op!r} on shared values (see docs/protocols.md)")
+            make("mpc.where", [share(cond), share(x), share(y)])
+
+    def lower_masked_fill(self, node, make, share):
+        x, mask = node.operands[:2]
+        if self.vis(mask) != "public" or len(node.operands) != 2:
+            self.fail(node, "masked_fill needs a public mask and a scalar value")
+        make("mpc.masked_fill_public", [share(x), mask], {"value": node.attrs["value"]})
 
     def lower_add(self, node, make, share):
         op, a = node.op, node.attrs
@@ -243,6 +250,30 @@ class _Lowering:
         attrs = {"normalized_shape": a["normalized_shape"], "eps": a["eps"]}
         attrs.update({k: None for k in ("weight", "bias") if k not in named})
         make("mpc.layer_norm", operands, attrs)
+
+
+# op -> how to lower it when its result is shared (``_Lowering`` method or a function of the same form);
+# an approximation preset registers rules for its substitute ops with ``register_lowering``
+LOWERING_RULES: dict = {
+    **{op: _Lowering.lower_local for op in LOCAL_ON_SHARES},
+    **{op: _Lowering.lower_simple for op in SIMPLE},
+    "add": _Lowering.lower_add, "sub": _Lowering.lower_add, "rsub": _Lowering.lower_add,
+    "mul": _Lowering.lower_mul, "div": _Lowering.lower_div, "pow": _Lowering.lower_pow,
+    **{op: _Lowering.lower_matmul for op in ("linear", "addmm", "mm", "matmul", "bmm")},
+    "sdpa": _Lowering.lower_sdpa, "layer_norm": _Lowering.lower_layer_norm, "mean": _Lowering.lower_mean,
+    "amax": _Lowering.lower_reduce_max, "argmax": _Lowering.lower_reduce_max,
+    "where": _Lowering.lower_where, "masked_fill": _Lowering.lower_masked_fill,
+}
+
+
+def register_lowering(op: str):
+    """Register ``rule(lowering, node, make, share)`` as the lowering of ``op`` on shared values."""
+    def wrap(rule):
+        if op in LOWERING_RULES:
+            raise ValueError(f"a lowering rule for {op} is registered twice")
+        LOWERING_RULES[op] = rule
+        return rule
+    return wrap
 
 
 @register_pass("lower_to_mpc")
