@@ -7,16 +7,17 @@ import torch
 
 from .frontend import trace
 from .interpreter import interpret
-from .passes import SECURE_PIPELINE, run_pipeline
+from .passes import run_pipeline, secure_pipeline
+from .passes.approximate import PRESETS, approx_label, resolve_approx
 from .plan import Plan, load
 from .runtime import Session, run
 
 __all__ = ["compile", "trace", "interpret", "load", "run", "Session", "APPROXIMATIONS"]
 
-APPROXIMATIONS = ("exact",)
+APPROXIMATIONS = PRESETS   # preset name -> substitute per op family
 
 
-def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
+def compile(model: torch.nn.Module, example_inputs, *, approx: str | Mapping[str, str] = "exact",
             owners: Mapping[str, str] | None = None, passes: Sequence[str] | None = None,
             frac_bits: int = 16, overflow_check: bool = False) -> Plan:
     """Trace ``model`` and run the compiler pipeline.
@@ -24,8 +25,10 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
     Args:
         model: the PyTorch model (eval mode is used while tracing).
         example_inputs: dict of keyword tensors or tuple of positional ones.
-        approx: which non-linear approximations to use; ``"exact"`` keeps the
-            model's functions.
+        approx: which substitutes replace the non-linear functions: a preset
+            (``"exact"`` keeps the model's functions; ``"mpcformer"``, ... see
+            ``mpcc.APPROXIMATIONS``) or a dict per op family overriding one,
+            ``{"preset": "mpcformer", "gelu": "exact"}``.
         owners: who holds each input (default: the client).
         passes: pass names to run instead of the default pipeline.
         frac_bits: fixed-point fractional bits for the secure runtime.
@@ -41,9 +44,8 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
         >>> sorted(plan.graph.summary()["ops"])
         ['input', 'mpc.linear_server', 'mpc.reveal', 'mpc.share', 'param']
     """
-    if approx not in APPROXIMATIONS:
-        raise ValueError(f"approx must be one of {APPROXIMATIONS}, not {approx!r}")
-    names = tuple(SECURE_PIPELINE if passes is None else passes)
+    label = approx_label(approx)   # an unknown name raises, listing the valid ones
+    names = tuple(secure_pipeline(approx) if passes is None else passes)
     graph = run_pipeline(trace(model, example_inputs, owners=owners), names)
     used = {n.attrs["key"] for n in graph.params}
     unused = sorted(set(model.state_dict()) - used)
@@ -54,4 +56,4 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str = "exact",
     info = {"unused_weights": unused, "input_ranges": ranges, "domains": domains}
     if overflow_check:
         info["overflow_check"] = True
-    return Plan(graph, approx, names, frac_bits, info)
+    return Plan(graph, label, names, frac_bits, info)

@@ -112,7 +112,7 @@ _map("layer_norm", "layer_norm.default")
 _map("gelu", "gelu.default")
 _map("embedding", "embedding.default")
 _map("one_hot", "one_hot.default")
-_map("sdpa", "scaled_dot_product_attention.default")
+_map("sdpa", "scaled_dot_product_attention.default", fixed={"softmax": "exact"})
 
 
 def supported_aten_ops() -> list[str]:

@@ -33,7 +33,8 @@ from .ops import get_op
 from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
-from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, _attention_mask, reciprocal, rsqrt
+from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
+from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
 
 __all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
            "check_ranges", "RangeReport", "RangeProblem", "comparison_bound", "product_bound"]
@@ -212,7 +213,7 @@ def _layer_norm(node, types, f):
     return checks
 
 
-def _masked_scores(a):
+def _masked_scores(a, fill=True):
     q, k = a["query"], a["key"]
     if k.shape[-3] != q.shape[-3]:   # grouped-query attention
         k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
@@ -223,9 +224,30 @@ def _masked_scores(a):
     if mask is not None and mask.dtype != torch.bool:
         scores = scores + torch.where(mask > -1e4, mask, torch.zeros_like(mask)).to(scores.dtype)
     keep = _attention_mask(mask, a["is_causal"], tuple(scores.shape), scores.device)
+    if not fill:
+        return product, scores, keep
     if keep is not None:
         scores = torch.where(keep, scores, torch.full_like(scores, MASK_FILL))
     return product, scores
+
+
+def _quad_sums(scores, keep):
+    squares = (scores + QUAD_SHIFT) ** 2
+    return (squares if keep is None else squares * keep).sum(-1)
+
+
+def _quad_checks(f, scores_of):
+    """2Quad: (x + 5)^2 is truncated; each row's sum lies in the division's domain."""
+    return [Check(_symmetric(math.sqrt(product_bound(f)), "x + 5", "the truncation range of its square"),
+                  lambda a, out: scores_of(a)[0] + QUAD_SHIFT),
+            Check(Domain(2.0 ** QUAD_SUM_LOG2[0], 2.0 ** QUAD_SUM_LOG2[1], "sum of (x + 5)^2 per row",
+                         "the division's domain"), lambda a, out: _quad_sums(*scores_of(a)))]
+
+
+def _softmax_2quad(node, types, f):
+    def rows(a):
+        return a["self"].movedim(a["dim"], -1), None
+    return _quad_checks(f, rows)
 
 
 def _sdpa(node, types, f):
@@ -233,12 +255,18 @@ def _sdpa(node, types, f):
     scale = 1.0 / math.sqrt(types["query"].shape[-1]) if scale is None else scale
     scaled = _scalar_bound(f, scale)
     bound = product_bound(f) if scaled is None else min(product_bound(f), scaled)
-    return [
-        Check(_symmetric(bound, "q @ k^T", "the truncation range"), lambda a, out: _masked_scores(a)[0]),
-        Check(Domain(0.0, comparison_bound(f), f"score spread (max - min per row, masked at {MASK_FILL:g})",
-                     "the comparison domain"), lambda a, out: _spread(_masked_scores(a)[1], -1)),
-        Check(_symmetric(product_bound(f), "probabilities @ v", "the truncation range"), _out),
-    ]
+    if node.attrs.get("softmax", "exact") == "2quad":
+        def scores(a):
+            unmasked = _masked_scores(a, fill=False)
+            return unmasked[1], unmasked[2]
+        softmax_checks = _quad_checks(f, scores)
+    else:
+        softmax_checks = [Check(Domain(0.0, comparison_bound(f), f"score spread (max - min per row, masked at "
+                                                                 f"{MASK_FILL:g})", "the comparison domain"),
+                                lambda a, out: _spread(_masked_scores(a)[1], -1))]
+    return [Check(_symmetric(bound, "q @ k^T", "the truncation range"), lambda a, out: _masked_scores(a)[0]),
+            *softmax_checks,
+            Check(_symmetric(product_bound(f), "probabilities @ v", "the truncation range"), _out)]
 
 
 Rule = Callable[[Node, dict, int], list]
@@ -273,6 +301,8 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.tanh": _segments,
     "mpc.layer_norm": _layer_norm,
     "mpc.sdpa": _sdpa,
+    "mpc.softmax_2quad": _softmax_2quad,
+    "mpc.gelu_quad": _product("x * x", lambda a, out: a["self"] * a["self"]),
 }
 
 

@@ -462,6 +462,20 @@ def case_softmax(draw):
     return Case({"self": Arg(x)}, {"dim": draw(st.integers(-len(shape), len(shape) - 1))}, atol=2e-4)
 
 
+def case_softmax_2quad(draw):
+    """MPCFormer's 2Quad along ``dim``: rows whose sum of (x + 5)^2 lies in the
+    division's [1/16, 2^24) (x in [-4, 60]); absolute error ~1e-4 (here 2e-4)."""
+    shape = draw(shapes(1, 3, 6))
+    x = reals(draw, shape, -4.0, 60.0, [0.0, ULP, -4.0, 60.0, 20.0])
+    return Case({"self": Arg(x)}, {"dim": draw(st.integers(-len(shape), len(shape) - 1))}, atol=2e-4)
+
+
+def case_gelu_quad(draw):
+    """0.125 x^2 + 0.25 x + 0.5, one truncation of x^2 + 2x (|x| < 32768)."""
+    x = reals(draw, draw(shapes()), -3000, 3000, [0.0, ULP, -ULP, 1.0, -2.0])
+    return Case({"self": Arg(x)}, atol=TRUNC_ULPS)
+
+
 SEGMENT_EDGES = [0.0, ULP, -ULP, 4.0, -4.0, 3.5, -3.5, 4.5, -4.5, 4 - ULP, -4 + ULP, 20.0, -20.0,
                  CMP_LIMIT - 5, -(CMP_LIMIT - 5)]
 
@@ -528,7 +542,8 @@ def case_sdpa(draw):
     v = Arg(reals(draw, (*batch, s_k, d), -10, 10, [0.0, ULP]))
     args = {"query": q, "key": k, "value": v}
     attrs = {"dropout_p": 0.0, "enable_gqa": False, "is_causal": draw(st.booleans()) and s_q == s_k,
-             "scale": draw(st.one_of(st.none(), st.sampled_from([0.125, 1.0, 2.0])))}
+             "scale": draw(st.one_of(st.none(), st.sampled_from([0.125, 1.0, 2.0, 0.3]))),
+             "softmax": draw(st.sampled_from(["exact", "2quad"]))}
     mask_kind = draw(st.sampled_from(["none", "bool", "additive"]))
     if mask_kind == "none" or attrs["is_causal"]:   # torch refuses a mask together with is_causal
         attrs["attn_mask"] = None
@@ -561,6 +576,7 @@ CASES: dict[str, Callable] = {
     "mpc.amax": case_amax, "mpc.argmax": case_argmax, "mpc.exp": case_exp, "mpc.reciprocal": case_reciprocal,
     "mpc.rsqrt": case_rsqrt, "mpc.softmax": case_softmax, "mpc.gelu": case_gelu, "mpc.tanh": case_tanh,
     "mpc.layer_norm": case_layer_norm, "mpc.sdpa": case_sdpa, "mpc.mul_scalar": case_mul_scalar,
+    "mpc.softmax_2quad": case_softmax_2quad, "mpc.gelu_quad": case_gelu_quad,
 }
 
 

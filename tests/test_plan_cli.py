@@ -130,7 +130,7 @@ def test_every_setting_is_in_the_hash(plan_file, setting, value):
     ({"frac_bits": 31}, "frac_bits must be an integer in \\[1, 30\\]"),
     ({"frac_bits": "16"}, "frac_bits must be an integer"),
     ({"frac_bits": 16.0}, "frac_bits must be an integer"),
-    ({"approx": "magic"}, "approx must be one of"),
+    ({"approx": "magic"}, "approx must be a preset"),
     ({"protocol": 0}, "protocol version 0"),
     ({"pipeline": "fold_public"}, "pipeline must be a list"),
     ({"info": []}, "info must be a JSON object"),

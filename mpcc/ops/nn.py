@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import define
+from .attention import attention_reference
 from .tensor import dtype_arg
 
 __all__ = []
@@ -14,12 +15,6 @@ __all__ = []
 
 def _op(name, params, reference, doc, family="nn", **extra):
     return define(name, params, reference, doc, family, **extra)
-
-
-def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    if dropout_p:
-        raise ValueError("attention dropout must be 0 at inference")
-    return F.scaled_dot_product_attention(query, key, value, attn_mask, 0.0, is_causal, scale=scale, enable_gqa=enable_gqa)
 
 
 _op("linear", ("input", "weight", "bias"), F.linear, "x @ W.T + b (W as nn.Linear stores it)", "matmul")
@@ -42,5 +37,5 @@ _op("embedding", ("weight", "indices", "padding_idx", "scale_grad_by_freq", "spa
     "rows of a table (indices must be public, or be replaced by a one-hot product)", index_params=("indices",))
 _op("one_hot", ("self", "num_classes"), lambda idx, num_classes: F.one_hot(idx.long(), num_classes).to(torch.float64),
     "one-hot rows of the owner's indices (a local op of the index owner)", index_params=("self",))
-_op("sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"), _sdpa,
-    "softmax(q k^T * scale + mask) v, all heads at once")
+_op("sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax"),
+    attention_reference, "softmax(q k^T * scale + mask) v, all heads at once (softmax: the variant, see approx)")

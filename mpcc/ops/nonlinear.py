@@ -69,11 +69,10 @@ async def exp(ctx, x):
     span_bits = f + EXP_SPAN_LOG2
     span = 1 << span_bits
     clip = float(2 ** EXP_SPAN_LOG2 - 1)
-    # y = relu(x + 15), but y in (0, 1) may also become 0 (e^(y-15) < 1e-6 either way): a fuzzy
-    # test of y - 1/2 (exact for y <= 0) takes a 16-bit comparison tree instead of a 31-bit one
+    # keep = [x + 15 >= 1/2], fuzzy (exact for x + 15 <= 0; either value on (0, 1), where e^x < 1e-6): a
+    # 16-bit comparison tree. It runs beside the opening of x + 15 + t, which needs no clipping first:
+    # where keep is 0 the (garbage) result is zeroed
     shifted = add_public(ctx, x, _public(ctx, clip, x))
-    keep = not_bit(ctx, await ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)), fuzz_bits=f - 1))
-    (y,) = await select_bits(ctx, keep, [shifted])
     t = ctx.rand(x.shape)
     t_xor = ctx.derive(lambda t: t & (span - 1), t, shape=x.shape, kind="xor")
 
@@ -84,11 +83,18 @@ async def exp(ctx, x):
         return make
     v0 = ctx.derive(dealt(-clip), t, shape=x.shape)
     v1 = ctx.derive(dealt(2 ** EXP_SPAN_LOG2 - clip), t, shape=x.shape)
-    delta = await ctx.open((y + t) & (span - 1), bits=span_bits) & (span - 1)
-    wrap = await lt_public(ctx, delta, t_xor, span_bits)
-    (step,) = await select_bits(ctx, wrap, [v1 - v0])
+
+    async def kept():   # keep * V0 and keep * (V1 - V0), as soon as keep is known
+        keep = not_bit(ctx, await ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)), fuzz_bits=f - 1))
+        return await select_bits(ctx, keep, [v0, v1 - v0])
+
+    async def wrapped():
+        delta = await ctx.open((shifted + t) & (span - 1), bits=span_bits) & (span - 1)
+        return delta, await lt_public(ctx, delta, t_xor, span_bits)
+    (low, step), (delta, wrap) = await ctx.gather(kept(), wrapped())
+    (step,) = await select_bits(ctx, wrap, [step])
     factor = encode_scaled(ctx, torch.exp(delta.to(torch.float64) / 2 ** f), EXP_PUBLIC_FRAC)
-    return await trunc(ctx, (v0 + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
+    return await trunc(ctx, (low + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
 
 
 def encode_scaled(ctx, value, frac: int):
@@ -138,14 +144,43 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     (Newton-Raphson as in CrypTen, with an initial guess from bracketing
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
+    y, s = await reciprocal_parts(ctx, x, low_log2, high_log2)
+    return await mul(ctx, y, s)
+
+
+async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12):
+    """(y, s) with 1/x = y s, s = 2^-m a power of two and y = 1/(x s) in (1/2, 1]:
+    a caller that multiplies by 1/x multiplies by s first (beside Newton, no
+    added round) and keeps the precision a small 1/x would lose."""
     ctx.check_range(x, high_log2 + ctx.frac_bits)
     s = await _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
-    x_norm = await mul(ctx, x, s)
-    y = add_public(ctx, await mul_scalar(ctx, x_norm, -8.0 / 17.0), _public(ctx, 24.0 / 17.0, x_norm))
+    return await _newton_reciprocal(ctx, x, s), s
+
+
+async def _newton_reciprocal(ctx, x, s):
+    """1/x' for x' = x s in [1, 2): the initial guess 24/17 - 8/17 x' comes from the
+    same product as x' (two truncations in one step); each Newton step
+    y (2 - x' y) keeps x' y untruncated (2f bits) and truncates once (3 rounds)."""
+    f = ctx.frac_bits
+    z = await beaver(ctx, x, s, torch.mul)
+    x_norm, guess = await ctx.gather(trunc(ctx, z), trunc(ctx, z * round(-8.0 / 17.0 * 2 ** SCALAR_FRAC),
+                                                         f + SCALAR_FRAC))
+    y = add_public(ctx, guess, _public(ctx, 24.0 / 17.0, guess))
+    two = encode_scaled(ctx, torch.full(tuple(x_norm.shape), 2.0, dtype=torch.float64), 2 * f)
     for _ in range(RECIPROCAL_ITERATIONS):
-        t = await mul(ctx, x_norm, y)
-        y = await mul(ctx, y, add_public(ctx, -t, _public(ctx, 2.0, t)))
-    return await mul(ctx, y, s)
+        t = await beaver(ctx, x_norm, y, torch.mul)          # x' y with 2f fractional bits
+        y = await trunc(ctx, await beaver(ctx, y, add_public(ctx, -t, two), torch.mul), 2 * f)
+    return y
+
+
+async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
+    """numerators / x for x in [2^low, 2^high) (broadcast, e.g. a row sum):
+    (numerators s) y with 1/x = y s from ``reciprocal_parts``; the product by
+    s runs beside Newton. Domain: the reciprocal's; |numerators s| < 2^(31-f)."""
+    ctx.check_range(x, high_log2 + ctx.frac_bits)
+    s = await _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
+    scaled, y = await ctx.gather(mul(ctx, numerators, s), _newton_reciprocal(ctx, x, s))
+    return await mul(ctx, scaled, y)
 
 
 async def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):
@@ -194,7 +229,7 @@ async def softmax_masked(ctx, x, mask):
         e = e * mask.to(torch.int64)
     total = e.sum(-1, keepdim=True)
     n = x.shape[-1]
-    return await mul(ctx, e, await reciprocal(ctx, total, 0, max(2, math.ceil(math.log2(n)) + 1)))
+    return await divide(ctx, e, total, 0, max(2, math.ceil(math.log2(n)) + 1))
 
 
 async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
@@ -226,60 +261,18 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     return out
 
 
-def _attention_mask(mask, is_causal, shape, device):
-    keep = None
-    if mask is not None:
-        keep = mask if mask.dtype == torch.bool else mask > -1e4
-    if is_causal:
-        causal = torch.ones(shape[-2], shape[-1], dtype=torch.bool, device=device).tril()
-        keep = causal if keep is None else keep & causal
-    return None if keep is None else keep.expand(shape)
-
-
-async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
-    Beaver matmuls for q k^T and p v, a public scaling, masked softmax.
-    An additive float mask is split into its -inf part (a 0/1 mask) and the rest.
-
-    Domain: |q k^T| < 2^(62-2f) and < 2^(62-f) / round(scale 2^24) (the
-    truncations of the matmul and of the scaling); the scores as for
-    ``softmax_masked``; |p v| < 2^(62-2f).
-    """
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    scores = await mul_scalar(ctx, await matmul_shares(ctx, query, key.transpose(-1, -2)), scale)
-    shape = tuple(scores.shape)
-    device = scores.device
-    if attn_mask is not None and attn_mask.dtype != torch.bool:
-        finite = torch.where(attn_mask > -1e4, attn_mask, torch.zeros_like(attn_mask))
-        if ctx.meta or bool(finite.abs().max() > 0):
-            scores = add_public(ctx, scores, encode(ctx, finite.expand(shape).to(torch.float64), "real"))
-    keep = _attention_mask(attn_mask, is_causal, shape, device)
-    probs = await softmax_masked(ctx, scores, keep)
-    return await matmul_shares(ctx, probs, value)
-
-
 async def _rsqrt_op(ctx, x):
     return await mul(ctx, *(await rsqrt(ctx, x)))
-
-
-async def _softmax_op(ctx, x, dim):
-    return (await softmax_masked(ctx, x.movedim(dim, -1), None)).movedim(-1, dim)
 
 
 def _mpc(name, params, reference, doc, protocol):
     return define(name, params, reference, doc, "mpc", protocol=protocol)
 
 
-def _sdpa_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale)
-
-
 _mpc("mpc.exp", ("self",), torch.exp, "e^x for x <= 0 (0 below -15)", exp)
 _mpc("mpc.reciprocal", ("self",), torch.reciprocal, "1/x on [1, 4096)", lambda ctx, x: reciprocal(ctx, x))
 _mpc("mpc.rsqrt", ("self",), torch.rsqrt, "1/sqrt(x) on [1.5e-5, 4e6)",
      lambda ctx, x: _rsqrt_op(ctx, x))
-_mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, reciprocal)",
-     lambda ctx, x, dim: _softmax_op(ctx, x, dim))
 _mpc("mpc.gelu", ("self", "approximate"),
      lambda x, approximate="none": torch.nn.functional.gelu(x, approximate=approximate),
      "GeLU (erf or tanh form), segmented Fourier of the erf form: within 1e-3 of either "
@@ -287,7 +280,5 @@ _mpc("mpc.gelu", ("self", "approximate"),
 _mpc("mpc.tanh", ("self",), torch.tanh, "tanh, segmented Fourier (max error 3e-3)", tanh)
 _mpc("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"),
      lambda x, w, b, shape, eps: torch.nn.functional.layer_norm(x, shape, w, b, eps), "LayerNorm", layer_norm)
-_mpc("mpc.sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"),
-     _sdpa_reference, "attention: matmuls, masked exact softmax", sdpa)
 _mpc("mpc.mul_scalar", ("self", "value"), lambda x, value: x * value, "times a public real (24-bit encoded)",
      mul_scalar)

@@ -104,7 +104,10 @@ class _Lowering:
 
     def lower_simple(self, node, make, share):
         """One shared operand to its ``mpc.`` op, with the attributes that op takes."""
-        target = SIMPLE[node.op]
+        self.lower_as(node, make, share, SIMPLE[node.op])
+
+    def lower_as(self, node, make, share, target: str):
+        """One shared operand to the op ``target``, with the attributes it takes."""
         params = get_op(target).params
         make(target, [share(node.operands[0])], {k: v for k, v in node.attrs.items() if k in params})
 

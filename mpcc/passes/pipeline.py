@@ -9,7 +9,7 @@ from ..ir import Graph
 from ..verify import LintError, lint
 from .registry import get_pass
 
-__all__ = ["DEFAULT_PIPELINE", "SECURE_PIPELINE", "run_pipeline", "PassError"]
+__all__ = ["DEFAULT_PIPELINE", "SECURE_PIPELINE", "run_pipeline", "PassError", "secure_pipeline"]
 
 DEFAULT_PIPELINE = (
     "infer_visibility",          # who sees what
@@ -18,11 +18,20 @@ DEFAULT_PIPELINE = (
     "client_one_hot_embedding",  # private token ids: local one-hot times the table
     "check_no_secret_index",     # nothing reads a secret as an index
 )
-# What `mpcc.compile` runs: the analysis pipeline, fusions, then lowering to MPC ops.
+# What `mpcc.compile` runs (``secure_pipeline``): the analysis pipeline, fusions, the approximation
+# preset's substitutes, then lowering to MPC ops.
 SECURE_PIPELINE = DEFAULT_PIPELINE + (
     "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
+    "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
     "lower_to_mpc",              # every shared value's op gets its protocol
 )
+
+
+def secure_pipeline(approx="exact") -> tuple[str, ...]:
+    """The pipeline ``mpcc.compile`` runs for ``approx`` (a preset name or a dict per op family)."""
+    from .approximate import approximate_step
+    step = approximate_step(approx)
+    return tuple(step if name == "approximate" else name for name in SECURE_PIPELINE)
 
 
 class PassError(RuntimeError):

@@ -118,7 +118,7 @@ class _Progress:
         self.cond = threading.Condition()
         self.ready: set[str] = set()
         self.untaken = 0
-        self.starving = 0   # parties waiting for a node not yet dealt: the dealer must go on regardless
+        self.wanted: list[str] = []   # nodes parties wait for: while one is not dealt, the dealer goes on regardless
         self.most_ahead_bytes = 0
         self.done = self.cancelled = False
         self.error: BaseException | None = None
@@ -137,13 +137,13 @@ class PartyFeed:
         with progress.cond:
             # parties run independent nodes together, not in the dealer's order: while one waits for a
             # node, the dealer may not pause for the lookahead bound (it holds material of later nodes)
-            progress.starving += 1
+            progress.wanted.append(node)
             progress.cond.notify_all()
             try:
                 ok = progress.cond.wait_for(lambda: node in progress.ready or progress.done or progress.cancelled,
                                             timeout=progress.timeout)
             finally:
-                progress.starving -= 1
+                progress.wanted.remove(node)
             if progress.error is not None:
                 raise RuntimeError(f"the dealer failed: {progress.error}")
             if progress.cancelled and node not in progress.ready:
@@ -195,8 +195,9 @@ class MaterialStream:
             progress.most_ahead_bytes = max(progress.most_ahead_bytes, progress.untaken)
             progress.cond.notify_all()
             start = time.perf_counter()
-            ok = progress.cond.wait_for(lambda: progress.untaken <= progress.lookahead_bytes or progress.starving
-                                        or progress.cancelled, timeout=progress.timeout)
+            ok = progress.cond.wait_for(lambda: progress.untaken <= progress.lookahead_bytes or progress.cancelled
+                                        or any(n not in progress.ready for n in progress.wanted),
+                                        timeout=progress.timeout)
             self.paused_seconds += time.perf_counter() - start
             if progress.cancelled:
                 raise RuntimeError("the run stopped")

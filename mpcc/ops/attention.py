@@ -1,0 +1,156 @@
+"""Softmax and attention: the table of softmax variants (the exact one and
+the substitutes of the approximation presets), each a plaintext reference
+and a protocol over the last axis, and ``mpc.sdpa``, which runs whichever
+variant its ``softmax`` attribute names, so every substitute reaches
+Hugging Face attention (traced to one ``sdpa``)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .arith import add_public, beaver, encode, square, trunc
+from .base import define
+from .nonlinear import _public, divide, mul_scalar, softmax_masked
+
+__all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_reference", "sdpa",
+           "QUAD_SHIFT", "QUAD_SUM_LOG2"]
+
+QUAD_SHIFT = 5.0          # MPCFormer's 2Quad: (x + c)^2 with c = 5
+QUAD_SUM_LOG2 = (-4, 24)  # the divide's domain for sums of (x + c)^2: [1/16, 2^24)
+
+
+@dataclass(frozen=True)
+class SoftmaxVariant:
+    """One softmax over the last axis, with an optional public keep mask
+    (bool; False: excluded, probability exactly 0)."""
+    name: str
+    reference: Callable      # (x, keep) -> probabilities, float64 torch
+    protocol: Callable       # async (ctx, x, keep as 0/1 int64 or None) -> shares
+    doc: str
+
+
+def _exact_reference(x, keep):
+    if keep is None:
+        return torch.softmax(x, -1)
+    return torch.softmax(x.masked_fill(~keep, float("-inf")), -1)
+
+
+def _quad_reference(x, keep):
+    q = (x + QUAD_SHIFT) ** 2
+    if keep is not None:
+        q = q * keep
+    return q / q.sum(-1, keepdim=True)
+
+
+async def softmax_2quad(ctx, x, keep):
+    """MPCFormer's 2Quad, (x + c)^2 / sum (x + c)^2 with c = 5: one square, a row
+    sum and a division (``divide``): no comparison but the division's bracket.
+    Domain: |x + 5| < 2^(31-f) (the square's truncation); each row's sum of
+    squares in [1/16, 2^24). Rounds: 2 + the division's."""
+    q = await square(ctx, add_public(ctx, x, _public(ctx, QUAD_SHIFT, x)))
+    if keep is not None:
+        q = q * keep
+    return await divide(ctx, q, q.sum(-1, keepdim=True), *QUAD_SUM_LOG2)
+
+
+SOFTMAX_VARIANTS = {variant.name: variant for variant in (
+    SoftmaxVariant("exact", _exact_reference, softmax_masked, "max-shifted exp, divided by the sum"),
+    SoftmaxVariant("2quad", _quad_reference, softmax_2quad, "MPCFormer's (x + 5)^2 / sum (x + 5)^2"),
+)}
+
+
+def attention_mask(mask, is_causal, shape, device):
+    """The keep mask (bool, broadcast to ``shape``) of an sdpa mask: a bool mask as
+    it is, an additive float mask's very negative entries (-inf, finfo.min) as
+    False; ``is_causal`` adds the lower triangle. None: nothing is masked."""
+    keep = None
+    if mask is not None:
+        keep = mask if mask.dtype == torch.bool else mask > -1e4
+    if is_causal:
+        causal = torch.ones(shape[-2], shape[-1], dtype=torch.bool, device=device).tril()
+        keep = causal if keep is None else keep & causal
+    return None if keep is None else keep.expand(shape)
+
+
+def _finite_part(mask):
+    """An additive float mask without its excluding entries (those become 0)."""
+    return torch.where(mask > -1e4, mask, torch.zeros_like(mask))
+
+
+def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+                        softmax="exact"):
+    """softmax(q k^T * scale + mask) v in plaintext, with the named softmax variant."""
+    if dropout_p:
+        raise ValueError("attention dropout must be 0 at inference")
+    if softmax == "exact":
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale,
+                                                                enable_gqa=enable_gqa)
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], -3)
+        v = v.repeat_interleave(q.shape[-3] // v.shape[-3], -3)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = q @ k.transpose(-1, -2) * scale
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        scores = scores + _finite_part(attn_mask).to(scores.dtype)
+    keep = attention_mask(attn_mask, is_causal, tuple(scores.shape), scores.device)
+    return SOFTMAX_VARIANTS[softmax].reference(scores, keep) @ v
+
+
+def _power_of_two_exponent(value: float) -> int | None:
+    mantissa, exponent = math.frexp(value)
+    return 1 - exponent if mantissa == 0.5 and exponent <= 1 else None
+
+
+async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+               softmax="exact"):
+    """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
+    Beaver matmuls for q k^T and p v, the scaling, the named softmax variant
+    with masked entries excluded. An additive float mask is split into its
+    excluding part (-inf, finfo.min: a keep mask) and the rest (added).
+    A scale 2^-j (head size 4^j, e.g. 64) joins the matmul's truncation (a
+    shift by f + j, no round of its own); other scales are one more
+    truncation with a 24-bit encoded scalar.
+
+    Domain: |q k^T| < 2^(62-2f) and, for a scale that is not a power of two,
+    < 2^(62-f) / round(scale 2^24); the scores as for the softmax variant;
+    |p v| < 2^(62-2f).
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    product = await beaver(ctx, query, key.transpose(-1, -2), ctx.backend.matmul)
+    shift = _power_of_two_exponent(scale)
+    if shift is not None:
+        scores = await trunc(ctx, product, ctx.frac_bits + shift)
+    else:
+        scores = await mul_scalar(ctx, await trunc(ctx, product), scale)
+    shape = tuple(scores.shape)
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        finite = _finite_part(attn_mask)
+        if ctx.meta or bool(finite.abs().max() > 0):
+            scores = add_public(ctx, scores, encode(ctx, finite.expand(shape).to(torch.float64), "real"))
+    keep = attention_mask(attn_mask, is_causal, shape, scores.device)
+    probs = await SOFTMAX_VARIANTS[softmax].protocol(ctx, scores, None if keep is None else keep.to(torch.int64))
+    product = await beaver(ctx, probs, value, ctx.backend.matmul)
+    return await trunc(ctx, product)
+
+
+async def _softmax_op(ctx, x, dim, variant="exact"):
+    out = await SOFTMAX_VARIANTS[variant].protocol(ctx, x.movedim(dim, -1), None)
+    return out.movedim(-1, dim)
+
+
+def _mpc(name, params, reference, doc, protocol):
+    return define(name, params, reference, doc, "mpc", protocol=protocol)
+
+
+_mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, division)",
+     _softmax_op)
+_mpc("mpc.softmax_2quad", ("self", "dim"), lambda x, dim: _quad_reference(x.movedim(dim, -1), None).movedim(-1, dim),
+     "MPCFormer's 2Quad softmax (x + 5)^2 / sum (x + 5)^2",
+     lambda ctx, x, dim: _softmax_op(ctx, x, dim, "2quad"))
+define("softmax_2quad", ("self", "dim"), lambda x, dim: _quad_reference(x.movedim(dim, -1), None).movedim(-1, dim),
+       "MPCFormer's 2Quad softmax (x + 5)^2 / sum (x + 5)^2 (a substitute for softmax)", "nn")
+_mpc("mpc.sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax"),
+     attention_reference, "attention: matmuls, the softmax variant named by softmax, masked entries excluded", sdpa)

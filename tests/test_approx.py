@@ -1,0 +1,78 @@
+"""Approximation presets: resolving names, the substitution pass, and
+substituted plans run securely (against their own plaintext meaning)."""
+import pytest
+import torch
+
+import mpcc
+from mpcc.passes import run_pipeline
+from mpcc.passes.approximate import ApproxError, approx_label, resolve_approx
+from tests.conftest import token_ids
+
+
+class _Block(torch.nn.Module):
+    def forward(self, x):
+        return torch.nn.functional.gelu(torch.softmax(x, -1) * 4.0 - 2.0)
+
+
+def test_presets_and_overrides_resolve_to_a_choice_per_family():
+    assert resolve_approx("exact") == {"softmax": "exact", "gelu": "exact"}
+    assert resolve_approx("mpcformer") == {"softmax": "2quad", "gelu": "quad"}
+    assert resolve_approx({"preset": "mpcformer", "gelu": "exact"}) == {"softmax": "2quad", "gelu": "exact"}
+    assert resolve_approx({"softmax": "2quad"}) == {"softmax": "2quad", "gelu": "exact"}
+    assert approx_label({"preset": "exact", "softmax": "2quad", "gelu": "quad"}) == "mpcformer"
+    assert approx_label({"softmax": "2quad"}) == "gelu=exact,softmax=2quad"
+    assert resolve_approx("gelu=exact,softmax=2quad") == {"softmax": "2quad", "gelu": "exact"}
+
+
+@pytest.mark.parametrize("approx, message", [
+    ("mpcformr", r"no approximation preset 'mpcformr'; presets are \['exact', 'mpcformer'"),
+    ({"softmax": "3quad"}, r"no softmax substitute '3quad'; softmax substitutes are \['2quad', 'exact'\]"),
+    ({"sigmoid": "exact"}, r"no op family 'sigmoid'; families are \['gelu', 'softmax'\]"),
+    ({"preset": "nope"}, r"no approximation preset 'nope'"),
+])
+def test_unknown_names_list_the_valid_ones(approx, message):
+    with pytest.raises(ApproxError, match=message):
+        mpcc.compile(_Block(), (torch.zeros(2, 5),), approx=approx)
+
+
+def test_the_pass_puts_in_each_substitute_with_its_own_meaning():
+    x = torch.linspace(-3, 3, 10, dtype=torch.float64).reshape(2, 5)
+    traced = mpcc.trace(_Block(), (x,))
+    graph = run_pipeline(traced, ["infer_visibility", "approximate(gelu=quad,softmax=2quad)"])
+    assert {"softmax_2quad", "gelu_quad"} <= {n.op for n in graph.nodes}
+    quad = (x + 5) ** 2
+    p = quad / quad.sum(-1, keepdim=True) * 4.0 - 2.0
+    want = 0.125 * p * p + 0.25 * p + 0.5
+    (got,) = mpcc.interpret(graph, {"x": x}, {})
+    assert torch.allclose(got, want, atol=1e-12)
+    unchanged = run_pipeline(traced, ["infer_visibility", "approximate(gelu=exact,softmax=exact)"])
+    assert unchanged.dump() == run_pipeline(traced, ["infer_visibility"]).dump()
+
+
+@pytest.fixture(scope="module")
+def mpcformer_bert(tiny_bert):
+    inputs = {"input_ids": token_ids(6, 120)}
+    return mpcc.compile(tiny_bert, inputs, approx="mpcformer"), inputs
+
+
+def test_mpcformer_reaches_attention_and_runs_securely(mpcformer_bert, tiny_bert):
+    plan, inputs = mpcformer_bert
+    ops = [n for n in plan.graph.nodes if n.op == "mpc.sdpa"]
+    assert ops and all(n.attrs["softmax"] == "2quad" for n in ops)
+    assert "mpc.gelu_quad" in {n.op for n in plan.graph.nodes} and "mpc.gelu" not in {n.op for n in plan.graph.nodes}
+    assert plan.approx == "mpcformer" and any(p.startswith("approximate(") for p in plan.pipeline)
+    outputs, stats = mpcc.run(plan, inputs, tiny_bert.state_dict(), progress=False)
+    planned = mpcc.interpret(plan, inputs, tiny_bert.state_dict())
+    exact = mpcc.interpret(mpcc.compile(tiny_bert, inputs), inputs, tiny_bert.state_dict())
+    assert (outputs[0] - planned[0]).abs().max() < 1e-2
+    assert (planned[0] - exact[0]).abs().max() > 1e-2, "the substitutes change the function"
+    cost = plan.cost()
+    assert (stats.rounds, stats.online_bytes_total) == (cost.rounds, cost.online_bytes)
+
+
+def test_a_plan_keeps_its_approximation_through_a_file(mpcformer_bert, tmp_path):
+    plan, _ = mpcformer_bert
+    loaded = mpcc.load(plan.save(tmp_path / "plan.mpcc"))
+    assert loaded.approx == "mpcformer" and loaded.hash == plan.hash
+    other = mpcc.compile(_Block(), (torch.zeros(2, 5),), approx={"preset": "mpcformer", "gelu": "exact"})
+    assert other.approx == "gelu=exact,softmax=2quad"
