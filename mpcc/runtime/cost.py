@@ -1,20 +1,40 @@
 """The cost model: rounds, bytes and dealer material of a plan, obtained by
-running its protocols on shapes in a ``CostContext`` for each party."""
+running its protocols on shapes in a ``CostContext`` for each party, and a
+wall-time estimate on a network profile (see docs/cost.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from ..backends import CpuRing
 from ..ops import get_op
+from .cost_report import format_summary, plot_cost
 from .executor import OVERFLOW_NODE, execute
+from .networks import NETWORKS, Network, parse_network
 from .shape_context import CostContext, OpCost
 
-__all__ = ["PlanCost", "plan_cost", "op_cost", "NETWORKS", "op_family"]
+__all__ = ["PlanCost", "CostRow", "ComputeModel", "COMPUTE", "plan_cost", "op_cost", "NETWORKS", "Network",
+           "parse_network", "op_family", "layer_of"]
 
-# name -> (one-way latency in seconds, bandwidth in bytes per second)
-NETWORKS = {"lan": (0.0002, 1.25e9), "wan": (0.04, 12.5e6), "local": (0.0, float("inf"))}
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """Local compute of a run, both parties and the dealer on one machine: a
+    cost per communication step (the executor's step, thread hand-offs) and
+    per byte of online messages and dealer material (the ring work of every
+    protocol is linear in what it sends and consumes)."""
+    seconds_per_round: float
+    seconds_per_byte: float
+
+    def seconds(self, rounds: int, data_bytes: int) -> float:
+        return rounds * self.seconds_per_round + data_bytes * self.seconds_per_byte
+
+
+# Least-squares fit (relative error) of `mpcc.run`'s online phase, cpu backend, material dealt beside
+# it, on tiny-bert, one BERT-base layer and the whole BERT-base at several lengths, measured in two
+# sessions: every point within 32%, the whole BERT-base within 16% (docs/cost.md has the table).
+COMPUTE = ComputeModel(seconds_per_round=0.46e-3, seconds_per_byte=1.29e-9)
 
 
 def op_family(op_name: str) -> str:
@@ -24,14 +44,52 @@ def op_family(op_name: str) -> str:
     return get_op(op_name).family
 
 
+def layer_of(origin: str) -> str:
+    """The layer a module path belongs to: up to its first index
+    (``encoder.layer.3.attention.self`` -> ``encoder.layer.3``), else its first
+    name (``embeddings.LayerNorm`` -> ``embeddings``); ``<top>`` for the model's own body."""
+    parts = origin.split(".") if origin else []
+    for index, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:index + 1])
+    return parts[0] if parts else "<top>"
+
+
+@dataclass
+class CostRow:
+    """One group of nodes in a breakdown. The rows of a breakdown sum to the
+    plan's totals: ``rounds`` to the scheduled rounds, ``node_rounds`` to the
+    node-by-node ones."""
+    rounds: int = 0          # steps of the critical path spent in these nodes
+    node_rounds: int = 0     # the nodes' own steps, summed
+    client_bytes: int = 0    # online, client -> server
+    server_bytes: int = 0    # online, server -> client
+    offline_bytes: int = 0
+    setup_bytes: int = 0
+
+    @property
+    def online_bytes(self) -> int:
+        return self.client_bytes + self.server_bytes
+
+
+# breakdown key -> node's group; a missing key is a ValueError naming the valid ones
+GROUPINGS = {
+    "family": lambda cost, node: op_family(cost.node_ops[node]),
+    "layer": lambda cost, node: layer_of(cost.node_origins.get(node, "")),
+}
+
+
 @dataclass
 class PlanCost:
     per_party: tuple[OpCost, OpCost]
     by_node: tuple[dict, dict]
     materials: list = field(default_factory=list)
-    node_ops: dict = field(default_factory=dict)
+    node_ops: dict = field(default_factory=dict)   # node -> op, in graph order
     scheduled_rounds: int | None = None   # the critical path: what a run takes (None: not scheduled)
     schedule: dict = field(default_factory=dict)   # node -> (steps done when it starts, when it is done)
+    node_origins: dict = field(default_factory=dict)   # node -> module path it came from
+    critical_path: dict = field(default_factory=dict)  # node -> its steps on one longest chain of openings
+    network: Network = NETWORKS["lan"]   # what estimate_seconds and summary assume by default
 
     @property
     def rounds(self) -> int:
@@ -56,34 +114,71 @@ class PlanCost:
     def setup_bytes(self) -> int:
         return sum(p.setup_bytes for p in self.per_party)
 
-    def estimate_seconds(self, network: str = "lan") -> float:
-        latency, bandwidth = NETWORKS[network]
-        return self.rounds * latency + max(p.online_bytes for p in self.per_party) / bandwidth
+    @property
+    def compute_seconds(self) -> float:
+        """Local compute of one run by ``COMPUTE``: a rough figure (within about
+        30% on the machine it was fitted on; other machines and backends differ)."""
+        return COMPUTE.seconds(self.rounds, self.online_bytes + self.offline_bytes)
 
-    def by_family(self) -> dict[str, dict[str, int]]:
-        families: dict[str, dict[str, int]] = {}
-        for party in (0, 1):
-            for node, cost in self.by_node[party].items():
-                entry = families.setdefault(op_family(self.node_ops[node]), {"rounds": 0, "online_bytes": 0,
-                                                                             "offline_bytes": 0})
-                entry["online_bytes"] += cost.online_bytes
-                entry["offline_bytes"] += cost.offline_bytes
-                if party == 0:
-                    entry["rounds"] += cost.rounds
-        return families
+    def with_network(self, network: str | Network) -> "PlanCost":
+        """The same counts, estimated on another profile."""
+        return replace(self, network=parse_network(network))
 
-    def summary(self, network: str = "lan") -> str:
-        lines = [f"rounds {self.rounds} (node by node: {self.sequential_rounds}), online {self.online_bytes / 1e6:.2f} MB "
-                 f"(client {self.per_party[0].online_bytes / 1e6:.2f}, server {self.per_party[1].online_bytes / 1e6:.2f}), "
-                 f"offline {self.offline_bytes / 1e6:.2f} MB, setup {self.setup_bytes / 1e6:.2f} MB once, "
-                 f"estimated {self.estimate_seconds(network):.3f} s on {network} (communication only)"]
-        for family, entry in sorted(self.by_family().items(), key=lambda kv: -kv[1]["online_bytes"]):
-            lines.append(f"  {family:14} rounds {entry['rounds']:5}  online {entry['online_bytes'] / 1e6:9.3f} MB  "
-                         f"offline {entry['offline_bytes'] / 1e6:9.3f} MB")
-        return "\n".join(lines)
+    def latency_seconds(self, network: str | Network | None = None) -> float:
+        """Rounds times one one-way latency."""
+        return self.rounds * self._network(network).latency_s
+
+    def bandwidth_seconds(self, network: str | Network | None = None) -> float:
+        """The busier party's online bytes at the link's bandwidth."""
+        return max(p.online_bytes for p in self.per_party) / self._network(network).bytes_per_second
+
+    def estimate_seconds(self, network: str | Network | None = None) -> float:
+        """Wall time of one run: rounds x latency + the busier party's online
+        bytes / bandwidth + ``compute_seconds``."""
+        return self.latency_seconds(network) + self.bandwidth_seconds(network) + self.compute_seconds
+
+    def breakdown(self, *keys: str) -> dict:
+        """Group -> ``CostRow`` for the groups named by ``keys`` (``"layer"``,
+        ``"family"``; two keys give (layer, family) pairs), in graph order."""
+        unknown = [key for key in keys if key not in GROUPINGS]
+        if unknown or not keys:
+            raise ValueError(f"unknown breakdown {unknown or list(keys)}: use {', '.join(GROUPINGS)}")
+        costed = set(self.by_node[0]) | set(self.by_node[1]) | set(self.critical_path)
+        rows: dict = {}
+        for node in self.node_ops:
+            if node not in costed:
+                continue
+            group = tuple(GROUPINGS[key](self, node) for key in keys)
+            row = rows.setdefault(group if len(keys) > 1 else group[0], CostRow())
+            client, server = (self.by_node[party].get(node, OpCost()) for party in (0, 1))
+            row.rounds += self.critical_path.get(node, 0)
+            row.node_rounds += client.rounds
+            row.client_bytes += client.online_bytes
+            row.server_bytes += server.online_bytes
+            row.offline_bytes += client.offline_bytes + server.offline_bytes
+            row.setup_bytes += client.setup_bytes + server.setup_bytes
+        return rows
+
+    def by_family(self) -> dict[str, CostRow]:
+        return self.breakdown("family")
+
+    def by_layer(self) -> dict[str, CostRow]:
+        return self.breakdown("layer")
+
+    def summary(self, network: str | Network | None = None) -> str:
+        """Totals, the estimate on the profile and the tables by layer and by op family."""
+        return format_summary(self if network is None else self.with_network(network))
+
+    def plot(self, path) -> None:
+        """Where rounds and bytes go, by layer and op family, as a PNG (needs matplotlib)."""
+        plot_cost(self, path)
+
+    def _network(self, network) -> Network:
+        return self.network if network is None else parse_network(network)
 
 
-def plan_cost(plan) -> PlanCost:
+def plan_cost(plan, network: str | Network = "lan") -> PlanCost:
+    network = parse_network(network)   # a bad profile fails before the shape run
     contexts = []
     with torch.no_grad():
         for party in (0, 1):
@@ -101,10 +196,30 @@ def plan_cost(plan) -> PlanCost:
         totals.append(total)
     node_ops = {n.name: n.op for n in plan.graph.nodes}
     node_ops[OVERFLOW_NODE] = "mpc." + OVERFLOW_NODE
+    origins = {n.name: n.origin for n in plan.graph.nodes}
+    origins[OVERFLOW_NODE] = "<overflow check>"
     timing = contexts[0].schedule
     schedule = {name: (timing["start"][name], finish) for name, finish in timing["finish"].items()}
+    total_rounds = rounds.pop()
     return PlanCost(tuple(totals), (contexts[0].by_node, contexts[1].by_node), contexts[0].materials, node_ops,
-                    rounds.pop(), schedule)
+                    total_rounds, schedule, origins, _critical_path(plan.graph, schedule, total_rounds), network)
+
+
+def _critical_path(graph, schedule: dict, rounds: int) -> dict[str, int]:
+    """Node -> steps it spends on one longest chain of dependent openings; the
+    steps sum to ``rounds``. Walks back from a node that finishes last to the
+    operand it waited for (a node starts when its last operand is done); the
+    steps after the schedule (the overflow verdict and the outputs it holds
+    back) belong to the overflow check."""
+    end = max((finish for _, finish in schedule.values()), default=0)
+    path = {OVERFLOW_NODE: rounds - end} if rounds > end else {}
+    node = next((n for n in reversed(graph.nodes) if schedule[n.name][1] == end), None)
+    while node is not None and schedule[node.name][1] > 0:
+        start, finish = schedule[node.name]
+        if finish > start:
+            path[node.name] = finish - start
+        node = next((graph[o] for o in node.operands if schedule[o][1] == start), None)
+    return path
 
 
 def op_cost(op_name: str, operands: dict, attrs: dict | None = None, out_shape=None, frac_bits: int = 16) -> PlanCost:
