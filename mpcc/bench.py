@@ -22,7 +22,7 @@ def bert_layer(hidden=768, heads=12, ffn=3072, seed=0):
 
 
 def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=None, backend: str = "cpu",
-                  step=lambda what: nullcontext(), overflow_check: bool = False) -> dict:
+                  step=lambda what: nullcontext(), overflow_check: bool = False, approx="exact") -> dict:
     """Compile, run ``repeats`` times in one session (setup once), keep the fastest run;
     then the online phase alone (material dealt ahead) and whole one-shot ``mpcc.run`` calls.
     ``step(what)`` is a context manager around each stage (the CLI shows them as progress)."""
@@ -32,20 +32,22 @@ def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=No
         raise ValueError(f"repeats must be at least 1, not {repeats}")
     start = time.perf_counter()
     with step("tracing and compiling"):
-        plan = mpcc.compile(model, inputs, owners=owners, overflow_check=overflow_check)
+        plan = mpcc.compile(model, inputs, owners=owners, overflow_check=overflow_check, approx=approx)
     compile_seconds = time.perf_counter() - start
     cost = plan.cost()
     with step("float64 torch reference"):
         expected = reference_outputs(model, inputs)
+        planned = mpcc.interpret(plan, inputs, model.state_dict())   # the plan's own meaning (substitutes in)
     session = mpcc.Session(plan, model.state_dict(), progress=False, backend=backend)
     runs = []
     for index in range(repeats):
         with step(f"secure run {index + 1} of {repeats}"):
             outputs, stats = session.run(inputs)
         error = max(float((o - e).abs().max()) for o, e in zip(outputs, expected))
-        runs.append((stats, error))
+        plan_error = max(float((o - e).abs().max()) for o, e in zip(outputs, planned))
+        runs.append((stats, error, plan_error))
     shape_run_seconds = session.dealer.shape_run_seconds   # recorded during the first run
-    stats, error = min(runs[1:] or runs, key=lambda r: r[0].total_seconds)
+    stats, error, plan_error = min(runs[1:] or runs, key=lambda r: r[0].total_seconds)
     online_only = []
     for index in range(max(1, repeats - 1)):  # material dealt ahead: the online phase alone
         with step(f"dealing ahead, then the online phase alone ({index + 1} of {max(1, repeats - 1)})"):
@@ -68,7 +70,8 @@ def measure_model(name: str, model, inputs: dict, *, repeats: int = 2, owners=No
             "online_MB_client": round(stats.online_bytes[0] / 1e6, 2),
             "online_MB_server": round(stats.online_bytes[1] / 1e6, 2),
             "offline_MB": round(stats.offline_bytes / 1e6, 2), "setup_MB": round(cost.setup_bytes / 1e6, 2),
-            "rounds": stats.rounds, "max_abs_error": error, "first_run_s": round(runs[0][0].total_seconds, 3),
+            "rounds": stats.rounds, "max_abs_error": error, "max_abs_error_vs_plan": plan_error,
+            "approx": plan.approx, "sequential_rounds": cost.sequential_rounds, "first_run_s": round(runs[0][0].total_seconds, 3),
             "median_total_s": round(sorted(r[0].total_seconds for r in runs[1:] or runs)[len(runs[1:] or runs) // 2], 3),
             "all_total_s": [round(r[0].total_seconds, 3) for r in runs],
             "by_family": {k: {"s": round(v["seconds"], 3), "MB": round(v["bytes"] / 1e6, 2)}

@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("compile", "trace and compile a model into a plan file", cmd_compile)
     model_args(p, plans=False)
     p.add_argument("-o", "--output", required=True, help="plan file to write")
-    p.add_argument("--approx", default="exact", choices=APPROXIMATIONS, help="approximations of the non-linear functions")
+    p.add_argument("--approx", default="exact", choices=sorted(APPROXIMATIONS),
+                   help="approximation preset: which substitutes replace the non-linear functions")
     p.add_argument("--overflow-check", action="store_true", help=overflow_help)
 
     p = command("dump", "print the IR of a model (after a pass) or of a plan file", cmd_dump)

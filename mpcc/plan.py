@@ -29,7 +29,7 @@ __all__ = ["Plan", "PlanFormatError", "PLAN_FORMAT_VERSION", "PROTOCOL_VERSION",
 PLAN_FORMAT_VERSION = 2
 # Bump whenever a protocol's messages, material or arithmetic change: plans and
 # material of another protocol version never meet.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 _MAGIC = "mpcc-plan"
 FRAC_BITS_RANGE = (1, 30)    # f <= 30 keeps the comparison domain 2^(31-f) at least 2
 
@@ -140,9 +140,17 @@ def _digest(settings: dict, body: str) -> str:
     return hashlib.sha256((json.dumps(settings, sort_keys=True) + "\n" + body).encode()).hexdigest()
 
 
+def _known_approx(label: str, resolve) -> bool:
+    try:
+        resolve(label)
+    except ValueError:
+        return False
+    return True
+
+
 def _validate_settings(settings: dict, where: str) -> None:
     """Types and ranges of every setting; the first problem raises ``PlanFormatError``."""
-    from .api import APPROXIMATIONS
+    from .passes.approximate import PRESETS, resolve_approx
     low, high = FRAC_BITS_RANGE
     frac_bits = settings["frac_bits"]
     checks = [
@@ -150,7 +158,9 @@ def _validate_settings(settings: dict, where: str) -> None:
          f"protocol version {settings['protocol']!r}, this mpcc speaks version {PROTOCOL_VERSION}; recompile the model"),
         (type(frac_bits) is int and low <= frac_bits <= high, f"frac_bits must be an integer in [{low}, {high}], "
                                                                f"not {frac_bits!r}"),
-        (settings["approx"] in APPROXIMATIONS, f"approx must be one of {APPROXIMATIONS}, not {settings['approx']!r}"),
+        (isinstance(settings["approx"], str) and _known_approx(settings["approx"], resolve_approx),
+         f"approx must be a preset ({', '.join(sorted(PRESETS))}) or family=substitute pairs, "
+         f"not {settings['approx']!r}"),
         (isinstance(settings["pipeline"], (list, tuple)) and all(isinstance(p, str) for p in settings["pipeline"]),
          "pipeline must be a list of pass names"),
         (isinstance(settings["info"], dict), "info must be a JSON object"),

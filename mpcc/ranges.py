@@ -34,6 +34,7 @@ from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
 from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
+from .ops.layer_norm import LN_BRACKETS_LOG4
 from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
 
 __all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
@@ -189,8 +190,12 @@ def _segments(node, types, f):
 
 
 def _layer_norm(node, types, f):
+    """``ops/layer_norm.py``: the mean is a sum times the 24-bit 1/n, truncated; the sum of
+    the untruncated squares S = n (var + eps) is truncated (so S < 2^(62-2f)) and
+    bracketed on [4^-8, 4^15); gamma's product carries 3f bits."""
     (n,) = node.attrs["normalized_shape"]
-    by_n = _scalar_bound(f, 1.0 / n) / n   # mean and variance: a sum times round(2^24 / n), truncated
+    by_n = _scalar_bound(f, 1.0 / n) / n   # the mean: a sum times round(2^24 / n), truncated
+    squares_bound = min(2.0 ** (62 - 2 * f), 4.0 ** LN_BRACKETS_LOG4[1])
 
     def centred(a, out):
         x = a["input"]
@@ -200,16 +205,14 @@ def _layer_norm(node, types, f):
         return centred(a, out).square().mean(-1) + a["eps"]
     checks = [
         Check(_symmetric(by_n, "mean", "the truncation range of sum * (1/n)"), lambda a, out: a["input"].mean(-1)),
-        Check(_symmetric(math.sqrt(product_bound(f)), "centred values", "the truncation range of their square"),
-              centred),
-        Check(Domain(4.0 ** LAYER_NORM_FLOOR_LOG4, min(RSQRT_DOMAIN[1], by_n), "variance + eps",
-                     "LayerNorm's variance domain"), variance),   # below 4 ulps the fixed-point variance swamps it
+        Check(Domain(4.0 ** LAYER_NORM_FLOOR_LOG4, squares_bound / n, "variance + eps",
+                     "LayerNorm's variance domain (n (var + eps) is truncated and bracketed)"), variance),
     ]
     if node.attrs.get("weight", "operand") is not None:
         def scaled(a, out):
             return F.layer_norm(a["input"], a["normalized_shape"], a["weight"], None, a["eps"])
-        checks.append(Check(_symmetric(product_bound(f), "normalised values * weight", "the truncation range"),
-                            scaled))
+        checks.append(Check(_symmetric(2.0 ** (62 - 3 * f), "normalised values * weight",
+                                       "the truncation range (3f fractional bits)"), scaled))
     return checks
 
 

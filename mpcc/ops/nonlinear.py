@@ -17,7 +17,7 @@ from .compare import WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit,
 from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401
                       fourier_segments, gelu, tanh)
 
-__all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "gelu", "tanh", "layer_norm",
+__all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "gelu", "tanh",
            "mul_scalar", "encode_scaled", "MASK_FILL"]
 
 EXP_SPAN_LOG2 = 4           # exp masks the exponent modulo 16
@@ -232,35 +232,6 @@ async def softmax_masked(ctx, x, mask):
     return await divide(ctx, e, total, 0, max(2, math.ceil(math.log2(n)) + 1))
 
 
-async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
-    """LayerNorm over the last axis: mean and variance by local sums and public
-    scalings, 1/sqrt by ``rsqrt``, then the server's gamma (elementwise product
-    with a server tensor, ``linear_server`` with mul) and beta (added locally).
-
-    Domain (n = normalised size, s = round(2^24 / n)): |mean| and the
-    variance below 2^(62-f) / (n s) (about 2^22 = 4.2e6 at f = 16: sums
-    times s are truncated); centred values |x - mean| < 2^(31-f) = 32768
-    (their square is truncated); variance + eps in rsqrt's [4^-8, 4^11);
-    |normalised * gamma| < 2^(62-2f).
-    """
-    if len(normalized_shape) != 1:
-        raise NotImplementedError("layer_norm over more than one axis")
-    n = normalized_shape[0]
-    mu = await mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
-    centered = x - mu
-    variance = await mul_scalar(ctx, (await square(ctx, centered)).sum(-1, keepdim=True), 1.0 / n)
-    variance = add_public(ctx, variance, _public(ctx, eps, variance))
-    y, s = await rsqrt(ctx, variance, floor_log4=LAYER_NORM_FLOOR_LOG4)
-    out = await mul(ctx, await mul(ctx, centered, s), y)
-    if weight is not None or "weight" in ctx.operand_types:  # the server's gamma (the client holds None)
-        w_ring = server_ring(ctx, "weight", weight)
-        out = await trunc(ctx, await linear_server(ctx, out, w_ring, ctx.operand_types["weight"].shape,
-                                                   ctx.operand_names["weight"], torch.mul))
-    if bias is not None and ctx.party == 1:
-        out = out + server_ring(ctx, "bias", bias)
-    return out
-
-
 async def _rsqrt_op(ctx, x):
     return await mul(ctx, *(await rsqrt(ctx, x)))
 
@@ -278,7 +249,5 @@ _mpc("mpc.gelu", ("self", "approximate"),
      "GeLU (erf or tanh form), segmented Fourier of the erf form: within 1e-3 of either "
      "(the two forms differ by < 5e-4)", lambda ctx, x, approximate="none": gelu(ctx, x))
 _mpc("mpc.tanh", ("self",), torch.tanh, "tanh, segmented Fourier (max error 3e-3)", tanh)
-_mpc("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"),
-     lambda x, w, b, shape, eps: torch.nn.functional.layer_norm(x, shape, w, b, eps), "LayerNorm", layer_norm)
 _mpc("mpc.mul_scalar", ("self", "value"), lambda x, value: x * value, "times a public real (24-bit encoded)",
      mul_scalar)

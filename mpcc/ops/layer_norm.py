@@ -1,0 +1,115 @@
+"""LayerNorm, scheduled for few rounds.
+
+(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, n entries:
+the row's sum of squares S = sum (x - mean)^2 + n eps (= n (var + eps)) is
+bracketed between powers of four, 4^m <= S < 4^(m+1), by one batch of
+comparisons; with s = 2^-m, y = 1/sqrt(S s^2) comes from Newton on
+[1, 4), and the result is (x - mean) (s sqrt(n)) y gamma: s sqrt(n) is
+encoded with 2f bits (precise however small), (x - mean) s sqrt(n) is
+computed beside Newton, and the last product stays untruncated into
+gamma's product.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .arith import add_public, beaver, linear_server, server_ring, square, trunc
+from .base import define
+from .compare import WIDE_CMP_BITS, b2a, ltz_bits, not_bit
+from .nonlinear import LAYER_NORM_FLOOR_LOG4, _public, encode_scaled, mul_scalar
+
+__all__ = ["layer_norm", "LN_BRACKETS_LOG4", "LN_NEWTON_STEPS"]
+
+LN_BRACKETS_LOG4 = (-8, 15)   # S in [4^-8, 4^15): below, the error grows; above, S's truncation wraps (f = 16)
+LN_NEWTON_STEPS = 3           # relative error 0.18 -> 0.049 -> 3.6e-3 -> 1.9e-5
+GUESS_FRAC = 10               # the initial guess's slope -1/6 with 10 bits: z * it stays below 2^62
+
+
+async def _bracket(ctx, x, floor: float | None, n: int):
+    """s sqrt(n) and s^2 (2f bits each), s = 2^-m where 4^m <= x < 4^(m+1), from one batch of
+    48-bit LTZs and one b2a (exact powers of two: the weighted sums are local).
+    With the overflow check, ``floor`` is one more column: x below it is flagged."""
+    f = ctx.frac_bits
+    low, high = LN_BRACKETS_LOG4
+    exponents = list(range(low + 1, high))
+    check = ctx.overflow_flags is not None and floor is not None
+    thresholds = [4.0 ** m for m in exponents] + ([floor] if check else [])
+    diffs = torch.stack([add_public(ctx, x, _public(ctx, -t, x)) for t in thresholds], -1)
+    bits = not_bit(ctx, await ltz_bits(ctx, diffs, WIDE_CMP_BITS))
+    if check:
+        ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
+        bits = bits[..., :-1]
+    arithmetic = await b2a(ctx, bits)
+
+    def weighted(base: float, factor: float):
+        weights = [factor * (base ** -m - base ** -(m - 1)) for m in exponents]
+        ring = encode_scaled(ctx, torch.tensor(weights, dtype=torch.float64, device=arithmetic.device), 2 * f)
+        total = (arithmetic * ring).sum(-1)
+        start = encode_scaled(ctx, torch.full(tuple(total.shape), factor * base ** -low, dtype=torch.float64,
+                                              device=arithmetic.device), 2 * f)
+        return add_public(ctx, total, start)
+    return weighted(2.0, math.sqrt(n)), weighted(4.0, 1.0)
+
+
+async def _newton_rsqrt(ctx, x_norm, y):
+    """y <- y (3 - x' y^2) / 2 = (3y - x'y y^2) / 2: x'y and y^2 in one step, both
+    truncated in the next, their product, one truncation by f + 1 (4 rounds)."""
+    f = ctx.frac_bits
+    for _ in range(LN_NEWTON_STEPS):
+        y2, xy = await ctx.gather(square(ctx, y, truncate=False), beaver(ctx, x_norm, y, torch.mul))
+        y2, xy = await ctx.gather(trunc(ctx, y2), trunc(ctx, xy))
+        xy3 = await beaver(ctx, xy, y2, torch.mul)
+        y = await trunc(ctx, y * (3 << f) - xy3, f + 1)
+    return y
+
+
+async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
+    """LayerNorm over the last axis (see the module's docstring for the steps).
+
+    Domain (n = normalised size, f = 16): |mean| < 2^(62-f) / round(2^24 / n)
+    (the sum times the 24-bit 1/n, truncated); S = n (var + eps) < 2^(62-2f)
+    (the sum of untruncated squares is truncated: var < 2^30 / n); S in
+    [4^-8, 4^15), and the overflow check flags var + eps below 4^-7;
+    |normalised * gamma| < 2^(62-3f) (gamma's product carries 3f bits); without
+    gamma, |normalised| < 2^(62-2f).
+    Rounds: 1 (mean) + 2 (S) + 8 (bracket) + 2 (x' and the guess) + 12
+    (Newton) + 1 + 2 (gamma) = 28.
+    """
+    if len(normalized_shape) != 1:
+        raise NotImplementedError("layer_norm over more than one axis")
+    f = ctx.frac_bits
+    n = normalized_shape[0]
+    mu = await mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
+    centered = x - mu
+    squares = await square(ctx, centered, truncate=False)
+    total = await trunc(ctx, squares.sum(-1, keepdim=True))
+    total = add_public(ctx, total, _public(ctx, n * eps, total))
+    ctx.check_range(total, 2 * LN_BRACKETS_LOG4[1] + f)
+    s_n, s2 = await _bracket(ctx, total, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n)
+    z = await beaver(ctx, total, s2, torch.mul)   # S s^2 in [1, 4), 3f fractional bits
+    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f),
+                                     trunc(ctx, z * -round(2 ** GUESS_FRAC / 6), 2 * f + GUESS_FRAC))
+    y = add_public(ctx, guess, _public(ctx, 7.0 / 6.0, guess))
+    (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n), _newton_rsqrt(ctx, x_norm, y))
+    out = await beaver(ctx, scaled, y, torch.mul)   # 2f fractional bits: gamma's product truncates once
+    if weight is not None or "weight" in ctx.operand_types:   # the server's gamma (the client holds None)
+        out = await linear_server(ctx, out, server_ring(ctx, "weight", weight), ctx.operand_types["weight"].shape,
+                                  ctx.operand_names["weight"], torch.mul)
+        out = await trunc(ctx, out, 2 * f)
+    else:
+        out = await trunc(ctx, out)
+    if bias is not None and ctx.party == 1:
+        out = out + server_ring(ctx, "bias", bias)
+    return out
+
+
+async def _times_scale(ctx, centered, s_n):
+    """(x - mean) s sqrt(n), about the normalised value: s sqrt(n) has 2f bits."""
+    return await trunc(ctx, await beaver(ctx, centered, s_n, torch.mul), 2 * ctx.frac_bits)
+
+
+define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"),
+       lambda x, w, b, shape, eps: torch.nn.functional.layer_norm(x, shape, w, b, eps),
+       "LayerNorm (bracketed Newton rsqrt, gamma's product untruncated)", "mpc", protocol=layer_norm)
