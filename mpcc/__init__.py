@@ -9,7 +9,7 @@ from .runtime.allocator import tune_allocator
 tune_allocator()  # first, before threads get malloc arenas: see mpcc/runtime/allocator.py
 
 from . import ir  # noqa: E402
-from .api import APPROXIMATIONS, Session, compile, interpret, load, run, trace
+from .api import APPROXIMATIONS, Emulator, Session, compile, emulate, interpret, load, run, trace
 from .frontend import TraceError, UnsupportedOpError
 from .interpreter import InterpretError
 from .plan import Plan, PlanFormatError
@@ -18,5 +18,5 @@ from .runtime import DealerError, PlanRefused, RunError
 
 __all__ = ["compile", "trace", "interpret", "load", "run", "Session", "ir", "Plan", "APPROXIMATIONS", "TraceError",
            "UnsupportedOpError", "InterpretError", "PlanFormatError", "check_ranges", "RangeReport", "RunError",
-           "PlanRefused", "DealerError"]
+           "PlanRefused", "DealerError", "emulate", "Emulator"]
 __version__ = "0.1.0"

@@ -10,9 +10,9 @@ from .interpreter import interpret
 from .passes import run_pipeline, secure_pipeline
 from .passes.approximate import PRESETS, approx_label, resolve_approx
 from .plan import Plan, load
-from .runtime import Session, run
+from .runtime import Emulator, Session, emulate, run
 
-__all__ = ["compile", "trace", "interpret", "load", "run", "Session", "APPROXIMATIONS"]
+__all__ = ["compile", "trace", "interpret", "load", "run", "Session", "APPROXIMATIONS", "emulate", "Emulator"]
 
 APPROXIMATIONS = PRESETS   # preset name -> substitute per op family
 

@@ -16,9 +16,9 @@ import torch
 
 from ..ir import Graph, Node, dtype_of_kind
 from ..ops import get_op
-from .schedule import Flow, run_flow
+from .schedule import Flow
 
-__all__ = ["execute", "ExecutionError", "RangeOverflowError", "OWNER_PARTY", "OVERFLOW_NODE"]
+__all__ = ["execute", "execute_steps", "ExecutionError", "RangeOverflowError", "OWNER_PARTY", "OVERFLOW_NODE"]
 
 OWNER_PARTY = {"client": 0, "server": 1}
 
@@ -77,6 +77,14 @@ def execute(graph: Graph, ctx, inputs: Mapping[str, torch.Tensor] | None = None,
     return run.go()
 
 
+def execute_steps(graph: Graph, ctx, inputs=None, weights=None, *, on_node=None, overflow_check: bool = False):
+    """``execute`` as a generator: it yields each step's messages for the caller to
+    deliver (set their ``result``s) and returns the outputs. The emulator drives
+    both parties this way in one thread."""
+    run = _Run(graph, ctx, inputs or {}, weights or {}, on_node, overflow_check, True)
+    return (yield from run.steps_of_run())
+
+
 class _Run:
     """One execution of a graph: readiness, flows, the step clock, freeing values."""
 
@@ -100,6 +108,15 @@ class _Run:
         self.deferred: list[Node] = []     # with the check on, outputs are opened only after the verdict
 
     def go(self):
+        steps = self.steps_of_run()
+        try:
+            while True:
+                self.ctx.deliver(next(steps))
+        except StopIteration as stop:
+            return stop.value
+
+    def steps_of_run(self):
+        """The run, yielding the messages of each communication step; returns the outputs."""
         # (first step it can run at, graph position): the concurrent run starts nodes in this order, and
         # the shape runs follow the same order, so the dealer deals material in the order parties take it
         ready = [(0, index) for index, node in enumerate(self.graph.nodes) if not node.operands]
@@ -117,8 +134,8 @@ class _Run:
                 else:
                     flows[node.name] = flow
             if flows:
-                self._step(flows, ready)
-        self._finish_checks()
+                yield from self._step(flows, ready)
+        yield from self._finish_checks()
         self.ctx.schedule = {"rounds": self.steps, "finish": self.finish, "start": self.start}
         return {name: self.env[name] for name in self.graph.outputs}
 
@@ -127,7 +144,7 @@ class _Run:
         messages = [message for flow in flows.values() for message in flow.pending()]
         if not messages:
             raise ExecutionError(f"party {self.ctx.party}: nodes {sorted(flows)} wait but send nothing")
-        self.ctx.deliver(messages)
+        yield messages
         self.steps += 1
         for name in list(flows):
             flow = flows[name]
@@ -228,8 +245,11 @@ class _Run:
         ctx.begin(OVERFLOW_NODE)
         verdict_ctx = ctx.for_node(OVERFLOW_NODE)
         start = time.perf_counter()
-        _, steps = run_flow(verdict_ctx, _overflow_verdict(self.graph, verdict_ctx))
-        self.steps += steps
+        verdict = Flow.start(_overflow_verdict(self.graph, verdict_ctx), verdict_ctx)
+        while not verdict.done:
+            yield verdict.pending()
+            self.steps += 1
+            self._guard(SimpleNamespace(name=OVERFLOW_NODE, op="mpc." + OVERFLOW_NODE, origin=None), verdict.resume)
         if self.on_node is not None:
             self.on_node(SimpleNamespace(name=OVERFLOW_NODE, op="mpc." + OVERFLOW_NODE), time.perf_counter() - start)
         if not self.deferred:
@@ -240,7 +260,7 @@ class _Run:
             value = _run(node, self.graph, self.env, node_ctx, self.inputs, self.weights)
             flows[node.name] = Flow.start(value, node_ctx)
         while any(not flow.done for flow in flows.values()):
-            ctx.deliver([m for flow in flows.values() for m in flow.pending()])
+            yield [m for flow in flows.values() for m in flow.pending()]
             self.steps += 1
             for flow in flows.values():
                 flow.resume()

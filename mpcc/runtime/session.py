@@ -155,17 +155,7 @@ class Session:
             return self._run_locked(inputs, material)
 
     def _as_dict(self, inputs) -> dict:
-        names = [n.name for n in self.plan.graph.inputs]
-        if isinstance(inputs, (tuple, list)):
-            if len(inputs) != len(names):
-                raise RunError(f"the plan takes {len(names)} positional input(s) {names}, got {len(inputs)}")
-            return dict(zip(names, inputs))
-        if isinstance(inputs, torch.Tensor) and len(names) == 1:
-            return {names[0]: inputs}
-        if not isinstance(inputs, Mapping):
-            raise RunError(f"inputs must be a dict by name or a tuple in the order {names}, "
-                           f"not {type(inputs).__name__}")
-        return dict(inputs)
+        return inputs_as_dict(self.plan, inputs)
 
     def _check_material(self, material: DealtMaterial) -> None:
         """Material of another deployment or plan, or whose label was edited, is refused
@@ -188,9 +178,7 @@ class Session:
                                f"was not dealt under this label by this deployment's dealer (edited or mixed up)")
 
     def _run_locked(self, inputs, material):
-        owners = self.plan.inputs
-        party_inputs = ({k: v for k, v in inputs.items() if owners[k] in ("client", "public")},
-                        {k: v for k, v in inputs.items() if owners[k] in ("server", "public")})
+        party_inputs = split_inputs(self.plan, inputs)
         start = time.perf_counter()
         self.count += 1
         dealer_thread = None
@@ -283,6 +271,29 @@ class Session:
                          (links[0].wait_seconds, links[1].wait_seconds), getattr(material, "most_ahead_bytes", 0))
         outputs = [results[0][name] for name in self.plan.graph.outputs]
         return outputs, stats
+
+
+def inputs_as_dict(plan, inputs) -> dict:
+    """Inputs by name from the forms ``mpcc.compile`` takes (a dict, a tuple in the
+    plan's input order, or one tensor); a wrong form is a ``RunError``."""
+    names = [n.name for n in plan.graph.inputs]
+    if isinstance(inputs, (tuple, list)):
+        if len(inputs) != len(names):
+            raise RunError(f"the plan takes {len(names)} positional input(s) {names}, got {len(inputs)}")
+        return dict(zip(names, inputs))
+    if isinstance(inputs, torch.Tensor) and len(names) == 1:
+        return {names[0]: inputs}
+    if not isinstance(inputs, Mapping):
+        raise RunError(f"inputs must be a dict by name or a tuple in the order {names}, "
+                       f"not {type(inputs).__name__}")
+    return dict(inputs)
+
+
+def split_inputs(plan, inputs: dict) -> tuple[dict, dict]:
+    """(the client's, the server's) inputs: each party gets its own and the public ones."""
+    owners = plan.inputs
+    return ({k: v for k, v in inputs.items() if owners[k] in ("client", "public")},
+            {k: v for k, v in inputs.items() if owners[k] in ("server", "public")})
 
 
 def _caused_by_peer(error: BaseException | None) -> bool:

@@ -1,0 +1,52 @@
+"""Fixed-point emulation: the secure run's numerics in one thread."""
+import pytest
+import torch
+
+import mpcc
+from mpcc.passes.approximate import PRESETS
+from mpcc.runtime.session import RunError
+from tests.conftest import token_ids
+
+# Both runs carry the same protocols; they differ only in the truncations' random 1-ulp
+# borrows (each a -1 ulp with some probability), which reach the outputs through a
+# layer's products: at f = 16, a few hundred ulps at most on a tiny BERT.
+TRUNCATION_NOISE = 2e-3
+
+
+@pytest.mark.parametrize("approx", sorted(PRESETS))
+def test_emulation_matches_the_secure_run(tiny_bert, approx):
+    inputs = {"input_ids": token_ids(6, 120)}
+    plan = mpcc.compile(tiny_bert, inputs, approx=approx)
+    weights = tiny_bert.state_dict()
+    secure, _ = mpcc.run(plan, inputs, weights, progress=False)
+    emulator = mpcc.Emulator(plan, weights, seed=1)
+    for _ in range(2):   # the weights' setup happens once; later inputs reuse it
+        emulated = emulator.run(inputs)
+        assert (emulated[0] - secure[0]).abs().max() < TRUNCATION_NOISE
+    plaintext = mpcc.interpret(plan, inputs, weights)
+    assert (emulated[0] - plaintext[0]).abs().max() < 1e-2
+
+
+def test_emulation_follows_the_fixed_point_arithmetic_not_the_plaintext():
+    """A product below one ulp vanishes in fixed point: emulation shows it, as a secure run would."""
+    class Tiny(torch.nn.Module):
+        def forward(self, x):
+            return x * x
+    x = torch.tensor([[2.0 ** -9, 3.0]])
+    plan = mpcc.compile(Tiny(), (x,))
+    (emulated,) = mpcc.emulate(plan, (x,), {})
+    (secure,), _ = mpcc.run(plan, (x,), {}, progress=False)
+    assert emulated[0, 0].abs() <= 2.0 ** -16 and secure[0, 0].abs() <= 2.0 ** -16   # 2^-18 is below one ulp
+    assert torch.allclose(emulated[0, 1], torch.tensor(9.0, dtype=emulated.dtype), atol=1e-4)
+
+
+def test_emulation_refuses_bad_inputs_and_weights(tiny_bert):
+    inputs = {"input_ids": token_ids(6, 120)}
+    plan = mpcc.compile(tiny_bert, inputs)
+    with pytest.raises(RunError, match="input"):
+        mpcc.emulate(plan, {"wrong": inputs["input_ids"]}, tiny_bert.state_dict())
+    bad = dict(tiny_bert.state_dict())
+    key = next(k for k in bad if k.endswith("intermediate.dense.weight"))
+    bad[key] = bad[key] * float("nan")
+    with pytest.raises(RunError, match="NaN|nan|finite"):
+        mpcc.emulate(plan, inputs, bad)
