@@ -331,7 +331,7 @@ def case_matmul(draw):
     m, k, n = (draw(st.integers(1, 4)) for _ in range(3))
     x = reals(draw, (*batch, m, k), -100, 100, [0.0, ULP])
     y = reals(draw, (k, n) if draw(st.booleans()) else (*batch, k, n), -100, 100, [0.0, -ULP])
-    return Case({"self": Arg(x), "other": Arg(y)}, atol=TRUNC_ULPS)
+    return Case({"self": Arg(x), "other": Arg(y)}, {"shift": draw(st.sampled_from([0, 0, 1, 3]))}, atol=TRUNC_ULPS)
 
 
 def case_linear_server(draw):

@@ -247,8 +247,13 @@ _mpc("mpc.mul_public", ("self", "value", "truncate"), lambda x, v, truncate=True
 _mpc("mpc.mul", ("self", "other", "truncate"), lambda x, y, truncate=True: x * y, "product of shares (Beaver)",
      lambda ctx, x, y, truncate=True: mul(ctx, x, y, truncate))
 _mpc("mpc.square", ("self",), lambda x: x * x, "square of a share (one opening)", lambda ctx, x: square(ctx, x))
-_mpc("mpc.matmul", ("self", "other"), torch.matmul, "matrix product of shares (Beaver)",
-     lambda ctx, x, y: matmul_shares(ctx, x, y))
+async def _proto_matmul(ctx, x, y, shift=0):
+    """x @ y, then times 2^-shift in the same truncation (``fuse_scaled_matmul``)."""
+    return await trunc(ctx, await beaver(ctx, x, y, ctx.backend.matmul), ctx.frac_bits + shift)
+
+
+_mpc("mpc.matmul", ("self", "other", "shift"), lambda x, y, shift=0: torch.matmul(x, y) * 2.0 ** -shift,
+     "matrix product of shares (Beaver), times 2^-shift in its truncation", _proto_matmul)
 _mpc("mpc.linear_server", ("input", "weight", "bias", "transpose"), _linear_reference,
      "x @ W(^T) + b with the server's plaintext W, b (one message per inference)", _proto_linear)
 _mpc("mpc.mul_server", ("self", "other"), torch.mul, "elementwise product with the server's plaintext tensor",

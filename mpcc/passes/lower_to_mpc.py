@@ -236,7 +236,7 @@ class _Lowering:
         elif self.vis(w) == "shared" or self.vis(x) == "shared":
             if bias or transpose:
                 self.fail(node, "linear with a secret-shared weight: write it as matmul + add")
-            make("mpc.matmul", [share(x), share(w)])
+            make("mpc.matmul", [share(x), share(w)], {"shift": 0})
         else:
             self.fail(node, f"matmul of {self.vis(x)} and {self.vis(w)} operands")
 

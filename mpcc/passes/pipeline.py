@@ -24,6 +24,7 @@ SECURE_PIPELINE = DEFAULT_PIPELINE + (
     "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
     "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
     "lower_to_mpc",              # every shared value's op gets its protocol
+    "fuse_scaled_matmul",        # q k^T / 2^j: the scaling joins the product's truncation
 )
 
 

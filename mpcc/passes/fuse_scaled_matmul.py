@@ -1,0 +1,49 @@
+"""A secret matrix product scaled by a power of two (eager attention's
+q k^T / sqrt(d) for d = 4^j) becomes one ``mpc.matmul`` whose truncation
+shifts j more bits: the scaling's own truncation round disappears.
+
+    %matmul = mpc.matmul(%q, %k_t)  %mul = mpc.mul_scalar(%matmul, value=0.125)
+      ->  %mul = mpc.matmul(%q, %k_t, shift=3)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+from ..ir import Graph
+from .registry import register_pass
+
+__all__ = ["fuse_scaled_matmul", "power_of_two_shift"]
+
+
+def power_of_two_shift(value) -> int | None:
+    """j when ``value`` is 2^-j for j >= 1, else None."""
+    if not isinstance(value, (int, float)) or value <= 0:
+        return None
+    mantissa, exponent = math.frexp(value)
+    return 1 - exponent if mantissa == 0.5 and exponent <= 0 else None
+
+
+@register_pass("fuse_scaled_matmul")
+def fuse_scaled_matmul(graph: Graph) -> Graph:
+    users = graph.users()
+    fused: dict[str, str] = {}   # the scaling's name -> the matmul it absorbs
+    for node in graph.nodes:
+        if node.op != "mpc.mul_scalar" or power_of_two_shift(node.attrs.get("value")) is None:
+            continue
+        (source,) = node.operands
+        producer = graph[source]
+        if producer.op == "mpc.matmul" and not producer.attrs.get("shift") and users.get(source) == [node.name] \
+                and source not in graph.outputs:
+            fused[node.name] = source
+    absorbed = set(fused.values())
+    nodes = []
+    for node in graph.nodes:
+        if node.name in absorbed:
+            continue
+        if node.name in fused:
+            matmul = graph[fused[node.name]]
+            node = replace(matmul, name=node.name, attrs={**matmul.attrs, "shift": power_of_two_shift(
+                node.attrs["value"])}, type=node.type, origin=node.origin)
+        nodes.append(node)
+    return Graph(tuple(nodes), graph.outputs)
