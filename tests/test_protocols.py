@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, strategies as st
@@ -202,3 +203,91 @@ def test_fuzzy_ltz_is_exact_away_from_zero(shape, seed, fuzz):
     far = x.abs() >= 2**fuzz
     assert torch.equal(run.result[far], (x[far] < 0).to(torch.int64))
     assert ((run.result == 0) | (run.result == 1)).all()
+
+
+# --------------------------------------------------------------------------- lt_public's tree of 4-input ANDs
+def tree_levels(bits: int) -> int:
+    """ceil(log4 bits): the rounds of lt_public's tree (0 for one bit)."""
+    levels = 0
+    while 4 ** levels < bits:
+        levels += 1
+    return levels
+
+
+def int64(value: int) -> int:
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def run_lt_public(bits: int, pairs: list, seed: int = 0, record: bool = False):
+    """[c < r] for public c and XOR-shared r (random bits above ``bits`` in c and in both shares)."""
+    g = torch.Generator().manual_seed(seed)
+    noise = lambda: torch.randint(-2**63, 2**63 - 1, (len(pairs),), generator=g)  # noqa: E731
+    above = ~((1 << bits) - 1) if bits < 64 else 0
+    c = torch.tensor([int64(c) for c, _ in pairs], dtype=torch.int64) | (noise() & above)
+    r = torch.tensor([int64(r) for _, r in pairs], dtype=torch.int64)
+    mask = noise()
+
+    async def protocol(ctx, c_meta, r_meta):
+        if ctx.meta:
+            return await compare.lt_public(ctx, c_meta, r_meta, bits)
+        share = mask if ctx.party == 0 else mask ^ r
+        return await compare.lt_public(ctx, c, share, bits)
+    return run_protocol(protocol, c, r, integer=True, xor_result=True, seed=seed, record=record)
+
+
+@st.composite
+def comparisons(draw):
+    bits = draw(st.integers(1, 64))
+    top = (1 << bits) - 1
+    word = st.one_of(st.integers(0, top), st.sampled_from([0, 1, top, top - 1, top >> 1, (top >> 1) + 1]))
+    pairs = draw(st.lists(st.tuples(word, word, st.booleans()), min_size=1, max_size=40))
+    return bits, [(c, c if equal else r) for c, r, equal in pairs]
+
+
+@given(comparisons(), seeds)
+def test_lt_public_against_plaintext(case, seed):
+    bits, pairs = case
+    run = run_lt_public(bits, pairs, seed)
+    check_counts(run)
+    assert run.rounds == (tree_levels(bits),) * 2
+    assert run.result.tolist() == [int(c < r) for c, r in pairs]
+
+
+def test_lt_public_every_width():
+    """Widths 1..64 (powers of 4 or not: trees of arities 4, 3 and 2): 0, all ones, equal and adjacent values."""
+    for bits in range(1, 65):
+        top = (1 << bits) - 1
+        edges = [0, 1, top, top - 1, top >> 1, (top >> 1) + 1, 0x5555555555555555 & top]
+        pairs = [(c, r) for c in edges for r in edges]
+        run = run_lt_public(bits, pairs, seed=bits)
+        check_counts(run)
+        assert run.rounds == (tree_levels(bits),) * 2, bits
+        assert run.result.tolist() == [int(c < r) for c, r in pairs], bits
+
+
+@pytest.mark.parametrize("bits, fuzz, rounds", [(32, 0, 4), (48, 0, 4), (64, 0, 4), (32, 15, 3), (16, 0, 3)])
+def test_ltz_rounds(bits, fuzz, rounds):
+    """One opening, then ceil(log4(bits - 1 - fuzz)) rounds of 4-input ANDs."""
+    x = torch.randint(-2**(bits - 1), 2**(bits - 1) - 1, (50,), generator=torch.Generator().manual_seed(bits))
+    run = run_protocol(lambda ctx, a: compare.ltz_bits(ctx, a, bits, fuzz), x, integer=True, xor_result=True)
+    check_counts(run)
+    assert run.rounds == (rounds, rounds)
+    far = x.abs() >= 2 ** fuzz
+    assert torch.equal(run.result[far], (x[far] < 0).to(torch.int64))
+
+
+def test_lt_public_openings_are_uniform():
+    """Each word a party reconstructs from one of lt_public's openings (its message XOR the peer's) is
+    uniform in all 64 bits, for r = c as for random r: every input of every level is masked afresh."""
+    n, bits = 4096, 31
+    g = torch.Generator().manual_seed(3)
+    c = torch.randint(0, 2**bits, (n,), generator=g).tolist()
+    other = torch.randint(0, 2**bits, (n,), generator=g).tolist()
+    for pairs in ([(v, v) for v in c], list(zip(c, other))):
+        run = run_lt_public(bits, pairs, record=True)
+        assert len(run.received[0]) == 2 * tree_levels(bits) - 1   # r ^ a, then (G ^ a_G, E ^ a_E) per level
+        for (mine, _), (theirs, _) in zip(*run.received):
+            words = mine ^ theirs
+            ones = ((words.unsqueeze(-1) >> torch.arange(64)) & 1).double().mean(0)
+            assert ((ones - 0.5).abs() <= 6 * (0.25 / words.numel()) ** 0.5).all(), ones
