@@ -19,7 +19,7 @@ __all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_re
            "QUAD_SHIFT", "QUAD_SUM_LOG2"]
 
 QUAD_SHIFT = 5.0          # MPCFormer's 2Quad: (x + c)^2 with c = 5
-QUAD_SUM_LOG2 = (-4, 24)  # the divide's domain for sums of (x + c)^2: [1/16, 2^24)
+QUAD_SUM_LOG2 = (-8, 16)  # the divide's domain for sums of (x + c)^2: [1/256, 65536)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ async def softmax_2quad(ctx, x, keep):
     """MPCFormer's 2Quad, (x + c)^2 / sum (x + c)^2 with c = 5: one square, a row
     sum and a division (``divide``): no comparison but the division's bracket.
     Domain: |x + 5| < 2^(31-f) (the square's truncation); each row's sum of
-    squares in [1/16, 2^24). Rounds: 2 + the division's."""
+    squares in [2^-8, 2^16) (1/sum is formed with 2f bits: s = 2^-m exact for m <= f). Rounds: 2 + the division's."""
     q = await square(ctx, add_public(ctx, x, _public(ctx, QUAD_SHIFT, x)))
     if keep is not None:
         q = q * keep

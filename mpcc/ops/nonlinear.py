@@ -174,13 +174,21 @@ async def _newton_reciprocal(ctx, x, s):
 
 
 async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
-    """numerators / x for x in [2^low, 2^high) (broadcast, e.g. a row sum):
-    (numerators s) y with 1/x = y s from ``reciprocal_parts``; the product by
-    s runs beside Newton. Domain: the reciprocal's; |numerators s| < 2^(31-f)."""
-    ctx.check_range(x, high_log2 + ctx.frac_bits)
-    s = await _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
-    scaled, y = await ctx.gather(mul(ctx, numerators, s), _newton_reciprocal(ctx, x, s))
-    return await mul(ctx, scaled, y)
+    """numerators / x for x in [2^low, 2^high) (broadcast, e.g. a row sum; high <= f + 1).
+
+    1/x = y s (``reciprocal_parts``) is formed with 2f fractional bits, one
+    product per x (a row): y s is exact there (s = 2^-m, m <= f). Then one
+    product per numerator, truncated by 2f: precise however small 1/x is, at
+    one product per element (a product by s beside Newton would save a round
+    for a second product per element: bytes cost more than rounds on every
+    network profile). Rounds: the bracket's, 2 + 3 per Newton step, 3.
+    Domain: the reciprocal's; |numerators / x| < 2^(62-3f).
+    """
+    if high_log2 - 1 > ctx.frac_bits:
+        raise ValueError(f"divide: 2^{high_log2} is past 2^(f+1); s = 2^-m would not be exact")
+    y, s = await reciprocal_parts(ctx, x, low_log2, high_log2)
+    inverse = await beaver(ctx, y, s, torch.mul)   # 2f fractional bits
+    return await trunc(ctx, await beaver(ctx, numerators, inverse, torch.mul), 2 * ctx.frac_bits)
 
 
 async def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):

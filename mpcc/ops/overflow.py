@@ -40,17 +40,26 @@ async def out_of_range_bits(ctx, x, bound_log2: int, fuzz_log2: int | None = Non
     err, the other half of the pair is exact and 1. The two halves are joined
     by OR = NOT(AND(NOT a, NOT b)), one AND gate (both halves can be 1 only
     near +-2^63, so XOR would not do).
-    Rounds: 2 + log2(W), W = 65 - bound_log2 rounded up to a power of two
-    (the tree's width). Bytes sent per element by each party, and dealer
-    material stored per element (for party 1; party 0's comes from its
-    seed), as the transport and the cost model count them:
+    Rounds: 1 (the opening) + the levels of the 4-ary borrow tree over its
+    65 - bound_log2 bits (``lt_public``), + 1 (the AND). Bytes sent per
+    element by each party, and dealer material stored per element (for
+    party 1; party 0's comes from its seed), as the transport and the cost
+    model count them:
 
         bound_log2   rounds   online bytes   stored bytes
-        2 .. 32        8         63.25          200
-        33 .. 48       7         39.25           96
-        49 .. 56       6         27.25           52
-        57 .. 60       5         21.25           44
-        61, 62         4         18.25           36
+        2 .. 16        5         40.75          100
+        17 .. 28       5         35.34           91.4
+        29 .. 32       5         30.44           88.6
+        33 .. 40       5         28.75           54
+        41 .. 46       5         25.5            52
+        47, 48         5         24.25           46
+        49 .. 52       4         21.75           40
+        53 .. 55       4         20.25           38
+        56             4         19.61           35
+        57, 58         4         18.75           30.5
+        59, 60         4         18.5            29.25
+        61             3         17.25           30
+        62             3         17.0            28
 
     Randomness: that of two 64-bit LTZs (r, its XOR sharing, the tree's AND
     triples) and one 1-bit AND gate per element. (Masked comparison with a
