@@ -34,7 +34,7 @@ from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
 from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
-from .ops.layer_norm import LN_BRACKETS_LOG4
+from .ops.layer_norm import LN_BRACKETS_LOG2
 from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
 
 __all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
@@ -192,10 +192,10 @@ def _segments(node, types, f):
 def _layer_norm(node, types, f):
     """``ops/layer_norm.py``: the mean is a sum times the 24-bit 1/n, truncated; the sum of
     the untruncated squares S = n (var + eps) is truncated (so S < 2^(62-2f)) and
-    bracketed on [4^-8, 4^15); gamma's product carries 3f bits."""
+    bracketed on [2^-16, 2^30); gamma's product carries 3f bits."""
     (n,) = node.attrs["normalized_shape"]
     by_n = _scalar_bound(f, 1.0 / n) / n   # the mean: a sum times round(2^24 / n), truncated
-    squares_bound = min(2.0 ** (62 - 2 * f), 4.0 ** LN_BRACKETS_LOG4[1])
+    squares_bound = min(2.0 ** (62 - 2 * f), 2.0 ** LN_BRACKETS_LOG2[1])
 
     def centred(a, out):
         x = a["input"]

@@ -1,13 +1,14 @@
 """LayerNorm, scheduled for few rounds.
 
 (x - mean) / sqrt(var + eps) * gamma + beta over the last axis, n entries:
-the row's sum of squares S = sum (x - mean)^2 + n eps (= n (var + eps)) is
-bracketed between powers of four, 4^m <= S < 4^(m+1), by one batch of
-comparisons; with s = 2^-m, y = 1/sqrt(S s^2) comes from Newton on
-[1, 4), and the result is (x - mean) (s sqrt(n)) y gamma: s sqrt(n) is
-encoded with 2f bits (precise however small), (x - mean) s sqrt(n) is
-computed beside Newton, and the last product stays untruncated into
-gamma's product.
+the row's sum of squares S = sum (x - mean)^2 + n eps (= n (var + eps)),
+kept with 2f fractional bits, is bracketed between powers of two,
+2^j <= S < 2^(j+1), by one batch of 64-bit comparisons (while S is also
+truncated, in the same steps); with s = 2^(-j/2), y = 1/sqrt(S s^2) comes
+from a minimax line on [1, 2) and two Newton steps, and the result is
+(x - mean) (s sqrt(n)) y gamma: s sqrt(n) is encoded with 2f bits (precise
+however small), (x - mean) s sqrt(n) is computed beside Newton, and the last
+product stays untruncated into gamma's product.
 """
 from __future__ import annotations
 
@@ -17,40 +18,43 @@ import torch
 
 from .arith import add_public, beaver, linear_server, server_ring, square, trunc
 from .base import define
-from .compare import WIDE_CMP_BITS, b2a, ltz_bits, not_bit
+from .compare import b2a, ltz_bits, not_bit
 from .nonlinear import LAYER_NORM_FLOOR_LOG4, _public, encode_scaled, mul_scalar
 
-__all__ = ["layer_norm", "LN_BRACKETS_LOG4", "LN_NEWTON_STEPS"]
+__all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "RSQRT_LINE"]
 
-LN_BRACKETS_LOG4 = (-8, 15)   # S in [4^-8, 4^15): below, the error grows; above, S's truncation wraps (f = 16)
-LN_NEWTON_STEPS = 3           # relative error 0.18 -> 0.049 -> 3.6e-3 -> 1.9e-5
-GUESS_FRAC = 10               # the initial guess's slope -1/6 with 10 bits: z * it stays below 2^62
+LN_BRACKETS_LOG2 = (-16, 30)   # S in [2^-16, 2^30): above, S's truncation wraps (f = 16)
+RSQRT_LINE = (1.26411422, -0.2863736)   # minimax line for 1/sqrt on [1, 2]: relative error 2.2%
+LN_NEWTON_STEPS = 2            # relative error 2.2e-2 -> 7.5e-4 -> 8.4e-7
+GUESS_FRAC = 12                # the line's slope with 12 bits: z * it stays below 2^62
 
 
 async def _bracket(ctx, x, floor: float | None, n: int):
-    """s sqrt(n) and s^2 (2f bits each), s = 2^-m where 4^m <= x < 4^(m+1), from one batch of
-    48-bit LTZs and one b2a (exact powers of two: the weighted sums are local).
-    With the overflow check, ``floor`` is one more column: x below it is flagged."""
+    """s sqrt(n) and s^2 (2f bits each), s = 2^(-j/2) where 2^j <= x < 2^(j+1), for x
+    with 2f fractional bits: one batch of 64-bit LTZs (no domain of their own) and
+    one b2a; the weighted sums of bits are local. With the overflow check,
+    ``floor`` is one more column: x below it is flagged."""
     f = ctx.frac_bits
-    low, high = LN_BRACKETS_LOG4
+    low, high = LN_BRACKETS_LOG2
     exponents = list(range(low + 1, high))
     check = ctx.overflow_flags is not None and floor is not None
-    thresholds = [4.0 ** m for m in exponents] + ([floor] if check else [])
-    diffs = torch.stack([add_public(ctx, x, _public(ctx, -t, x)) for t in thresholds], -1)
-    bits = not_bit(ctx, await ltz_bits(ctx, diffs, WIDE_CMP_BITS))
+    thresholds = [2.0 ** j for j in exponents] + ([floor] if check else [])
+    ring = encode_scaled(ctx, torch.tensor(thresholds, dtype=torch.float64), 2 * f)
+    diffs = x.unsqueeze(-1) - ctx.public_share(ring.to(x.device) if not ctx.meta else ring)   # [..., 1, k]
+    bits = not_bit(ctx, await ltz_bits(ctx, diffs, 64))
     if check:
         ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
         bits = bits[..., :-1]
     arithmetic = await b2a(ctx, bits)
 
-    def weighted(base: float, factor: float):
-        weights = [factor * (base ** -m - base ** -(m - 1)) for m in exponents]
-        ring = encode_scaled(ctx, torch.tensor(weights, dtype=torch.float64, device=arithmetic.device), 2 * f)
+    def weighted(scale):   # scale(j) for the bracket 2^j <= x < 2^(j+1), as a sum of steps
+        steps = [scale(j) - scale(j - 1) for j in exponents]
+        ring = encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=arithmetic.device), 2 * f)
         total = (arithmetic * ring).sum(-1)
-        start = encode_scaled(ctx, torch.full(tuple(total.shape), factor * base ** -low, dtype=torch.float64,
+        start = encode_scaled(ctx, torch.full(tuple(total.shape), scale(low), dtype=torch.float64,
                                               device=arithmetic.device), 2 * f)
         return add_public(ctx, total, start)
-    return weighted(2.0, math.sqrt(n)), weighted(4.0, 1.0)
+    return weighted(lambda j: math.sqrt(n) * 2.0 ** (-j / 2)), weighted(lambda j: 2.0 ** -j)
 
 
 async def _newton_rsqrt(ctx, x_norm, y):
@@ -71,11 +75,11 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     Domain (n = normalised size, f = 16): |mean| < 2^(62-f) / round(2^24 / n)
     (the sum times the 24-bit 1/n, truncated); S = n (var + eps) < 2^(62-2f)
     (the sum of untruncated squares is truncated: var < 2^30 / n); S in
-    [4^-8, 4^15), and the overflow check flags var + eps below 4^-7;
+    [2^-16, 2^30), and the overflow check flags var + eps below 4^-7;
     |normalised * gamma| < 2^(62-3f) (gamma's product carries 3f bits); without
     gamma, |normalised| < 2^(62-2f).
-    Rounds: 1 (mean) + 2 (S) + 8 (bracket) + 2 (x' and the guess) + 12
-    (Newton) + 1 + 2 (gamma) = 28.
+    Rounds: 1 (mean) + 1 (S) + 5 (the bracket, S's truncation beside it) + 2
+    (x' and the guess) + 8 (Newton) + 1 + 2 (gamma) = 20.
     """
     if len(normalized_shape) != 1:
         raise NotImplementedError("layer_norm over more than one axis")
@@ -84,14 +88,16 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     mu = await mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
     centered = x - mu
     squares = await square(ctx, centered, truncate=False)
-    total = await trunc(ctx, squares.sum(-1, keepdim=True))
-    total = add_public(ctx, total, _public(ctx, n * eps, total))
-    ctx.check_range(total, 2 * LN_BRACKETS_LOG4[1] + f)
-    s_n, s2 = await _bracket(ctx, total, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n)
-    z = await beaver(ctx, total, s2, torch.mul)   # S s^2 in [1, 4), 3f fractional bits
-    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f),
-                                     trunc(ctx, z * -round(2 ** GUESS_FRAC / 6), 2 * f + GUESS_FRAC))
-    y = add_public(ctx, guess, _public(ctx, 7.0 / 6.0, guess))
+    total_2f = squares.sum(-1, keepdim=True)   # S with 2f fractional bits
+    total_2f = add_public(ctx, total_2f, encode_scaled(ctx, torch.full(tuple(total_2f.shape), n * eps,
+                                                                          dtype=torch.float64), 2 * f))
+    ctx.check_range(total_2f, LN_BRACKETS_LOG2[1] + 2 * f)
+    total, (s_n, s2) = await ctx.gather(trunc(ctx, total_2f),
+                                        _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n))
+    z = await beaver(ctx, total, s2, torch.mul)   # S s^2 in [1, 2), 3f fractional bits
+    slope = round(RSQRT_LINE[1] * 2 ** GUESS_FRAC)
+    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f), trunc(ctx, z * slope, 2 * f + GUESS_FRAC))
+    y = add_public(ctx, guess, _public(ctx, RSQRT_LINE[0], guess))
     (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n), _newton_rsqrt(ctx, x_norm, y))
     out = await beaver(ctx, scaled, y, torch.mul)   # 2f fractional bits: gamma's product truncates once
     if weight is not None or "weight" in ctx.operand_types:   # the server's gamma (the client holds None)
