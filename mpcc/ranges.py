@@ -258,7 +258,7 @@ def _sdpa(node, types, f):
     scale = 1.0 / math.sqrt(types["query"].shape[-1]) if scale is None else scale
     scaled = _scalar_bound(f, scale)
     bound = product_bound(f) if scaled is None else min(product_bound(f), scaled)
-    if node.attrs.get("softmax", "exact") == "2quad":
+    if node.attrs.get("softmax", "exact") in ("2quad", "2quad_goldschmidt"):
         def scores(a):
             unmasked = _masked_scores(a, fill=False)
             return unmasked[1], unmasked[2]
@@ -303,9 +303,12 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.gelu": _segments,
     "mpc.tanh": _segments,
     "mpc.layer_norm": _layer_norm,
+    "mpc.layer_norm_goldschmidt": _layer_norm,
     "mpc.sdpa": _sdpa,
     "mpc.softmax_2quad": _softmax_2quad,
+    "mpc.softmax_2quad_goldschmidt": _softmax_2quad,
     "mpc.gelu_quad": _product("x * x", lambda a, out: a["self"] * a["self"]),
+    "mpc.gelu_secformer": _segments,
 }
 
 

@@ -1,5 +1,7 @@
 """Approximation presets: resolving names, the substitution pass, and
 substituted plans run securely (against their own plaintext meaning)."""
+import math
+
 import pytest
 import torch
 
@@ -15,19 +17,22 @@ class _Block(torch.nn.Module):
 
 
 def test_presets_and_overrides_resolve_to_a_choice_per_family():
-    assert resolve_approx("exact") == {"softmax": "exact", "gelu": "exact"}
-    assert resolve_approx("mpcformer") == {"softmax": "2quad", "gelu": "quad"}
-    assert resolve_approx({"preset": "mpcformer", "gelu": "exact"}) == {"softmax": "2quad", "gelu": "exact"}
-    assert resolve_approx({"softmax": "2quad"}) == {"softmax": "2quad", "gelu": "exact"}
+    exact = {"softmax": "exact", "gelu": "exact", "layer_norm": "exact"}
+    assert resolve_approx("exact") == exact
+    assert resolve_approx("mpcformer") == {**exact, "softmax": "2quad", "gelu": "quad"}
+    assert resolve_approx("secformer") == {"softmax": "2quad_goldschmidt", "gelu": "secformer",
+                                           "layer_norm": "goldschmidt"}
+    assert resolve_approx({"preset": "mpcformer", "gelu": "exact"}) == {**exact, "softmax": "2quad"}
+    assert resolve_approx({"softmax": "2quad"}) == {**exact, "softmax": "2quad"}
     assert approx_label({"preset": "exact", "softmax": "2quad", "gelu": "quad"}) == "mpcformer"
-    assert approx_label({"softmax": "2quad"}) == "gelu=exact,softmax=2quad"
-    assert resolve_approx("gelu=exact,softmax=2quad") == {"softmax": "2quad", "gelu": "exact"}
+    assert approx_label({"softmax": "2quad"}) == "gelu=exact,layer_norm=exact,softmax=2quad"
+    assert resolve_approx("gelu=exact,softmax=2quad") == {**exact, "softmax": "2quad"}
 
 
 @pytest.mark.parametrize("approx, message", [
     ("mpcformr", r"no approximation preset 'mpcformr'; presets are \['exact', 'mpcformer'"),
-    ({"softmax": "3quad"}, r"no softmax substitute '3quad'; softmax substitutes are \['2quad', 'exact'\]"),
-    ({"sigmoid": "exact"}, r"no op family 'sigmoid'; families are \['gelu', 'softmax'\]"),
+    ({"softmax": "3quad"}, r"no softmax substitute '3quad'; softmax substitutes are \['2quad', '2quad_goldschmidt', 'exact'\]"),
+    ({"sigmoid": "exact"}, r"no op family 'sigmoid'; families are \['gelu', 'layer_norm', 'softmax'\]"),
     ({"preset": "nope"}, r"no approximation preset 'nope'"),
 ])
 def test_unknown_names_list_the_valid_ones(approx, message):
@@ -41,6 +46,14 @@ def test_the_pass_puts_in_each_substitute_with_its_own_meaning():
     graph = run_pipeline(traced, ["infer_visibility", "approximate(gelu=quad,softmax=2quad)"])
     assert {"softmax_2quad", "gelu_quad"} <= {n.op for n in graph.nodes}
     quad = (x + 5) ** 2
+    secformer = run_pipeline(traced, ["infer_visibility", "approximate(gelu=secformer,softmax=2quad_goldschmidt)"])
+    u = (quad / quad.sum(-1, keepdim=True) * 4.0 - 2.0) / math.sqrt(2)   # |u| <= 1.5: the series' range
+    k = torch.arange(1, 8, dtype=torch.float64)
+    beta = torch.tensor([1.25772, -0.0299154, 0.382155, -0.0519123, 0.196033, -0.0624557, 0.118029],
+                        dtype=torch.float64)
+    erf = (torch.sin(u.unsqueeze(-1) * k * math.pi / 10) * beta).sum(-1)
+    (got,) = mpcc.interpret(secformer, {"x": x}, {})
+    assert torch.allclose(got, 0.5 * u * math.sqrt(2) * (1 + erf), atol=1e-12)
     p = quad / quad.sum(-1, keepdim=True) * 4.0 - 2.0
     want = 0.125 * p * p + 0.25 * p + 0.5
     (got,) = mpcc.interpret(graph, {"x": x}, {})
@@ -75,4 +88,4 @@ def test_a_plan_keeps_its_approximation_through_a_file(mpcformer_bert, tmp_path)
     loaded = mpcc.load(plan.save(tmp_path / "plan.mpcc"))
     assert loaded.approx == "mpcformer" and loaded.hash == plan.hash
     other = mpcc.compile(_Block(), (torch.zeros(2, 5),), approx={"preset": "mpcformer", "gelu": "exact"})
-    assert other.approx == "gelu=exact,softmax=2quad"
+    assert other.approx == "gelu=exact,layer_norm=exact,softmax=2quad"

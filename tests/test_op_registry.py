@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from mpcc.ir import Graph, Node, TensorType, kind_of_dtype
 from mpcc.ops import REGISTRY, arith, compare, nonlinear as nl
+from mpcc.ops.substitutes import ERF_EDGE
 from mpcc.plan import Plan
 from mpcc.runtime import RunError, Session
 from mpcc.verify import lint
@@ -470,6 +471,32 @@ def case_softmax_2quad(draw):
     return Case({"self": Arg(x)}, {"dim": draw(st.integers(-len(shape), len(shape) - 1))}, atol=2e-4)
 
 
+def case_softmax_2quad_goldschmidt(draw):
+    """SecFormer's 2Quad with 7 Goldschmidt steps: as 2Quad (each step adds about an ulp)."""
+    case = case_softmax_2quad(draw)
+    return Case(case.args, case.attrs, atol=4e-4)
+
+
+def _gelu_secformer_check(got, want, case):
+    """Within 0.5 of the segment edges +-2.5 sqrt 2 the fuzzy segment test may take the
+    series (within 0.03 of +-1 there: 0.03 |x| / 2); elsewhere a few ulps of the
+    truncations and the dealt sines (2e-4 for |x| < 1e3)."""
+    x = case.args["self"].value
+    band = (x.abs() - ERF_EDGE * math.sqrt(2)).abs() <= 0.5
+    bound = torch.where(band, 0.03 * x.abs() / 2 + 1e-3, 2e-4 + x.abs() * 2e-6)
+    assert_close("mpc.gelu_secformer", got, want, bound, 0.0, case)
+
+
+def case_gelu_secformer(draw):
+    edges = [0.0, ULP, -ULP, 3.5355, -3.5355, 3.0, -3.0, 4.1, -4.1, 20.0, -20.0, 1000.0, -1000.0]
+    return Case({"self": Arg(with_edges(draw, -1000.0, 1000.0, edges))}, check=_gelu_secformer_check)
+
+
+def case_layer_norm_goldschmidt(draw):
+    """LayerNorm with SecFormer's 7 Goldschmidt steps: LayerNorm's bound."""
+    return case_layer_norm(draw)
+
+
 def case_gelu_quad(draw):
     """0.125 x^2 + 0.25 x + 0.5, one truncation of x^2 + 2x (|x| < 32768)."""
     x = reals(draw, draw(shapes()), -3000, 3000, [0.0, ULP, -ULP, 1.0, -2.0])
@@ -539,7 +566,7 @@ def case_sdpa(draw):
     (x + 5)^2 at least 1, inside the division's domain."""
     batch = draw(shapes(1, 2, 2))
     s_q, s_k, d = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 4))
-    softmax = draw(st.sampled_from(["exact", "2quad"]))
+    softmax = draw(st.sampled_from(["exact", "2quad", "2quad_goldschmidt"]))
     limit = 4.0 if softmax == "exact" else 0.5
     q = Arg(reals(draw, (*batch, s_q, d), -limit, limit, [0.0, ULP]))
     k = Arg(reals(draw, (*batch, s_k, d), -limit, limit, [0.0, -ULP]))
@@ -580,6 +607,8 @@ CASES: dict[str, Callable] = {
     "mpc.rsqrt": case_rsqrt, "mpc.softmax": case_softmax, "mpc.gelu": case_gelu, "mpc.tanh": case_tanh,
     "mpc.layer_norm": case_layer_norm, "mpc.sdpa": case_sdpa, "mpc.mul_scalar": case_mul_scalar,
     "mpc.softmax_2quad": case_softmax_2quad, "mpc.gelu_quad": case_gelu_quad,
+    "mpc.softmax_2quad_goldschmidt": case_softmax_2quad_goldschmidt, "mpc.gelu_secformer": case_gelu_secformer,
+    "mpc.layer_norm_goldschmidt": case_layer_norm_goldschmidt,
 }
 
 

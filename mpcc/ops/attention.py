@@ -13,13 +13,14 @@ import torch
 
 from .arith import add_public, beaver, encode, square, trunc
 from .base import define
-from .nonlinear import _public, divide, mul_scalar, softmax_masked
+from .nonlinear import _bracket_scale, _public, divide, mul_scalar, softmax_masked
 
 __all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_reference", "sdpa",
            "QUAD_SHIFT", "QUAD_SUM_LOG2"]
 
 QUAD_SHIFT = 5.0          # MPCFormer's 2Quad: (x + c)^2 with c = 5
 QUAD_SUM_LOG2 = (-8, 16)  # the divide's domain for sums of (x + c)^2: [1/256, 65536)
+GOLDSCHMIDT_DIV_STEPS = 7 # SecFormer's count in the model (13 in its op benchmark)
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,37 @@ async def softmax_2quad(ctx, x, keep):
     return await divide(ctx, q, q.sum(-1, keepdim=True), *QUAD_SUM_LOG2)
 
 
+async def softmax_2quad_goldschmidt(ctx, x, keep):
+    """SecFormer's softmax: 2Quad, divided by Goldschmidt's iteration. The row sum d
+    is scaled into [1/2, 1) (here by the division's bracketing comparisons, a
+    power of two s/2), then m = 2 - y; x <- x m; y <- y m, GOLDSCHMIDT_DIV_STEPS
+    times (the products of x and of y share each step: 2 rounds a step, and
+    one product per element per step). Domain: 2Quad's."""
+    f = ctx.frac_bits
+    q = await square(ctx, add_public(ctx, x, _public(ctx, QUAD_SHIFT, x)))
+    if keep is not None:
+        q = q * keep
+    total = q.sum(-1, keepdim=True)
+    ctx.check_range(total, QUAD_SUM_LOG2[1] + f)
+    s = await _bracket_scale(ctx, total, list(range(QUAD_SUM_LOG2[0] + 1, QUAD_SUM_LOG2[1])), 1, QUAD_SUM_LOG2[0])
+    numerators, denominator = await ctx.gather(_scaled(ctx, q, s, f + 1), _scaled(ctx, total, s, f + 1))
+    two = _public(ctx, 2.0, denominator)
+    for _ in range(GOLDSCHMIDT_DIV_STEPS):
+        factor = add_public(ctx, -denominator, two)
+        numerators, denominator = await ctx.gather(_scaled(ctx, numerators, factor, f),
+                                                   _scaled(ctx, denominator, factor, f))
+    return numerators
+
+
+async def _scaled(ctx, a, b, shift):
+    return await trunc(ctx, await beaver(ctx, a, b, torch.mul), shift)
+
+
 SOFTMAX_VARIANTS = {variant.name: variant for variant in (
     SoftmaxVariant("exact", _exact_reference, softmax_masked, "max-shifted exp, divided by the sum"),
     SoftmaxVariant("2quad", _quad_reference, softmax_2quad, "MPCFormer's (x + 5)^2 / sum (x + 5)^2"),
+    SoftmaxVariant("2quad_goldschmidt", _quad_reference, softmax_2quad_goldschmidt,
+                   "SecFormer's 2Quad with Goldschmidt division"),
 )}
 
 
@@ -152,5 +181,11 @@ _mpc("mpc.softmax_2quad", ("self", "dim"), lambda x, dim: _quad_reference(x.move
      lambda ctx, x, dim: _softmax_op(ctx, x, dim, "2quad"))
 define("softmax_2quad", ("self", "dim"), lambda x, dim: _quad_reference(x.movedim(dim, -1), None).movedim(-1, dim),
        "MPCFormer's 2Quad softmax (x + 5)^2 / sum (x + 5)^2 (a substitute for softmax)", "nn")
+define("softmax_2quad_goldschmidt", ("self", "dim"),
+       lambda x, dim: _quad_reference(x.movedim(dim, -1), None).movedim(-1, dim),
+       "SecFormer's 2Quad softmax with Goldschmidt division (a substitute for softmax)", "nn")
+_mpc("mpc.softmax_2quad_goldschmidt", ("self", "dim"),
+     lambda x, dim: _quad_reference(x.movedim(dim, -1), None).movedim(-1, dim),
+     "SecFormer's 2Quad softmax, Goldschmidt division", lambda ctx, x, dim: _softmax_op(ctx, x, dim, "2quad_goldschmidt"))
 _mpc("mpc.sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax"),
      attention_reference, "attention: matmuls, the softmax variant named by softmax, masked entries excluded", sdpa)

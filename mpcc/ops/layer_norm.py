@@ -21,12 +21,13 @@ from .base import define
 from .compare import b2a, ltz_bits, not_bit
 from .nonlinear import LAYER_NORM_FLOOR_LOG4, _public, encode_scaled, mul_scalar
 
-__all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "RSQRT_LINE"]
+__all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "RSQRT_LINE", "GOLDSCHMIDT_RSQRT_STEPS"]
 
 LN_BRACKETS_LOG2 = (-16, 30)   # S in [2^-16, 2^30): above, S's truncation wraps (f = 16)
 RSQRT_LINE = (1.26411422, -0.2863736)   # minimax line for 1/sqrt on [1, 2]: relative error 2.2%
 LN_NEWTON_STEPS = 2            # relative error 2.2e-2 -> 7.5e-4 -> 8.4e-7
 GUESS_FRAC = 12                # the line's slope with 12 bits: z * it stays below 2^62
+GOLDSCHMIDT_RSQRT_STEPS = 7    # SecFormer's count in the model (8 in its op benchmark)
 
 
 async def _bracket(ctx, x, floor: float | None, n: int):
@@ -57,10 +58,15 @@ async def _bracket(ctx, x, floor: float | None, n: int):
     return weighted(lambda j: math.sqrt(n) * 2.0 ** (-j / 2)), weighted(lambda j: 2.0 ** -j)
 
 
-async def _newton_rsqrt(ctx, x_norm, y):
-    """y <- y (3 - x' y^2) / 2 = (3y - x'y y^2) / 2: x'y and y^2 in one step, both
-    truncated in the next, their product, one truncation by f + 1 (4 rounds)."""
+async def _newton_rsqrt(ctx, z):
+    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2): the minimax line (x' and the guess
+    from z in one step), then y <- y (3 - x' y^2) / 2 = (3y - x'y y^2) / 2: x'y and
+    y^2 in one step, both truncated in the next, their product, one truncation by
+    f + 1 (4 rounds a step)."""
     f = ctx.frac_bits
+    slope = round(RSQRT_LINE[1] * 2 ** GUESS_FRAC)
+    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f), trunc(ctx, z * slope, 2 * f + GUESS_FRAC))
+    y = add_public(ctx, guess, _public(ctx, RSQRT_LINE[0], guess))
     for _ in range(LN_NEWTON_STEPS):
         y2, xy = await ctx.gather(square(ctx, y, truncate=False), beaver(ctx, x_norm, y, torch.mul))
         y2, xy = await ctx.gather(trunc(ctx, y2), trunc(ctx, xy))
@@ -69,8 +75,30 @@ async def _newton_rsqrt(ctx, x_norm, y):
     return y
 
 
-async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
-    """LayerNorm over the last axis (see the module's docstring for the steps).
+async def _goldschmidt_rsqrt(ctx, z):
+    """SecFormer's Goldschmidt rsqrt of x' = z / 2^(3f): from x = x', y = 1, repeat
+    m = (3 - x) / 2, x <- x m^2, y <- y m (GOLDSCHMIDT_RSQRT_STEPS times, as
+    published); with 2m = 3 - x, the halvings ride in the truncations. y m and
+    m^2 share steps; 4 rounds a step."""
+    f = ctx.frac_bits
+    x = await trunc(ctx, z, 2 * f)
+    y = ctx.public_share(_public(ctx, 1.0, x))
+    for _ in range(GOLDSCHMIDT_RSQRT_STEPS):
+        twice_m = add_public(ctx, -x, _public(ctx, 3.0, x))
+        m_squared, y = await ctx.gather(square(ctx, twice_m, truncate=False),
+                                        _product(ctx, y, twice_m, f + 1))
+        m_squared = await trunc(ctx, m_squared)
+        x = await _product(ctx, x, m_squared, f + 2)
+    return y
+
+
+async def _product(ctx, a, b, shift):
+    return await trunc(ctx, await beaver(ctx, a, b, torch.mul), shift)
+
+
+async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_rsqrt):
+    """LayerNorm over the last axis (see the module's docstring for the steps);
+    ``solve`` finds 1/sqrt(x') on [1, 2) (Newton here, Goldschmidt for SecFormer).
 
     Domain (n = normalised size, f = 16): |mean| < 2^(62-f) / round(2^24 / n)
     (the sum times the 24-bit 1/n, truncated); S = n (var + eps) < 2^(62-2f)
@@ -95,10 +123,7 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps):
     total, (s_n, s2) = await ctx.gather(trunc(ctx, total_2f),
                                         _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n))
     z = await beaver(ctx, total, s2, torch.mul)   # S s^2 in [1, 2), 3f fractional bits
-    slope = round(RSQRT_LINE[1] * 2 ** GUESS_FRAC)
-    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f), trunc(ctx, z * slope, 2 * f + GUESS_FRAC))
-    y = add_public(ctx, guess, _public(ctx, RSQRT_LINE[0], guess))
-    (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n), _newton_rsqrt(ctx, x_norm, y))
+    (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n), solve(ctx, z))
     out = await beaver(ctx, scaled, y, torch.mul)   # 2f fractional bits: gamma's product truncates once
     if weight is not None or "weight" in ctx.operand_types:   # the server's gamma (the client holds None)
         out = await linear_server(ctx, out, server_ring(ctx, "weight", weight), ctx.operand_types["weight"].shape,
@@ -116,6 +141,15 @@ async def _times_scale(ctx, centered, s_n):
     return await trunc(ctx, await beaver(ctx, centered, s_n, torch.mul), 2 * ctx.frac_bits)
 
 
-define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"),
-       lambda x, w, b, shape, eps: torch.nn.functional.layer_norm(x, shape, w, b, eps),
+def _reference(x, w, b, shape, eps):
+    return torch.nn.functional.layer_norm(x, shape, w, b, eps)
+
+
+define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
        "LayerNorm (bracketed Newton rsqrt, gamma's product untruncated)", "mpc", protocol=layer_norm)
+define("layer_norm_goldschmidt", ("input", "normalized_shape", "weight", "bias", "eps"),
+       lambda x, shape, w=None, b=None, eps=1e-5: _reference(x, w, b, shape, eps),
+       "LayerNorm computed with SecFormer's Goldschmidt rsqrt (a substitute: the same function)", "nn")
+define("mpc.layer_norm_goldschmidt", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
+       "LayerNorm by SecFormer's Goldschmidt rsqrt (bracketed into [1, 2), then the published steps)", "mpc",
+       protocol=lambda ctx, *args: layer_norm(ctx, *args, solve=_goldschmidt_rsqrt))

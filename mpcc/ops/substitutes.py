@@ -5,13 +5,22 @@ plaintext formula, so ``mpcc.interpret`` runs the substituted model) and its
 (``SOFTMAX_VARIANTS``), which attention shares."""
 from __future__ import annotations
 
+import math
+
 import torch
 
-from .arith import add_public, square, trunc
+from .arith import add_public, beaver, square, trunc
 from .base import define
+from .compare import ltz_bits, select_bits
+from .fourier import SEGMENT_FUZZ
 from .nonlinear import _public
 
-__all__ = ["gelu_quad", "QUAD_GELU"]
+__all__ = ["gelu_quad", "QUAD_GELU", "gelu_secformer", "SECFORMER_ERF"]
+
+# SecFormer's erf: sum_j beta_j sin(j pi u / 10), j = 1..7 (period 20), on [-2.5, 2.5]; +-1 outside
+SECFORMER_ERF = (1.25772, -0.0299154, 0.382155, -0.0519123, 0.196033, -0.0624557, 0.118029)
+ERF_PERIOD, ERF_EDGE = 20.0, 2.5
+PERIOD_BITS = 20   # x scaled so that one period is 2^(f + 20) ring units: the opening is uniform mod that
 
 QUAD_GELU = (0.125, 0.25, 0.5)   # MPCFormer's Quad: 0.125 x^2 + 0.25 x + 0.5
 
@@ -30,6 +39,70 @@ async def gelu_quad(ctx, x):
     return add_public(ctx, await trunc(ctx, z + x * (2 << f), f + 3), _public(ctx, 0.5, x))
 
 
+def _erf_secformer(u):
+    k = torch.arange(1, len(SECFORMER_ERF) + 1, dtype=u.dtype, device=u.device)
+    series = (torch.sin(u.unsqueeze(-1) * k * (2 * math.pi / ERF_PERIOD)) *
+              torch.tensor(SECFORMER_ERF, dtype=u.dtype, device=u.device)).sum(-1)
+    return torch.where(u.abs() <= ERF_EDGE, series, torch.sign(u))
+
+
+def _gelu_secformer_reference(x):
+    return 0.5 * x * (1 + _erf_secformer(x / math.sqrt(2)))
+
+
+async def gelu_secformer(ctx, x):
+    """SecFormer's GeLU, 0.5 x (1 + erf(x / sqrt 2)), erf by its 7-term sine series
+    (period 20 in u = x / sqrt 2) between +-2.5 and +-1 outside (published error
+    up to 0.058 against GeLU near |x| = 3.5).
+
+    Steps (private sine, SecFormer's): x times an integer C = round(2^20 / (20 sqrt 2))
+    makes one period 2^(f+20) ring units; the dealer deals t and shares of sin and
+    cos of j 2 pi t / 2^(f+20); the parties open (x C - t) mod 2^(f+20) (uniform:
+    perfectly hiding) and the angle sums make each term a public factor times a
+    dealt share. Beside it, fuzzy LTZs on x +- 2.5 sqrt 2 give the segments (they
+    may err within 0.5 of the edges, where the series is within 0.03 of +-1);
+    one select joins them; one product x erf with its halving in the truncation.
+    Rounds: the segment LTZ, 1, 2. Domain: |x| C 2^f < 2^63 and the segment
+    comparison's |x| < 2^(CMP_BITS-1-f) - 4."""
+    f = ctx.frac_bits
+    terms = len(SECFORMER_ERF)
+    scale = round(2 ** PERIOD_BITS / (ERF_PERIOD * math.sqrt(2)))
+    modulus = 1 << (f + PERIOD_BITS)
+    ks = torch.arange(1, terms + 1, dtype=torch.float64) * (2 * math.pi / modulus)
+
+    def angles(value):
+        return (value & (modulus - 1)).to(torch.float64).unsqueeze(-1) * ks.to(value.device)
+
+    def dealt(trig):
+        return lambda t: trig(angles(t)).mul_(2.0 ** f).round_().to(torch.int64)
+    t = ctx.rand(x.shape)
+    sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
+    cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
+    edge = _public(ctx, ERF_EDGE * math.sqrt(2), x)
+    opened, outside = await ctx.gather(
+        ctx.open((x * scale - t) & (modulus - 1), bits=f + PERIOD_BITS),
+        ltz_bits(ctx, torch.stack([add_public(ctx, x, edge), add_public(ctx, -x, edge)], -1),
+                 fuzz_bits=f - SEGMENT_FUZZ))
+    if ctx.meta:
+        acc = torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
+    else:   # sin(j(d + t)) = sin(jd) cos(jt) + cos(jd) sin(jt)
+        delta = angles(opened)
+        beta = torch.tensor(SECFORMER_ERF, dtype=torch.float64, device=x.device) * 2.0 ** f
+        on_cos = (torch.sin(delta) * beta).round().to(torch.int64)
+        on_sin = (torch.cos(delta) * beta).round().to(torch.int64)
+        acc = (on_cos * cos_t).sum(-1) + (on_sin * sin_t).sum(-1)
+    mid = await trunc(ctx, acc)
+    one = ctx.public_share(_public(ctx, 1.0, x))
+    (chosen,) = await select_bits(ctx, outside, [torch.stack([-one - mid, one - mid], -1)])
+    erf = mid + chosen.sum(-1)
+    return await trunc(ctx, x * (1 << f) + await beaver(ctx, x, erf, torch.mul), f + 1)
+
+
+define("gelu_secformer", ("self",), _gelu_secformer_reference,
+       "SecFormer's GeLU: erf by a 7-term sine series, +-1 beyond +-2.5 (a substitute)", "nn")
+define("mpc.gelu_secformer", ("self",), _gelu_secformer_reference,
+       "SecFormer's GeLU (private sine series for erf, segment tests, one product)", "mpc",
+       protocol=gelu_secformer)
 define("gelu_quad", ("self",), _gelu_quad_reference, "MPCFormer's Quad GeLU 0.125x^2 + 0.25x + 0.5 (a substitute)",
        "nn")
 define("mpc.gelu_quad", ("self",), _gelu_quad_reference, "MPCFormer's Quad GeLU (one square, one truncation)", "mpc",

@@ -26,8 +26,9 @@ __all__ = ["SUBSTITUTES", "PRESETS", "register_preset", "resolve_approx", "appro
 
 # family -> substitute name -> the op that replaces the family's op (None: the op itself)
 SUBSTITUTES: dict[str, dict[str, str | None]] = {
-    "softmax": {"exact": None, "2quad": "softmax_2quad"},
-    "gelu": {"exact": None, "quad": "gelu_quad"},
+    "softmax": {"exact": None, "2quad": "softmax_2quad", "2quad_goldschmidt": "softmax_2quad_goldschmidt"},
+    "gelu": {"exact": None, "quad": "gelu_quad", "secformer": "gelu_secformer"},
+    "layer_norm": {"exact": None, "goldschmidt": "layer_norm_goldschmidt"},
 }
 PRESETS: dict[str, dict[str, str]] = {}
 PRESET_DOCS: dict[str, str] = {}
@@ -95,13 +96,20 @@ def _substitute(node: Node, family: str, choice: str) -> Node:
     op = SUBSTITUTES[family][choice]
     if op is None:
         return node
-    attrs = {"dim": node.attrs["dim"]} if family == "softmax" else {}
-    return replace(node, op=op, attrs=attrs)
+    return replace(node, op=op, attrs=_KEPT_ATTRS[family](node.attrs))
+
+
+_KEPT_ATTRS = {   # what each family's substitute op takes of the original's attributes
+    "softmax": lambda attrs: {"dim": attrs["dim"]},
+    "gelu": lambda attrs: {},
+    "layer_norm": dict,
+}
 
 
 _REWRITES = {
     "softmax": lambda node, choices: _substitute(node, "softmax", choices["softmax"]),
     "gelu": lambda node, choices: _substitute(node, "gelu", choices["gelu"]),
+    "layer_norm": lambda node, choices: _substitute(node, "layer_norm", choices["layer_norm"]),
     "sdpa": lambda node, choices: node if choices["softmax"] == "exact" else replace(
         node, attrs={**node.attrs, "softmax": choices["softmax"]}),
 }
@@ -117,8 +125,9 @@ def approximate(graph: Graph, **choices: str) -> Graph:
     return Graph(nodes, graph.outputs)
 
 
-# the substitutes' ops lower like their originals: one shared operand to the ``mpc.`` op
-for _family in SUBSTITUTES.values():
-    for _op in filter(None, _family.values()):
-        register_lowering(_op)(lambda lowering, node, make, share: _Lowering.lower_as(lowering, node, make, share,
-                                                                                      "mpc." + node.op))
+# the substitutes' ops lower like their originals, to their ``mpc.`` op
+_LOWER_LIKE = {"softmax": _Lowering.lower_as, "gelu": _Lowering.lower_as, "layer_norm": _Lowering.lower_layer_norm}
+for _family, _names in SUBSTITUTES.items():
+    for _op in filter(None, _names.values()):
+        register_lowering(_op)(lambda lowering, node, make, share, rule=_LOWER_LIKE[_family]:
+                               rule(lowering, node, make, share, "mpc." + node.op))

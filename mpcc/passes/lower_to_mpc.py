@@ -240,7 +240,7 @@ class _Lowering:
         else:
             self.fail(node, f"matmul of {self.vis(x)} and {self.vis(w)} operands")
 
-    def lower_layer_norm(self, node, make, share):
+    def lower_layer_norm(self, node, make, share, target="mpc.layer_norm"):
         a = node.attrs
         params = get_op("layer_norm").operand_params(a)
         named = dict(zip(params, node.operands))
@@ -252,7 +252,7 @@ class _Lowering:
         operands = [share(named["input"])] + [named[k] for k in ("weight", "bias") if k in named]
         attrs = {"normalized_shape": a["normalized_shape"], "eps": a["eps"]}
         attrs.update({k: None for k in ("weight", "bias") if k not in named})
-        make("mpc.layer_norm", operands, attrs)
+        make(target, operands, attrs)
 
 
 # op -> how to lower it when its result is shared (``_Lowering`` method or a function of the same form);
