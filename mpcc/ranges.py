@@ -309,6 +309,8 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.softmax_2quad_goldschmidt": _softmax_2quad,
     "mpc.gelu_quad": _product("x * x", lambda a, out: a["self"] * a["self"]),
     "mpc.gelu_secformer": _segments,
+    "mpc.gelu_puma": _segments,
+    "mpc.softmax_puma": _tournament,
 }
 
 

@@ -492,6 +492,28 @@ def case_gelu_secformer(draw):
     return Case({"self": Arg(with_edges(draw, -1000.0, 1000.0, edges))}, check=_gelu_secformer_check)
 
 
+def _gelu_puma_check(got, want, case):
+    """The pieces meet with jumps up to 0.03 (at 3): within an ulp of an edge the encoded
+    x may fall on the other side; elsewhere the truncations and the f + 8 bit coefficients."""
+    x = case.args["self"].value
+    near = torch.zeros_like(x, dtype=torch.bool)
+    for edge in (-4.0, -1.95, 3.0):
+        near |= (x - edge).abs() <= 2 * ULP
+    assert_close("mpc.gelu_puma", got, want, torch.where(near, 0.05, 1e-4), 0.0, case)
+
+
+def case_gelu_puma(draw):
+    edges = [0.0, ULP, -4.0, -1.95, 3.0, -4 - ULP, 3 + ULP, 2.9, -3.9, 20.0, -20.0, CMP_LIMIT - 5, -(CMP_LIMIT - 5)]
+    return Case({"self": Arg(with_edges(draw, -(CMP_LIMIT - 5), CMP_LIMIT - 5, edges))}, check=_gelu_puma_check)
+
+
+def case_softmax_puma(draw):
+    """PUMA's softmax: the exact softmax's domain; 8 squarings double a relative error 8
+    times, so a few ulps become ~2e-4 (here 5e-4)."""
+    case = case_softmax(draw)
+    return Case(case.args, case.attrs, atol=5e-4)
+
+
 def case_layer_norm_goldschmidt(draw):
     """LayerNorm with SecFormer's 7 Goldschmidt steps: LayerNorm's bound."""
     return case_layer_norm(draw)
@@ -566,8 +588,8 @@ def case_sdpa(draw):
     (x + 5)^2 at least 1, inside the division's domain."""
     batch = draw(shapes(1, 2, 2))
     s_q, s_k, d = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 4))
-    softmax = draw(st.sampled_from(["exact", "2quad", "2quad_goldschmidt"]))
-    limit = 4.0 if softmax == "exact" else 0.5
+    softmax = draw(st.sampled_from(["exact", "2quad", "2quad_goldschmidt", "puma"]))
+    limit = 0.5 if softmax.startswith("2quad") else 4.0
     q = Arg(reals(draw, (*batch, s_q, d), -limit, limit, [0.0, ULP]))
     k = Arg(reals(draw, (*batch, s_k, d), -limit, limit, [0.0, -ULP]))
     v = Arg(reals(draw, (*batch, s_k, d), -10, 10, [0.0, ULP]))
@@ -609,6 +631,7 @@ CASES: dict[str, Callable] = {
     "mpc.softmax_2quad": case_softmax_2quad, "mpc.gelu_quad": case_gelu_quad,
     "mpc.softmax_2quad_goldschmidt": case_softmax_2quad_goldschmidt, "mpc.gelu_secformer": case_gelu_secformer,
     "mpc.layer_norm_goldschmidt": case_layer_norm_goldschmidt,
+    "mpc.gelu_puma": case_gelu_puma, "mpc.softmax_puma": case_softmax_puma,
 }
 
 

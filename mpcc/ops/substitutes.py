@@ -11,16 +11,17 @@ import torch
 
 from .arith import add_public, beaver, square, trunc
 from .base import define
-from .compare import ltz_bits, select_bits
+from .compare import ltz_bits, not_bit, select_bits
 from .fourier import SEGMENT_FUZZ
 from .nonlinear import _public
 
-__all__ = ["gelu_quad", "QUAD_GELU", "gelu_secformer", "SECFORMER_ERF"]
+__all__ = ["gelu_quad", "QUAD_GELU", "gelu_secformer", "SECFORMER_ERF", "gelu_puma", "PUMA_GELU"]
 
 # SecFormer's erf: sum_j beta_j sin(j pi u / 10), j = 1..7 (period 20), on [-2.5, 2.5]; +-1 outside
 SECFORMER_ERF = (1.25772, -0.0299154, 0.382155, -0.0519123, 0.196033, -0.0624557, 0.118029)
 ERF_PERIOD, ERF_EDGE = 20.0, 2.5
 PERIOD_BITS = 20   # x scaled so that one period is 2^(f + 20) ring units: the opening is uniform mod that
+COEFF_EXTRA_BITS = 8   # polynomial coefficients carry f + 8 fractional bits
 
 QUAD_GELU = (0.125, 0.25, 0.5)   # MPCFormer's Quad: 0.125 x^2 + 0.25 x + 0.5
 
@@ -98,6 +99,65 @@ async def gelu_secformer(ctx, x):
     return await trunc(ctx, x * (1 << f) + await beaver(ctx, x, erf, torch.mul), f + 1)
 
 
+# PUMA's GeLU: 0 below -4; a cubic on [-4, -1.95); a degree-6 polynomial on [-1.95, 3]; x above 3
+PUMA_GELU = {"edges": (-4.0, -1.95, 3.0),
+             "cubic": (-0.5054031199708174, -0.42226581151983866, -0.11807612951181953, -0.011034134030615728),
+             "sextic": (0.008526321541038084, 0.5, 0.3603292692789629, 0.0, -0.037688200365904236, 0.0,
+                        0.0018067462606141187)}
+
+
+def _polynomial(coeffs, x):
+    return sum(c * x ** k for k, c in enumerate(coeffs))
+
+
+def _gelu_puma_reference(x):
+    low, middle, high = PUMA_GELU["edges"]
+    return torch.where(x < low, torch.zeros_like(x),
+                       torch.where(x < middle, _polynomial(PUMA_GELU["cubic"], x),
+                                   torch.where(x <= high, _polynomial(PUMA_GELU["sextic"], x), x)))
+
+
+async def gelu_puma(ctx, x):
+    """PUMA's piecewise-polynomial GeLU: x^2, then x^3 and x^4, then x^6 (6 rounds),
+    each polynomial as one sum of products truncated once (1), the segment bits
+    from one batch of exact comparisons beside the powers, one select of the three
+    pieces (1): 8 rounds. Error against its formula a few 1e-5 (the coefficients
+    carry f + 8 bits). Domain: |x| < 2^(CMP_BITS-1-f) - 4 (the comparisons);
+    outside [-4, 3] the powers wrap but are multiplied by a 0 bit."""
+    f = ctx.frac_bits
+    low, middle, high = PUMA_GELU["edges"]
+    tests = torch.stack([add_public(ctx, x, _public(ctx, -low, x)), add_public(ctx, x, _public(ctx, -middle, x)),
+                         add_public(ctx, -x, _public(ctx, high, x))], -1)   # x - (-4), x - (-1.95), 3 - x
+
+    async def powers():
+        x2 = await square(ctx, x)
+        x3, x4 = await ctx.gather(_product(ctx, x, x2), square(ctx, x2))
+        return x2, x3, x4, await square(ctx, x3)
+    # exact comparisons: they take fewer steps than the powers beside them
+    below, (x2, x3, x4, x6) = await ctx.gather(ltz_bits(ctx, tests), powers())
+    by_power = {1: x, 2: x2, 3: x3, 4: x4, 6: x6}
+
+    def polynomial(coeffs):   # sum c_k x^k, the coefficients with f + 8 bits (x^6's is 0.0018), one truncation
+        return sum(by_power[k] * round(c * 2 ** (f + COEFF_EXTRA_BITS)) for k, c in enumerate(coeffs) if k and c)
+    cubic, sextic = await ctx.gather(*(trunc(ctx, polynomial(PUMA_GELU[name]), f + COEFF_EXTRA_BITS)
+                                       for name in ("cubic", "sextic")))
+    cubic = add_public(ctx, cubic, _public(ctx, PUMA_GELU["cubic"][0], x))
+    sextic = add_public(ctx, sextic, _public(ctx, PUMA_GELU["sextic"][0], x))
+    b0, b1, b2 = below[..., 0], below[..., 1], below[..., 2]     # x < -4, x < -1.95, x > 3
+    in_cubic, in_sextic = b0 ^ b1, not_bit(ctx, b1 ^ b2)          # disjoint intervals: XOR is OR
+    (chosen,) = await select_bits(ctx, torch.stack([in_cubic, in_sextic, b2], -1),
+                                  [torch.stack([cubic, sextic, x], -1)])
+    return chosen.sum(-1)
+
+
+async def _product(ctx, a, b):
+    return await trunc(ctx, await beaver(ctx, a, b, torch.mul))
+
+
+define("gelu_puma", ("self",), _gelu_puma_reference, "PUMA's piecewise-polynomial GeLU (a substitute)", "nn")
+define("mpc.gelu_puma", ("self",), _gelu_puma_reference,
+       "PUMA's piecewise-polynomial GeLU (powers to x^6, segment comparisons, one select)", "mpc",
+       protocol=gelu_puma)
 define("gelu_secformer", ("self",), _gelu_secformer_reference,
        "SecFormer's GeLU: erf by a 7-term sine series, +-1 beyond +-2.5 (a substitute)", "nn")
 define("mpc.gelu_secformer", ("self",), _gelu_secformer_reference,
