@@ -67,7 +67,7 @@ def test_out_of_range_bits_hypothesis(bound_log2, values, seed):
 def test_out_of_range_bits_cost_table():
     """The docstring's table: rounds and bytes per element for a few bounds."""
     x = torch.zeros(64, dtype=torch.int64)
-    for bound_log2, rounds, online in [(31, 5, 30.4375), (40, 5, 28.75), (62, 3, 17.0)]:
+    for bound_log2, rounds, online in [(31, 4, 21.15625), (40, 4, 20.75), (62, 2, 16.25)]:
         run = flags(x, bound_log2)
         assert run.rounds == (rounds, rounds)
         assert run.bytes_sent[0] / 64 == online

@@ -266,15 +266,106 @@ def test_lt_public_every_width():
         assert run.result.tolist() == [int(c < r) for c, r in pairs], bits
 
 
-@pytest.mark.parametrize("bits, fuzz, rounds", [(32, 0, 4), (48, 0, 4), (64, 0, 4), (32, 15, 3), (16, 0, 3)])
-def test_ltz_rounds(bits, fuzz, rounds):
-    """One opening, then ceil(log4(bits - 1 - fuzz)) rounds of 4-input ANDs."""
-    x = torch.randint(-2**(bits - 1), 2**(bits - 1) - 1, (50,), generator=torch.Generator().manual_seed(bits))
+@pytest.mark.parametrize("bits, fuzz, rounds, online, stored", [(32, 0, 3, 6.25, 23), (48, 0, 3, 9.25, 40.67),
+                                                                  (64, 0, 3, 12.25, 46), (32, 15, 2, 4.75, 16),
+                                                                  (16, 0, 2, 2.75, 16)])
+def test_ltz_rounds(bits, fuzz, rounds, online, stored):
+    """One opening, then ceil(log4(bits - 1 - fuzz)) - 1 rounds of 4-input ANDs: the dealer knows r and deals
+    the leaf's ANDs of bits of r (as many words as it dealt ANDs of masks), so the leaf opens nothing.
+    Bytes sent and stored per element (96: whole words at every level)."""
+    n = 96
+    x = torch.randint(-2**(bits - 1), 2**(bits - 1) - 1, (n,), generator=torch.Generator().manual_seed(bits))
     run = run_protocol(lambda ctx, a: compare.ltz_bits(ctx, a, bits, fuzz), x, integer=True, xor_result=True)
     check_counts(run)
     assert run.rounds == (rounds, rounds)
+    assert run.bytes_sent[0] / n == online and math.isclose(run.dealt_bytes[1] / n, stored, abs_tol=0.01)
     far = x.abs() >= 2 ** fuzz
     assert torch.equal(run.result[far], (x[far] < 0).to(torch.int64))
+
+
+@st.composite
+def ltz_cases(draw):
+    """A width, a fuzz and values in the domain, with its edges, 0, -1 and the edges of the fuzzy bands."""
+    bits = draw(st.integers(2, 64))
+    fuzz = draw(st.integers(0, bits - 2))
+    half, step = 1 << (bits - 1), 1 << fuzz
+    edges = [0, 1, -1, -half, -half + 1, half - 1, half - 2, step, -step, step - 1, -step + 1, half - step,
+             half - step + 1, -half + step]
+    edges = [e for e in edges if -half <= e < half]
+    values = draw(st.lists(st.one_of(st.integers(-half, half - 1), st.sampled_from(edges)), min_size=1, max_size=40))
+    return bits, fuzz, values
+
+
+@given(ltz_cases(), seeds)
+def test_ltz_with_a_dealt_leaf(case, seed):
+    """ltz_bits at every width and fuzz (its tree's leaf dealt from r): exact on the stated domain, a 0/1 word in
+    the fuzzy bands; rounds, bytes and material are the cost model's."""
+    bits, fuzz, values = case
+    half = 1 << (bits - 1)
+    x = torch.tensor([int64(v) for v in values], dtype=torch.int64)
+    run = run_protocol(lambda ctx, a: compare.ltz_bits(ctx, a, bits, fuzz), x, integer=True, xor_result=True,
+                       seed=seed)
+    check_counts(run)
+    assert run.rounds == (1 + max(tree_levels(bits - 1 - fuzz) - 1, 0),) * 2
+    for value, bit in zip(values, run.result.tolist()):
+        exact = fuzz == 0 or -half <= value <= -(1 << fuzz) or 0 <= value <= half - (1 << fuzz)
+        assert bit == int(value < 0) if exact else bit in (0, 1), (bits, fuzz, value)
+
+
+def run_dealt_lt_public(bits: int, shift: int, deltas: list, seed: int = 0):
+    """``lt_public(..., dealt=v, shift=shift)`` with r = bits shift .. shift + bits - 1 of a value v the dealer
+    dealt, for c = r ^ delta (opened first). Returns [c < r] XOR its expected value, r's bit at delta's highest
+    one (0 where delta = 0), XOR-linear in r: all zeros when right."""
+    low = (1 << bits) - 1 if bits < 64 else -1
+    delta = torch.tensor([int64(d) for d in deltas], dtype=torch.int64)
+    highest = torch.tensor([max(d.bit_length() - 1, 0) for d in deltas], dtype=torch.int64)
+    nonzero = torch.tensor([int(d != 0) for d in deltas], dtype=torch.int64)
+
+    async def protocol(ctx, dummy):
+        v = ctx.rand(dummy.shape)
+        r = ctx.derive(lambda v: (v >> shift) & low, v, shape=dummy.shape, kind="xor")
+        if ctx.meta:
+            return await compare.lt_public(ctx, await ctx.open_xor(r, bits=bits), r, bits, dealt=v, shift=shift)
+        c = await ctx.open_xor(r ^ delta if ctx.party == 0 else r, bits=bits) & low
+        lt = await compare.lt_public(ctx, c, r, bits, dealt=v, shift=shift)
+        return lt ^ ((r >> highest) & nonzero)
+    return run_protocol(protocol, delta, integer=True, xor_result=True, seed=seed)
+
+
+@st.composite
+def dealt_comparisons(draw):
+    bits = draw(st.integers(1, 64))
+    shift = draw(st.integers(0, 64 - bits))
+    top = (1 << bits) - 1
+    edges = [0, 1, top, 1 << (bits - 1), top >> 1, 0x5555555555555555 & top] + [1 << j for j in range(bits)]
+    deltas = draw(st.lists(st.one_of(st.integers(0, top), st.sampled_from(edges)), min_size=1, max_size=40))
+    return bits, shift, deltas
+
+
+@given(dealt_comparisons(), seeds)
+def test_lt_public_with_a_dealt_r(case, seed):
+    """Where the dealer dealt r, the leaf opens nothing: one round fewer (after the opening of c)."""
+    bits, shift, deltas = case
+    run = run_dealt_lt_public(bits, shift, deltas, seed)
+    check_counts(run)
+    assert run.rounds == (1 + max(tree_levels(bits) - 1, 0),) * 2
+    assert run.result.tolist() == [0] * len(deltas)
+
+
+def test_ltz_openings_are_uniform():
+    """Each value a party reconstructs from ltz_bits's openings (c = y + r, 32 bits, then the tree's G and E
+    words, 64) is uniform, for x = 0 everywhere as for random x: the dealt leaf opens nothing and every level
+    above masks afresh."""
+    n = 4096
+    g = torch.Generator().manual_seed(4)
+    for x in (torch.zeros(n, dtype=torch.int64), torch.randint(-2**31, 2**31, (n,), generator=g)):
+        run = run_protocol(lambda ctx, a: compare.ltz_bits(ctx, a), x, integer=True, xor_result=True, record=True)
+        assert len(run.received[0]) == 1 + 2 * (tree_levels(31) - 1)   # c, then (G ^ a_G, E ^ a_E) per level
+        for i, ((mine, width), (theirs, _)) in enumerate(zip(*run.received)):
+            words = (mine + theirs) & ((1 << width) - 1) if i == 0 else mine ^ theirs
+            width = width if i == 0 else 64
+            ones = ((words.unsqueeze(-1) >> torch.arange(width)) & 1).double().mean(0)
+            assert ((ones - 0.5).abs() <= 6 * (0.25 / words.numel()) ** 0.5).all(), (i, ones)
 
 
 def test_lt_public_openings_are_uniform():

@@ -90,7 +90,7 @@ async def exp(ctx, x):
 
     async def wrapped():
         delta = await ctx.open((shifted + t) & (span - 1), bits=span_bits) & (span - 1)
-        return delta, await lt_public(ctx, delta, t_xor, span_bits)
+        return delta, await lt_public(ctx, delta, t_xor, span_bits, dealt=t)
     (low, step), (delta, wrap) = await ctx.gather(kept(), wrapped())
     (step,) = await select_bits(ctx, wrap, [step])
     factor = encode_scaled(ctx, torch.exp(delta.to(torch.float64) / 2 ** f), EXP_PUBLIC_FRAC)

@@ -41,25 +41,29 @@ async def out_of_range_bits(ctx, x, bound_log2: int, fuzz_log2: int | None = Non
     by OR = NOT(AND(NOT a, NOT b)), one AND gate (both halves can be 1 only
     near +-2^63, so XOR would not do).
     Rounds: 1 (the opening) + the levels of the 4-ary borrow tree over its
-    65 - bound_log2 bits (``lt_public``), + 1 (the AND). Bytes sent per
-    element by each party, and dealer material stored per element (for
-    party 1; party 0's comes from its seed), as the transport and the cost
-    model count them:
+    65 - bound_log2 bits above its leaf (``lt_public``; the dealer, who knows
+    r, deals the leaf), + 1 (the AND). Bytes sent per element by each party,
+    and dealer material stored per element (for party 1; party 0's comes
+    from its seed), as the transport and the cost model count them for 64
+    elements (the trees pad to whole words):
 
         bound_log2   rounds   online bytes   stored bytes
-        2 .. 16        5         40.75          100
-        17 .. 28       5         35.34           91.4
-        29 .. 32       5         30.44           88.6
-        33 .. 40       5         28.75           54
-        41 .. 46       5         25.5            52
-        47, 48         5         24.25           46
-        49 .. 52       4         21.75           40
-        53 .. 55       4         20.25           38
-        56             4         19.61           35
-        57, 58         4         18.75           30.5
-        59, 60         4         18.5            29.25
-        61             3         17.25           30
-        62             3         17.0            28
+        2 .. 16        4         24.75          100
+        17 .. 28       4         22.97           91.4
+        29 .. 32       4         21.16           88.6
+        33 .. 40       4         20.75           54
+        41 .. 46       4         19.5            52
+        47, 48         4         19.61           46
+        49 .. 52       3         17.75           40
+        53 .. 55       3         17.25           38
+        56             3         17.28           35
+        57, 58         3         16.75           30.5
+        59, 60         3         16.81           29.25
+        61             2         16.25           30
+        62             2         16.25           28
+
+    (With the leaf opened: a round more and 0.75 to 16 bytes more, 5 rounds
+    and 30.44 bytes at 29 .. 32.)
 
     Randomness: that of two 64-bit LTZs (r, its XOR sharing, the tree's AND
     triples) and one 1-bit AND gate per element. (Masked comparison with a
