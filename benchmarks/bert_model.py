@@ -18,15 +18,17 @@ def main():
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--backend", default="cpu", choices=["cpu", "limb", "cuda"])
+    parser.add_argument("--approx", nargs="+", default=["exact"], help="approximation presets to measure")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = []
     for name in args.models:
         loaded = load_model(name)
         inputs = example_inputs(loaded, seq_len=args.seq)
-        rows.append(measure_model(f"{name} seq {args.seq}", loaded.model, inputs, repeats=args.repeats,
-                                  backend=args.backend))
-        print(format_row(rows[-1]), flush=True)
+        for approx in args.approx:
+            rows.append(measure_model(f"{name} {args.seq} {approx}", loaded.model, inputs, repeats=args.repeats,
+                                      backend=args.backend, approx=approx))
+            print(format_row(rows[-1]), flush=True)
     report(rows, args.json)
 
 
