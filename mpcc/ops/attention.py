@@ -14,7 +14,7 @@ import torch
 from .arith import add_public, beaver, encode, square, trunc
 from .compare import ltz_bits, max_last, not_bit, select_bits
 from .base import define
-from .nonlinear import MASK_FILL, _bracket_scale, _public, divide, mul_scalar, softmax_masked
+from .nonlinear import MASK_FILL, _bracket_scale, _public, divide, encode_scaled, mul_scalar, softmax_masked
 
 __all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_reference", "sdpa",
            "QUAD_SHIFT", "QUAD_SUM_LOG2"]
@@ -97,21 +97,24 @@ def _puma_reference(x, keep):
 
 async def softmax_puma(ctx, x, keep):
     """PUMA's softmax: the max shift (the exact softmax's tournament), then
-    e^d = (1 + d / 2^8)^(2^8) by 8 squarings, 0 below -14 (a fuzzy comparison
-    beside the squarings, one select), the sum and a division. Relative error of
-    its exp against e^d: d^2 / 512 (1.6% at d = -2). Domain: the exact
-    softmax's (the tournament's score spread)."""
+    e^d = (1 + d / 2^8)^(2^8) by 8 squarings carried with f + 8 fractional bits
+    (each squaring doubles a relative error: with f bits 8 of them would make
+    one ulp 256), 0 below -14 (a fuzzy comparison beside the squarings, one
+    select), the sum and a division. Relative error of its exp against e^d:
+    d^2 / 512 (1.6% at d = -2). Domain: the exact softmax's (the tournament's
+    score spread); below d = -256 the squarings wrap, under a 0 bit."""
     f = ctx.frac_bits
     if keep is not None:
         fill = encode(ctx, (1 - keep.to(torch.float64)) * MASK_FILL, "real")
         x = add_public(ctx, x * keep, fill)
     d = x - (await max_last(ctx, x)).unsqueeze(-1)
 
-    async def power():
-        y = add_public(ctx, await trunc(ctx, d, PUMA_EXP_SQUARINGS), _public(ctx, 1.0, d))
-        for _ in range(PUMA_EXP_SQUARINGS):
-            y = await square(ctx, y)
-        return y
+    async def power():   # y = 1 + d / 2^8 with f + 8 bits is d itself plus one: no truncation
+        frac = f + PUMA_EXP_SQUARINGS
+        y = add_public(ctx, d, encode_scaled(ctx, torch.ones(tuple(d.shape), dtype=torch.float64), frac))
+        for _ in range(PUMA_EXP_SQUARINGS):   # f + 8 bits throughout: 8 doublings of a relative error stay small
+            y = await trunc(ctx, await square(ctx, y, truncate=False), frac)
+        return await trunc(ctx, y, PUMA_EXP_SQUARINGS)
     below, y = await ctx.gather(ltz_bits(ctx, add_public(ctx, d, _public(ctx, -PUMA_EXP_CUT, d)), fuzz_bits=f - 4),
                                 power())
     (e,) = await select_bits(ctx, not_bit(ctx, below), [y])
