@@ -218,7 +218,16 @@ class Context:
 
     def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor],
                       variant: str = "") -> torch.Tensor:
-        return make()
+        """``make()`` (an encoding of ``value``, one ``variant`` of it), computed once
+        per deployment when ``name`` depends only on the weights (a context with a
+        session: a party, the emulator); shape contexts make it each time."""
+        session = getattr(self, "session", None)
+        if session is None or name not in session.static:
+            return make()
+        key = name + variant
+        if key not in session.encoded:
+            session.encoded[key] = make()
+        return session.encoded[key]
 
     def public_share(self, value: torch.Tensor) -> torch.Tensor:
         """A sharing of a public (already encoded) ring value: party 0 holds it."""
@@ -288,17 +297,6 @@ class PartyContext(Context):
                 self.session.scoped_masks[label] = self._draw(label, tuple(shape), kind, scope)
             return self.session.scoped_masks[label]
         return self._draw(label, tuple(shape), kind, scope)
-
-    def encode_static(self, name: str, value: torch.Tensor, make: Callable[[], torch.Tensor],
-                      variant: str = "") -> torch.Tensor:
-        """``make()`` (an encoding of ``value``, one ``variant`` of it), computed once
-        per deployment when ``name`` depends only on the weights."""
-        if name not in self.session.static:
-            return make()
-        key = name + variant
-        if key not in self.session.encoded:
-            self.session.encoded[key] = make()
-        return self.session.encoded[key]
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         label = self._label(None)

@@ -89,14 +89,6 @@ class _EmulatedParty(Context):
             store[label] = fn(*[self.randomness.whole(v) for v in values])
         return self.randomness.hand(label, store[label], self.party, holder)
 
-    def encode_static(self, name, value, make, variant=""):
-        if name not in self.session.static:
-            return make()
-        key = name + variant
-        if key not in self.session.encoded:
-            self.session.encoded[key] = make()
-        return self.session.encoded[key]
-
     async def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
             from .schedule import Message
