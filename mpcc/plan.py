@@ -31,7 +31,7 @@ PLAN_FORMAT_VERSION = 2
 # material of another protocol version never meet.
 PROTOCOL_VERSION = 2
 _MAGIC = "mpcc-plan"
-FRAC_BITS_RANGE = (1, 30)    # f <= 30 keeps the comparison domain 2^(31-f) at least 2
+FRAC_BITS_RANGE = (1, 20)    # f <= 20: LayerNorm's and the division's 3f-bit products stay below 2^61
 
 
 class PlanFormatError(ValueError):

@@ -34,6 +34,7 @@ def test_presets_and_overrides_resolve_to_a_choice_per_family():
     ({"softmax": "3quad"}, r"no softmax substitute '3quad'; softmax substitutes are \['2quad', '2quad_goldschmidt', 'exact', 'puma'\]"),
     ({"sigmoid": "exact"}, r"no op family 'sigmoid'; families are \['gelu', 'layer_norm', 'softmax'\]"),
     ({"preset": "nope"}, r"no approximation preset 'nope'"),
+    ("preset=" * 3000 + "exact", r"no approximation preset 'preset="),
 ])
 def test_unknown_names_list_the_valid_ones(approx, message):
     with pytest.raises(ApproxError, match=message):

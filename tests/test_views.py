@@ -17,6 +17,7 @@ import torch
 
 import mpcc
 from mpcc.backends.prg import Prg
+from mpcc.passes.approximate import PRESETS
 from mpcc.runtime import Session
 from mpcc.runtime.context import Context
 from mpcc.runtime.shape_context import ShapeContext
@@ -32,8 +33,8 @@ def model(tiny_bert):
     return tiny_bert
 
 
-def _session(model, record=True):
-    plan = mpcc.compile(model, {"input_ids": token_ids(SEQ, 120)})   # a fresh plan: no tape from other tests
+def _session(model, record=True, approx="exact"):
+    plan = mpcc.compile(model, {"input_ids": token_ids(SEQ, 120)}, approx=approx)   # a fresh plan: no tape yet
     session = Session(plan, model.state_dict(), progress=False, timeout=30)
     session.record_views = record
     return plan, session
@@ -114,11 +115,11 @@ def _different(counts_a, counts_b) -> list[str]:
     return problems
 
 
-def opened_values_leak(model, party) -> list[str]:
+def opened_values_leak(model, party, approx="exact") -> list[str]:
     """Run two secrets (two sessions); every reconstructed opening must be uniform and alike."""
     counts = []
     for seed in (1, 2):
-        plan, session = _session(model)
+        plan, session = _session(model, approx=approx)
         ids = token_ids(SEQ, 120, seed) if seed == 1 else torch.zeros(1, SEQ, dtype=torch.int64)
         openings, _ = _openings(session, {"input_ids": ids}, party)
         ops = {n.name: n.op for n in plan.graph.nodes}
@@ -126,10 +127,10 @@ def opened_values_leak(model, party) -> list[str]:
     return _non_uniform(counts[0]) + _non_uniform(counts[1]) + _different(*counts)
 
 
-def cross_inference_leak(model, party) -> list[str]:
+def cross_inference_leak(model, party, approx="exact") -> list[str]:
     """Two inferences of one session on the same secret: the difference of what the
     party reconstructs must look uniform (a reused mask makes it the data's difference)."""
-    plan, session = _session(model)
+    plan, session = _session(model, approx=approx)
     inputs = {"input_ids": token_ids(SEQ, 120, 3)}
     first, _ = _openings(session, inputs, party)
     second, _ = _openings(session, inputs, party)
@@ -176,7 +177,8 @@ def plant(monkeypatch, protocol: str, how: str, holder: str | None = None):
 
 
 PLANTED = [("trunc", "drop", None), ("ltz_bits", "drop", None), ("exp", "drop", None),
-           ("fourier_segments", "drop", None), ("beaver", "drop", None), ("linear_server", "drop", "client")]
+           ("fourier_segments", "drop", None), ("beaver", "drop", None), ("linear_server", "drop", "client"),
+           ("gelu_secformer", "drop", None, "secformer")]   # (protocol, how, holder[, the preset it runs in])
 REUSED = [("trunc", "reuse", None), ("linear_server", "reuse", "client")]
 
 
@@ -190,15 +192,23 @@ def test_no_mask_is_used_in_two_inferences(model, party):
     assert cross_inference_leak(model, party) == []
 
 
-@pytest.mark.parametrize("protocol, how, holder", PLANTED, ids=[p[0] for p in PLANTED])
-def test_a_dropped_mask_fails_the_opened_value_test(model, monkeypatch, protocol, how, holder):
+@pytest.mark.parametrize("approx", sorted(set(PRESETS) - {"exact"}))
+def test_the_presets_substitutes_open_only_masked_values(model, approx):
+    for party in (0, 1):
+        assert opened_values_leak(model, party, approx) == []
+        assert cross_inference_leak(model, party, approx) == []
+
+
+@pytest.mark.parametrize("planted", PLANTED, ids=[p[0] for p in PLANTED])
+def test_a_dropped_mask_fails_the_opened_value_test(model, monkeypatch, planted):
+    protocol, how, holder, approx = (planted + ("exact",))[:4]
     plant(monkeypatch, protocol, how, holder)
-    plan, session = _session(model)
+    plan, session = _session(model, approx=approx)
     inputs = {"input_ids": token_ids(SEQ, 120, 1)}
     outputs, _ = session.run(inputs)   # the planted leak keeps results right: only the views show it
-    reference = mpcc.interpret(plan.graph, inputs, model.state_dict())
+    reference = mpcc.interpret(plan, inputs, model.state_dict())
     assert (outputs[0] - reference[0]).abs().max() < 1e-2
-    assert opened_values_leak(model, 0) + opened_values_leak(model, 1) != []
+    assert opened_values_leak(model, 0, approx) + opened_values_leak(model, 1, approx) != []
 
 
 @pytest.mark.parametrize("protocol, how, holder", REUSED, ids=[p[0] for p in REUSED])

@@ -26,12 +26,11 @@ __all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "RSQRT_LINE", "G
 LN_BRACKETS_LOG2 = (-16, 30)   # S in [2^-16, 2^30): above, S's truncation wraps (f = 16)
 RSQRT_LINE = (1.26411422, -0.2863736)   # minimax line for 1/sqrt on [1, 2]: relative error 2.2%
 LN_NEWTON_STEPS = 2            # relative error 2.2e-2 -> 7.5e-4 -> 8.4e-7
-GUESS_FRAC = 12                # the line's slope with 12 bits: z * it stays below 2^62
 GOLDSCHMIDT_RSQRT_STEPS = 7    # SecFormer's count in the model (8 in its op benchmark)
 
 
 async def _bracket(ctx, x, floor: float | None, n: int):
-    """s sqrt(n) and s^2 (2f bits each), s = 2^(-j/2) where 2^j <= x < 2^(j+1), for x
+    """s sqrt(n), s^2 and the line's slope times s^2, s = 2^(-j/2) where 2^j <= x < 2^(j+1), for x
     with 2f fractional bits: one batch of 64-bit LTZs (no domain of their own) and
     one b2a; the weighted sums of bits are local. With the overflow check,
     ``floor`` is one more column: x below it is flagged."""
@@ -48,24 +47,31 @@ async def _bracket(ctx, x, floor: float | None, n: int):
         bits = bits[..., :-1]
     arithmetic = await b2a(ctx, bits)
 
-    def weighted(scale):   # scale(j) for the bracket 2^j <= x < 2^(j+1), as a sum of steps
+    def weighted(scale, frac):   # scale(j) for the bracket 2^j <= x < 2^(j+1), as a sum of steps
         steps = [scale(j) - scale(j - 1) for j in exponents]
-        ring = encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=arithmetic.device), 2 * f)
+        ring = encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=arithmetic.device), frac)
         total = (arithmetic * ring).sum(-1)
         start = encode_scaled(ctx, torch.full(tuple(total.shape), scale(low), dtype=torch.float64,
-                                              device=arithmetic.device), 2 * f)
+                                              device=arithmetic.device), frac)
         return add_public(ctx, total, start)
-    return weighted(lambda j: math.sqrt(n) * 2.0 ** (-j / 2)), weighted(lambda j: 2.0 ** -j)
+    slope = RSQRT_LINE[1]
+    return (weighted(lambda j: math.sqrt(n) * 2.0 ** (-j / 2), scale_bits(f, n)),
+            weighted(lambda j: 2.0 ** -j, 2 * f), weighted(lambda j: slope * 2.0 ** -j, 2 * f))
 
 
-async def _newton_rsqrt(ctx, z):
-    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2): the minimax line (x' and the guess
-    from z in one step), then y <- y (3 - x' y^2) / 2 = (3y - x'y y^2) / 2: x'y and
-    y^2 in one step, both truncated in the next, their product, one truncation by
-    f + 1 (4 rounds a step)."""
+def scale_bits(f: int, n: int) -> int:
+    """Fractional bits of s sqrt(n): 2f, or fewer where (x - mean) s sqrt(n), below
+    2 sqrt(n), would pass 2^61 with f + 2f bits (large f and n)."""
+    return min(2 * f, 61 - f - math.ceil(math.log2(2 * math.sqrt(n))))
+
+
+async def _newton_rsqrt(ctx, z, z_slope):
+    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2): the minimax line, its slope term
+    ``z_slope`` (S times the bracket's slope s^2, from the same step as z), then
+    y <- y (3 - x' y^2) / 2 = (3y - x'y y^2) / 2: x'y and y^2 in one step, both
+    truncated in the next, their product, one truncation by f + 1 (4 rounds a step)."""
     f = ctx.frac_bits
-    slope = round(RSQRT_LINE[1] * 2 ** GUESS_FRAC)
-    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f), trunc(ctx, z * slope, 2 * f + GUESS_FRAC))
+    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f), trunc(ctx, z_slope, 2 * f))
     y = add_public(ctx, guess, _public(ctx, RSQRT_LINE[0], guess))
     for _ in range(LN_NEWTON_STEPS):
         y2, xy = await ctx.gather(square(ctx, y, truncate=False), beaver(ctx, x_norm, y, torch.mul))
@@ -75,7 +81,7 @@ async def _newton_rsqrt(ctx, z):
     return y
 
 
-async def _goldschmidt_rsqrt(ctx, z):
+async def _goldschmidt_rsqrt(ctx, z, z_slope=None):
     """SecFormer's Goldschmidt rsqrt of x' = z / 2^(3f): from x = x', y = 1, repeat
     m = (3 - x) / 2, x <- x m^2, y <- y m (GOLDSCHMIDT_RSQRT_STEPS times, as
     published); with 2m = 3 - x, the halvings ride in the truncations. y m and
@@ -119,11 +125,12 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     total_2f = squares.sum(-1, keepdim=True)   # S with 2f fractional bits
     total_2f = add_public(ctx, total_2f, encode_scaled(ctx, torch.full(tuple(total_2f.shape), n * eps,
                                                                           dtype=torch.float64), 2 * f))
-    ctx.check_range(total_2f, LN_BRACKETS_LOG2[1] + 2 * f)
-    total, (s_n, s2) = await ctx.gather(trunc(ctx, total_2f),
-                                        _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n))
-    z = await beaver(ctx, total, s2, torch.mul)   # S s^2 in [1, 2), 3f fractional bits
-    (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n), solve(ctx, z))
+    ctx.check_range(total_2f, min(LN_BRACKETS_LOG2[1] + 2 * f, 62))   # S's bracket and its truncation
+    total, (s_n, s2, slope_s2) = await ctx.gather(trunc(ctx, total_2f),
+                                                  _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n))
+    # S s^2 in [1, 2) and the line's slope term, 3f fractional bits each (f <= 20: below 2^61)
+    z, z_slope = await ctx.gather(beaver(ctx, total, s2, torch.mul), beaver(ctx, total, slope_s2, torch.mul))
+    (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n, scale_bits(f, n)), solve(ctx, z, z_slope))
     out = await beaver(ctx, scaled, y, torch.mul)   # 2f fractional bits: gamma's product truncates once
     if weight is not None or "weight" in ctx.operand_types:   # the server's gamma (the client holds None)
         out = await linear_server(ctx, out, server_ring(ctx, "weight", weight), ctx.operand_types["weight"].shape,
@@ -136,9 +143,9 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     return out
 
 
-async def _times_scale(ctx, centered, s_n):
-    """(x - mean) s sqrt(n), about the normalised value: s sqrt(n) has 2f bits."""
-    return await trunc(ctx, await beaver(ctx, centered, s_n, torch.mul), 2 * ctx.frac_bits)
+async def _times_scale(ctx, centered, s_n, bits):
+    """(x - mean) s sqrt(n), about the normalised value: s sqrt(n) has ``bits`` bits."""
+    return await trunc(ctx, await beaver(ctx, centered, s_n, torch.mul), bits)
 
 
 def _reference(x, w, b, shape, eps):

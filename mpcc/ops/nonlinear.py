@@ -162,9 +162,10 @@ async def _newton_reciprocal(ctx, x, s):
     same product as x' (two truncations in one step); each Newton step
     y (2 - x' y) keeps x' y untruncated (2f bits) and truncates once (3 rounds)."""
     f = ctx.frac_bits
-    z = await beaver(ctx, x, s, torch.mul)
-    x_norm, guess = await ctx.gather(trunc(ctx, z), trunc(ctx, z * round(-8.0 / 17.0 * 2 ** SCALAR_FRAC),
-                                                         f + SCALAR_FRAC))
+    z = await beaver(ctx, x, s, torch.mul)   # x' with 2f bits, below 2^(2f+1)
+    slope_bits = min(SCALAR_FRAC, 60 - 2 * f)   # z times the slope stays below 2^61 for any f <= 26
+    x_norm, guess = await ctx.gather(trunc(ctx, z), trunc(ctx, z * round(-8.0 / 17.0 * 2 ** slope_bits),
+                                                         f + slope_bits))
     y = add_public(ctx, guess, _public(ctx, 24.0 / 17.0, guess))
     two = encode_scaled(ctx, torch.full(tuple(x_norm.shape), 2.0, dtype=torch.float64), 2 * f)
     for _ in range(RECIPROCAL_ITERATIONS):

@@ -72,7 +72,9 @@ def resolve_approx(approx: str | Mapping[str, str]) -> dict[str, str]:
         raise ApproxError(f"approx must be a preset name or a dict per op family, not {type(approx).__name__}")
     overrides = dict(approx)
     base = overrides.pop("preset", "exact")
-    choices = resolve_approx(base)
+    if base not in PRESETS:   # a name, never a label: no recursion through "preset=..."
+        raise ApproxError(f"no approximation preset {base!r}; presets are {sorted(PRESETS)}")
+    choices = dict(PRESETS[base])
     _check(overrides, "approx")
     choices.update(overrides)
     return choices

@@ -16,12 +16,15 @@ from .registry import register_pass
 __all__ = ["fuse_scaled_matmul", "power_of_two_shift"]
 
 
+MAX_SHIFT = 30   # a truncation by f + j must stay well inside the ring
+
+
 def power_of_two_shift(value) -> int | None:
-    """j when ``value`` is 2^-j for j >= 1, else None."""
+    """j when ``value`` is 2^-j for 1 <= j <= MAX_SHIFT, else None."""
     if not isinstance(value, (int, float)) or value <= 0:
         return None
     mantissa, exponent = math.frexp(value)
-    return 1 - exponent if mantissa == 0.5 and exponent <= 0 else None
+    return 1 - exponent if mantissa == 0.5 and 1 - MAX_SHIFT <= exponent <= 0 else None
 
 
 @register_pass("fuse_scaled_matmul")
