@@ -93,12 +93,12 @@ def reference(loaded, inputs):
         return reference_outputs(loaded.model, inputs)
 
 
-def verdict(worst: float, tolerance: float) -> int:
-    """Print the one-line verdict against float64 torch; the exit code (1 on a mismatch)."""
+def verdict(worst: float, tolerance: float, against: str = "float64 torch") -> int:
+    """Print the one-line verdict against ``against``; the exit code (1 on a mismatch)."""
     if worst <= tolerance:
-        print(f"OK: max abs error {worst:.2e} vs float64 torch (tolerance {tolerance:.0e})")
+        print(f"OK: max abs error {worst:.2e} vs {against} (tolerance {tolerance:.0e})")
         return 0
-    print(f"MISMATCH: max abs error {worst:.2e} vs float64 torch is above the tolerance {tolerance:.0e}")
+    print(f"MISMATCH: max abs error {worst:.2e} vs {against} is above the tolerance {tolerance:.0e}")
     return 1
 
 

@@ -91,6 +91,16 @@ def test_cli_runs_a_compiled_plan_file(tmp_path, capsys):
     assert "weight" in capsys.readouterr().err
 
 
+def test_cli_judges_a_substituted_plan_against_its_own_meaning(tmp_path, capsys):
+    out = tmp_path / "fast.mpcc"
+    assert main(["compile", "tiny-bert", "--approx", "mpcformer", "-o", str(out), "--seq", "5"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out)]) == 0   # 2Quad and Quad are far from torch, the secure run is close to the plan
+    text = capsys.readouterr().out
+    assert "vs the plan's plaintext meaning (approx mpcformer)" in text and "|secure - torch|" in text
+    assert main(["run", "tiny-bert", "--seq", "5", "--approx", "nope"]) == 2
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["compile", "no-such-model", "-o", str(tmp_path / "x")]) == 2
     assert "not a preset" in capsys.readouterr().err
