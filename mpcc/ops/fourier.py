@@ -136,7 +136,7 @@ async def gelu(ctx, x):
     """GeLU within 1e-3 of the exact (erf) form on all reals in range: 0 below -4,
     x above 4, x/2 + an 8-term cosine series between (fit on [-4.5, 4.5]; the
     segment tests may err within 0.5 of +-4, where GeLU and its asymptotes
-    differ by < 8e-4). Rounds ~ 10. Domain: ``fourier_segments``', |x| <= 32763.5
+    differ by < 8e-4). Rounds 4. Domain: ``fourier_segments``', |x| <= 32763.5
     at f = 16."""
     coeffs = GELU_EVEN_COEFFS
     return await fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,

@@ -53,15 +53,16 @@ async def exp(ctx, x):
     wraps mod 16: at x = 1 the result is e^-15, not e). Inputs below -15
     count as -15 (e^-15 < 2^-16, below fixed-point resolution).
 
-    Steps: y = relu(x + 15) in [0, 15] (by a fuzzy comparison that may also
-    zero y in (0, 1), where e^(y-15) < 1e-6). The dealer deals t
-    (seeded, uniform mod 16), an XOR sharing of t, and V0 = e^(-t-15),
-    V1 = e^(1-t) with 40 fractional bits (stored). Open delta = y + t mod 16
-    (20 bits each way; perfectly hiding). The wrap bit w = [delta < t] comes
-    from ``lt_public``; V = V0 + w (V1 - V0) by one select; then
-    e^x = e^delta * V, a public factor times a share, and one truncation.
-    Rounds ~15; about 40 bytes per element each way (the (1 + x/2^8)^(2^8)
-    limit form costs ~136). Randomness: t (seeded), t's XOR sharing and V0,
+    Steps: the dealer deals t (seeded, uniform mod 16), an XOR sharing of t,
+    and V0 = e^(-t-15), V1 = e^(1-t) with 40 fractional bits (stored). Open
+    delta = x + 15 + t mod 16 (20 bits each way; perfectly hiding); the wrap
+    bit w = [delta < t] comes from ``lt_public`` (its leaf dealt from t).
+    Beside them, keep = [x + 15 >= 1/2] by a fuzzy 16-bit comparison (it may
+    also drop x + 15 in (0, 1), where e^x < 1e-6) selects keep V0 and
+    keep (V1 - V0); one more select by w gives keep V, and e^x = e^delta
+    keep V, a public factor times a share, with one truncation. Where keep is
+    0 the unclipped opening's garbage is zeroed. Rounds 5; about 41 bytes per
+    element each way (the (1 + x/2^8)^(2^8) limit form costs ~136). Randomness: t (seeded), t's XOR sharing and V0,
     V1 (stored). (mpcc's construction: SecFormer's masked-opening idea applied
     to the exponent, with the wrap bit recovered by a public-vs-shared compare.)
     """
@@ -110,7 +111,7 @@ async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_lo
 
     thresholds_log2 are the exponents m tested (x >= 2^(step*m)); below the
     first, s takes the first bracket's value. All comparisons run in one call
-    (rounds 8); the weighted sum of bits is local (exact powers of two). With
+    (rounds 4 with the b2a); the weighted sum of bits is local (exact powers of two). With
     the overflow check on, ``floor_log2`` adds the domain's floor as one more
     column and flags the elements below it.
     """
@@ -140,7 +141,8 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     Normalise x' = x 2^-m into [1, 2) with bracketing bits, start from
     y0 = 24/17 - 8/17 x' (relative error < 1/17), then Newton
     y <- y (2 - x' y) twice (relative error 1.2e-5 before rounding);
-    1/x = y 2^-m. Absolute error a few 2^-16. Rounds ~ 7 + 2 + 8 + 2.
+    1/x = y 2^-m. Absolute error a few 2^-16. Rounds 4 (bracket) + 2 (x' and
+    the guess) + 3 per Newton step + 2 = 14.
     (Newton-Raphson as in CrypTen, with an initial guess from bracketing
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
