@@ -27,8 +27,11 @@ class Message:
     ``kind``: ``exchange`` (both parties send ``tensors`` and receive the
     peer's, same shapes), ``transfer`` (``sender`` sends ``tensors``; the
     receiver passes its own tensors of the same shapes) or ``setup`` (a
-    once-per-deployment transfer, counted apart). ``bits``: the width that
-    matters per tensor (the transport packs to it); ``combine`` per tensor,
+    once-per-deployment transfer, counted apart). ``bits``: how many bits per
+    element matter (what the byte counts charge). They are the low bits except
+    in the comparison tree's words, whose lanes sit at strided positions
+    (borrow_tree.py): a transport that packs must learn those positions, not
+    mask to the low bits (the in-process one sends whole words); ``combine`` per tensor,
     how a tensor and the peer's join into the opened value ("add" or "xor"),
     for the view tests. ``result`` is set by the context's ``deliver``.
     """
