@@ -8,7 +8,7 @@ import torch
 from .frontend import trace
 from .interpreter import interpret
 from .passes import run_pipeline, secure_pipeline
-from .passes.approximate import PRESETS, approx_label, resolve_approx
+from .passes.approximate import PRESETS, approx_label
 from .plan import Plan, load
 from .runtime import Emulator, Session, emulate, run
 

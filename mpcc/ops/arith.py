@@ -93,14 +93,15 @@ async def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:
     return z
 
 
-async def mul(ctx, x, y, truncate: bool = True):
-    """Elementwise product of shares (broadcasting); truncate when both are reals.
+async def mul(ctx, x, y, truncate: bool = True, shift: int | None = None):
+    """Elementwise product of shares (broadcasting); truncate when both are reals,
+    by ``shift`` bits (default f: operands with other scales, or a halving folded in).
 
     Domain: with truncation |x * y| < 2^(62 - 2f) (2^30 at f = 16), see ``trunc``;
     without (an integer operand), the product must be representable.
     """
     z = await beaver(ctx, x, y, torch.mul)
-    return await trunc(ctx, z) if truncate else z
+    return await trunc(ctx, z, shift) if truncate else z
 
 
 async def square(ctx, x, truncate: bool = True):

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .arith import add_public, beaver, encode, square, trunc
+from .arith import add_public, beaver, encode, mul, square, trunc
 from .compare import ltz_bits, max_last, not_bit, select_bits
 from .base import define
 from .nonlinear import MASK_FILL, _bracket_scale, _public, divide, encode_scaled, mul_scalar, softmax_masked
@@ -75,12 +75,11 @@ async def softmax_2quad_goldschmidt(ctx, x, keep):
     total = q.sum(-1, keepdim=True)
     ctx.check_range(total, QUAD_SUM_LOG2[1] + f)
     s = await _bracket_scale(ctx, total, list(range(QUAD_SUM_LOG2[0] + 1, QUAD_SUM_LOG2[1])), 1, QUAD_SUM_LOG2[0])
-    numerators, denominator = await ctx.gather(_scaled(ctx, q, s, f + 1), _scaled(ctx, total, s, f + 1))
+    numerators, denominator = await ctx.gather(mul(ctx, q, s, shift=f + 1), mul(ctx, total, s, shift=f + 1))
     two = _public(ctx, 2.0, denominator)
     for _ in range(GOLDSCHMIDT_DIV_STEPS):
         factor = add_public(ctx, -denominator, two)
-        numerators, denominator = await ctx.gather(_scaled(ctx, numerators, factor, f),
-                                                   _scaled(ctx, denominator, factor, f))
+        numerators, denominator = await ctx.gather(mul(ctx, numerators, factor), mul(ctx, denominator, factor))
     return numerators
 
 
@@ -124,10 +123,6 @@ async def softmax_puma(ctx, x, keep):
         e = e * keep
     n = x.shape[-1]
     return await divide(ctx, e, e.sum(-1, keepdim=True), 0, max(2, math.ceil(math.log2(n)) + 1))
-
-
-async def _scaled(ctx, a, b, shift):
-    return await trunc(ctx, await beaver(ctx, a, b, torch.mul), shift)
 
 
 SOFTMAX_VARIANTS = {variant.name: variant for variant in (

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .arith import add_public, beaver, linear_server, server_ring, square, trunc
+from .arith import add_public, beaver, linear_server, mul, server_ring, square, trunc
 from .base import define
 from .compare import b2a, ltz_bits, not_bit
 from .nonlinear import LAYER_NORM_FLOOR_LOG4, _public, encode_scaled, mul_scalar
@@ -92,14 +92,10 @@ async def _goldschmidt_rsqrt(ctx, z, z_slope=None):
     for _ in range(GOLDSCHMIDT_RSQRT_STEPS):
         twice_m = add_public(ctx, -x, _public(ctx, 3.0, x))
         m_squared, y = await ctx.gather(square(ctx, twice_m, truncate=False),
-                                        _product(ctx, y, twice_m, f + 1))
+                                        mul(ctx, y, twice_m, shift=f + 1))
         m_squared = await trunc(ctx, m_squared)
-        x = await _product(ctx, x, m_squared, f + 2)
+        x = await mul(ctx, x, m_squared, shift=f + 2)
     return y
-
-
-async def _product(ctx, a, b, shift):
-    return await trunc(ctx, await beaver(ctx, a, b, torch.mul), shift)
 
 
 async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_rsqrt):
@@ -130,7 +126,8 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
                                                   _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n))
     # S s^2 in [1, 2) and the line's slope term, 3f fractional bits each (f <= 20: below 2^61)
     z, z_slope = await ctx.gather(beaver(ctx, total, s2, torch.mul), beaver(ctx, total, slope_s2, torch.mul))
-    (scaled, y) = await ctx.gather(_times_scale(ctx, centered, s_n, scale_bits(f, n)), solve(ctx, z, z_slope))
+    # (x - mean) s sqrt(n), about the normalised value, beside the solve
+    (scaled, y) = await ctx.gather(mul(ctx, centered, s_n, shift=scale_bits(f, n)), solve(ctx, z, z_slope))
     out = await beaver(ctx, scaled, y, torch.mul)   # 2f fractional bits: gamma's product truncates once
     if weight is not None or "weight" in ctx.operand_types:   # the server's gamma (the client holds None)
         out = await linear_server(ctx, out, server_ring(ctx, "weight", weight), ctx.operand_types["weight"].shape,
@@ -141,11 +138,6 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     if bias is not None and ctx.party == 1:
         out = out + server_ring(ctx, "bias", bias)
     return out
-
-
-async def _times_scale(ctx, centered, s_n, bits):
-    """(x - mean) s sqrt(n), about the normalised value: s sqrt(n) has ``bits`` bits."""
-    return await trunc(ctx, await beaver(ctx, centered, s_n, torch.mul), bits)
 
 
 def _reference(x, w, b, shape, eps):

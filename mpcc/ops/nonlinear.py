@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .arith import server_ring, add_public, beaver, encode, linear_server, matmul_shares, mul, square, trunc
+from .arith import add_public, beaver, encode, mul, square, trunc
 from .base import define
 from .compare import WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, select_bits
 from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401

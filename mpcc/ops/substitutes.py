@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .arith import add_public, beaver, square, trunc
+from .arith import add_public, beaver, mul, square, trunc
 from .base import define
 from .compare import ltz_bits, not_bit, select_bits
 from .fourier import SEGMENT_FUZZ
@@ -131,7 +131,7 @@ async def gelu_puma(ctx, x):
 
     async def powers():
         x2 = await square(ctx, x)
-        x3, x4 = await ctx.gather(_product(ctx, x, x2), square(ctx, x2))
+        x3, x4 = await ctx.gather(mul(ctx, x, x2), square(ctx, x2))
         return x2, x3, x4, await square(ctx, x3)
     # exact comparisons: they take fewer steps than the powers beside them
     below, (x2, x3, x4, x6) = await ctx.gather(ltz_bits(ctx, tests), powers())
@@ -148,10 +148,6 @@ async def gelu_puma(ctx, x):
     (chosen,) = await select_bits(ctx, torch.stack([in_cubic, in_sextic, b2], -1),
                                   [torch.stack([cubic, sextic, x], -1)])
     return chosen.sum(-1)
-
-
-async def _product(ctx, a, b):
-    return await trunc(ctx, await beaver(ctx, a, b, torch.mul))
 
 
 define("gelu_puma", ("self",), _gelu_puma_reference, "PUMA's piecewise-polynomial GeLU (a substitute)", "nn")
