@@ -170,16 +170,16 @@ def plant(monkeypatch, protocol: str, how: str, holder: str | None = None):
             return ring(self, label, shape)
         if how == "drop":
             return torch.zeros(tuple(shape), dtype=torch.int64)
-        return ring(self, f"reused-{protocol}" + ("" if protocol == "trunc" else "-" + inner.split("/")[0]), shape)
+        return ring(self, f"reused-{protocol}" + ("" if protocol == "truncate" else "-" + inner.split("/")[0]), shape)
     monkeypatch.setattr(Context, "_label", spy)
     monkeypatch.setattr(Prg, "ring", planted_ring)
     monkeypatch.setattr(ShapeContext, "recall", lambda self, node: False)
 
 
-PLANTED = [("trunc", "drop", None), ("ltz_bits", "drop", None), ("exp", "drop", None),
+PLANTED = [("truncate", "drop", None), ("mask", "drop", None), ("ltz_bits", "drop", None), ("exp", "drop", None),
            ("fourier_segments", "drop", None), ("beaver", "drop", None), ("linear_server", "drop", "client"),
            ("gelu_secformer", "drop", None, "secformer")]   # (protocol, how, holder[, the preset it runs in])
-REUSED = [("trunc", "reuse", None), ("linear_server", "reuse", "client")]
+REUSED = [("truncate", "reuse", None), ("linear_server", "reuse", "client")]
 
 
 @pytest.mark.parametrize("party", [0, 1])

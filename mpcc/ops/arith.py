@@ -16,11 +16,11 @@ from __future__ import annotations
 import torch
 
 from .base import define
-
+from .wire import RING_SHIFT_LIMIT, share_of, truncate
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "add_public", "mul_public", "reveal"]
 
-RING_SHIFT_LIMIT = 62
+
 
 
 def shape_of(fn, *tensors) -> tuple[int, ...]:
@@ -49,25 +49,12 @@ async def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     and the result is off by 2^(64-s): no error is raised.
     Randomness: 1 ring (seed) + 2 ring (stored) per element.
     Rounds 1; online bytes 8n both. (Mohassel-Rindal style dealer truncation.)
+    ``wire.truncate`` is the same protocol, its output kept as a wire.
     """
     shift = ctx.frac_bits if shift is None else shift
     if shift == 0:
-        return z
-    rshift = ctx.backend.rshift_logical
-    r = ctx.rand(z.shape)
-    r_high = ctx.derive(lambda r: rshift(r, shift), r, shape=z.shape)
-    r_msb = ctx.derive(lambda r: rshift(r, 63), r, shape=z.shape)
-    if ctx.meta:  # shapes only (dealer, cost model): the same requests and message, no arithmetic
-        await ctx.open(z)
-        return torch.empty(tuple(z.shape), dtype=torch.int64, device="meta")
-    offset = 1 << RING_SHIFT_LIMIT
-    masked = z + r + (offset if ctx.party == 0 else 0)
-    c = await ctx.open(masked)
-    wrap = (1 - rshift(c, 63)) * r_msb
-    out = wrap * (1 << (64 - shift)) - r_high
-    if ctx.party == 0:
-        out = out + rshift(c, shift) - (offset >> shift)
-    return out
+        return share_of(ctx, z)
+    return (await truncate(ctx, z, shift)).share(ctx)
 
 
 async def beaver(ctx, x: torch.Tensor, y: torch.Tensor, fn) -> torch.Tensor:

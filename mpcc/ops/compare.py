@@ -15,6 +15,7 @@ import torch
 from .arith import mul
 from .base import define
 from .borrow_tree import low_mask, lt_public
+from .wire import Part, Wire
 
 __all__ = ["CMP_BITS", "WIDE_CMP_BITS", "and_gates", "lt_public", "ltz_bits", "b2a", "select_bits", "relu",
            "max_last", "argmax_last", "not_bit"]
@@ -104,15 +105,19 @@ async def ltz_bits(ctx, x, bits: int = CMP_BITS, fuzz_bits: int = 0):
 
 
 async def b2a(ctx, bit):
-    """XOR-shared bit -> additive share of 0/1. Dealer: a random bit rho
-    (seeded word, low bit) and its additive shares (stored). Open
-    beta = bit ^ rho (1 bit each way); bit = beta + rho - 2 beta rho. Rounds 1.
+    """XOR-shared bit -> additive share of 0/1 (see ``b2a_wire``)."""
+    return (await b2a_wire(ctx, bit)).share(ctx)
+
+
+async def b2a_wire(ctx, bit) -> Wire:
+    """XOR-shared bit -> 0/1 as a wire. Dealer: a random bit rho (seeded word,
+    low bit) and its additive shares (stored). Open beta = bit ^ rho (1 bit
+    each way); bit = beta + (1 - 2 beta) rho: public beta, dealt rho. Rounds 1.
     (The dealer-assisted B2A of CrypTen's TTP mode and ABY3.)"""
     rho = ctx.rand(bit.shape, kind="xor")
     rho_a = ctx.derive(lambda r: r & 1, rho, shape=bit.shape)
     beta = await ctx.open_xor((bit ^ rho) & 1, bits=1) & 1
-    out = rho_a * (1 - 2 * beta)
-    return out + beta if ctx.party == 0 else out
+    return Wire(beta, (Part(1 - 2 * beta, rho_a, 0),))
 
 
 async def select_bits(ctx, bit, values):

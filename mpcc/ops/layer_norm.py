@@ -1,14 +1,20 @@
 """LayerNorm, scheduled for few rounds.
 
-(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, n entries:
-the row's sum of squares S = sum (x - mean)^2 + n eps (= n (var + eps)),
-kept with 2f fractional bits, is bracketed between powers of two,
-2^j <= S < 2^(j+1), by one batch of 64-bit comparisons (while S is also
-truncated, in the same steps); with s = 2^(-j/2), y = 1/sqrt(S s^2) comes
-from a minimax line on [1, 2) and two Newton steps, and the result is
-(x - mean) (s sqrt(n)) y gamma: s sqrt(n) is encoded with 2f bits (precise
-however small), (x - mean) s sqrt(n) is computed beside Newton, and the last
-product stays untruncated into gamma's product.
+(x - mean) / sqrt(var + eps) * gamma + beta over the last axis, n entries.
+Values are kept as wires (``wire.py``) so that products need no opening:
+
+1. the mean's truncation and x's mask open together: x - mean is a wire;
+2. the row's sum of squares S = sum (x - mean)^2 + n eps (= n (var + eps)),
+   with 2f fractional bits, is local; beside it the server's gamma
+   multiplies x - mean (the client's one message) and is truncated;
+3. S is bracketed between powers of two, 2^j <= S < 2^(j+1), by one batch of
+   64-bit comparisons (S is truncated in the same steps); the bracket's bits
+   come out of the B2A as wires, so S s^2 (s = 2^(-j/2)) and the minimax
+   line's slope term are local;
+4. y = 1/sqrt(S s^2) from the line and two Newton steps of two rounds each;
+   beside them (x - mean) gamma times s sqrt(n) (s sqrt(n) encoded with 2f
+   bits: precise however small);
+5. one truncated product by y, plus beta.
 """
 from __future__ import annotations
 
@@ -16,10 +22,11 @@ import math
 
 import torch
 
-from .arith import add_public, beaver, linear_server, mul, server_ring, square, trunc
+from .arith import add_public, linear_server, mul, server_ring, square, trunc
 from .base import define
-from .compare import b2a, ltz_bits, not_bit
-from .nonlinear import LAYER_NORM_FLOOR_LOG4, _public, encode_scaled, mul_scalar
+from .compare import b2a_wire, ltz_bits, not_bit
+from .nonlinear import LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, encode_scaled
+from .wire import mask, product, truncate
 
 __all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "RSQRT_LINE", "GOLDSCHMIDT_RSQRT_STEPS"]
 
@@ -29,34 +36,47 @@ LN_NEWTON_STEPS = 2            # relative error 2.2e-2 -> 7.5e-4 -> 8.4e-7
 GOLDSCHMIDT_RSQRT_STEPS = 7    # SecFormer's count in the model (8 in its op benchmark)
 
 
-async def _bracket(ctx, x, floor: float | None, n: int):
-    """s sqrt(n), s^2 and the line's slope times s^2, s = 2^(-j/2) where 2^j <= x < 2^(j+1), for x
+async def _bracket(ctx, x, floor: float | None):
+    """The bits [x >= 2^j] for j in the bracket range, as a wire (last axis), for x
     with 2f fractional bits: one batch of 64-bit LTZs (no domain of their own) and
-    one b2a; the weighted sums of bits are local. With the overflow check,
-    ``floor`` is one more column: x below it is flagged."""
+    one B2A. With the overflow check, ``floor`` is one more column: x below it is flagged."""
     f = ctx.frac_bits
-    low, high = LN_BRACKETS_LOG2
-    exponents = list(range(low + 1, high))
     check = ctx.overflow_flags is not None and floor is not None
-    thresholds = [2.0 ** j for j in exponents] + ([floor] if check else [])
+    thresholds = [2.0 ** j for j in _exponents()] + ([floor] if check else [])
     ring = encode_scaled(ctx, torch.tensor(thresholds, dtype=torch.float64), 2 * f)
     diffs = x.unsqueeze(-1) - ctx.public_share(ring.to(x.device) if not ctx.meta else ring)   # [..., 1, k]
     bits = not_bit(ctx, await ltz_bits(ctx, diffs, 64))
     if check:
         ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
         bits = bits[..., :-1]
-    arithmetic = await b2a(ctx, bits)
+    return await b2a_wire(ctx, bits.squeeze(-2))
 
-    def weighted(scale, frac):   # scale(j) for the bracket 2^j <= x < 2^(j+1), as a sum of steps
-        steps = [scale(j) - scale(j - 1) for j in exponents]
-        ring = encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=arithmetic.device), frac)
-        total = (arithmetic * ring).sum(-1)
-        start = encode_scaled(ctx, torch.full(tuple(total.shape), scale(low), dtype=torch.float64,
-                                              device=arithmetic.device), frac)
-        return add_public(ctx, total, start)
-    slope = RSQRT_LINE[1]
-    return (weighted(lambda j: math.sqrt(n) * 2.0 ** (-j / 2), scale_bits(f, n)),
-            weighted(lambda j: 2.0 ** -j, 2 * f), weighted(lambda j: slope * 2.0 ** -j, 2 * f))
+
+def _exponents() -> list[int]:
+    low, high = LN_BRACKETS_LOG2
+    return list(range(low + 1, high))
+
+
+def _steps(ctx, scale, frac: int, device):
+    """scale(j) on the bracket 2^j <= S < 2^(j+1) as a start plus one step per bit,
+    encoded with ``frac`` bits: scale = start + sum_j bit_j step_j."""
+    steps = [scale(j) - scale(j - 1) for j in _exponents()]
+    return (encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=device), frac),
+            round(scale(LN_BRACKETS_LOG2[0]) * 2.0 ** frac))
+
+
+def _weighted(ctx, bits, scale, frac: int):
+    """A share of scale(j) (``_steps``), per row: local."""
+    steps, start = _steps(ctx, scale, frac, bits.public.device)
+    total = (bits.share(ctx) * steps).sum(-1, keepdim=True)
+    return total + start if ctx.party == 0 else total
+
+
+def _times_weighted(ctx, value, bits, scale, frac: int):
+    """A share of value * scale(j) for a wire ``value`` per row: the products of value
+    with the bits are local (wires), then weighted; ``frac`` more fractional bits."""
+    steps, start = _steps(ctx, scale, frac, bits.public.device)
+    return (product(ctx, value, bits).share(ctx) * steps).sum(-1, keepdim=True) + value.share(ctx) * start
 
 
 def scale_bits(f: int, n: int) -> int:
@@ -66,18 +86,16 @@ def scale_bits(f: int, n: int) -> int:
 
 
 async def _newton_rsqrt(ctx, z, z_slope):
-    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2): the minimax line, its slope term
-    ``z_slope`` (S times the bracket's slope s^2, from the same step as z), then
-    y <- y (3 - x' y^2) / 2 = (3y - x'y y^2) / 2: x'y and y^2 in one step, both
-    truncated in the next, their product, one truncation by f + 1 (4 rounds a step)."""
+    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2), as a wire: the minimax line, its slope
+    term ``z_slope`` (S times the bracket's slope s^2), then y <- (3y - (x'y) y^2) / 2:
+    x'y and y^2 are local products of wires, truncated together; their product is
+    local too, and one truncation by f + 1 halves it (2 rounds a step)."""
     f = ctx.frac_bits
-    x_norm, guess = await ctx.gather(trunc(ctx, z, 2 * f), trunc(ctx, z_slope, 2 * f))
-    y = add_public(ctx, guess, _public(ctx, RSQRT_LINE[0], guess))
+    x_norm, guess = await ctx.gather(truncate(ctx, z, 2 * f), truncate(ctx, z_slope, 2 * f))
+    y = guess.plus(_public(ctx, RSQRT_LINE[0], guess.public))
     for _ in range(LN_NEWTON_STEPS):
-        y2, xy = await ctx.gather(square(ctx, y, truncate=False), beaver(ctx, x_norm, y, torch.mul))
-        y2, xy = await ctx.gather(trunc(ctx, y2), trunc(ctx, xy))
-        xy3 = await beaver(ctx, xy, y2, torch.mul)
-        y = await trunc(ctx, y * (3 << f) - xy3, f + 1)
+        y2, xy = await ctx.gather(truncate(ctx, product(ctx, y, y), f), truncate(ctx, product(ctx, x_norm, y), f))
+        y = await truncate(ctx, y.scaled(3 << f) - product(ctx, xy, y2), f + 1)
     return y
 
 
@@ -98,6 +116,16 @@ async def _goldschmidt_rsqrt(ctx, z, z_slope=None):
     return y
 
 
+async def _scaled_by_gamma(ctx, centered, weight):
+    """(x - mean) gamma as a wire (f bits): the server's gamma by ``linear_server`` (the
+    client's one message), truncated; without gamma, x - mean itself."""
+    if weight is None and "weight" not in ctx.operand_types:
+        return centered
+    out = await linear_server(ctx, centered.share(ctx), server_ring(ctx, "weight", weight),
+                              ctx.operand_types["weight"].shape, ctx.operand_names["weight"], torch.mul)
+    return await truncate(ctx, out, ctx.frac_bits)
+
+
 async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_rsqrt):
     """LayerNorm over the last axis (see the module's docstring for the steps);
     ``solve`` finds 1/sqrt(x') on [1, 2) (Newton here, Goldschmidt for SecFormer).
@@ -106,35 +134,39 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     (the sum times the 24-bit 1/n, truncated); S = n (var + eps) < 2^(62-2f)
     (the sum of untruncated squares is truncated: var < 2^30 / n); S in
     [2^-16, 2^30), and the overflow check flags var + eps below 4^-7;
-    |normalised * gamma| < 2^(62-3f) (gamma's product carries 3f bits); without
-    gamma, |normalised| < 2^(62-2f).
-    Rounds: 1 (mean) + 1 (S) + 5 (the bracket, S's truncation beside it) + 2
-    (x' and the guess) + 8 (Newton) + 1 + 2 (gamma) = 20.
+    |(x - mean) gamma| < 2^(62-2f); |normalised * gamma| < 2^(62-3f)
+    ((x - mean) gamma s sqrt(n) carries 3f bits); without gamma,
+    |normalised| < 2^(62-3f) likewise.
+    Rounds: 1 (mean, x's mask) + 5 (the bracket; S's truncation, gamma's
+    message and truncation beside it) + 1 (x' and the guess) + 4 (Newton;
+    s sqrt(n)'s mask and product beside it) + 1 = 12.
     """
     if len(normalized_shape) != 1:
         raise NotImplementedError("layer_norm over more than one axis")
     f = ctx.frac_bits
     n = normalized_shape[0]
-    mu = await mul_scalar(ctx, x.sum(-1, keepdim=True), 1.0 / n)
-    centered = x - mu
-    squares = await square(ctx, centered, truncate=False)
-    total_2f = squares.sum(-1, keepdim=True)   # S with 2f fractional bits
+    mean, x_wire = await ctx.gather(truncate(ctx, x.sum(-1, keepdim=True) * round(2 ** SCALAR_FRAC / n),
+                                             SCALAR_FRAC), mask(ctx, x))
+    centered = x_wire - mean
+    total_2f = product(ctx, centered, centered).share(ctx).sum(-1, keepdim=True)   # S with 2f fractional bits
     total_2f = add_public(ctx, total_2f, encode_scaled(ctx, torch.full(tuple(total_2f.shape), n * eps,
                                                                           dtype=torch.float64), 2 * f))
     ctx.check_range(total_2f, min(LN_BRACKETS_LOG2[1] + 2 * f, 62))   # S's bracket and its truncation
-    total, (s_n, s2, slope_s2) = await ctx.gather(trunc(ctx, total_2f),
-                                                  _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4, n))
+    total, bits, times_gamma = await ctx.gather(truncate(ctx, total_2f, f),
+                                                _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4),
+                                                _scaled_by_gamma(ctx, centered, weight))
     # S s^2 in [1, 2) and the line's slope term, 3f fractional bits each (f <= 20: below 2^61)
-    z, z_slope = await ctx.gather(beaver(ctx, total, s2, torch.mul), beaver(ctx, total, slope_s2, torch.mul))
-    # (x - mean) s sqrt(n), about the normalised value, beside the solve
-    (scaled, y) = await ctx.gather(mul(ctx, centered, s_n, shift=scale_bits(f, n)), solve(ctx, z, z_slope))
-    out = await beaver(ctx, scaled, y, torch.mul)   # 2f fractional bits: gamma's product truncates once
-    if weight is not None or "weight" in ctx.operand_types:   # the server's gamma (the client holds None)
-        out = await linear_server(ctx, out, server_ring(ctx, "weight", weight), ctx.operand_types["weight"].shape,
-                                  ctx.operand_names["weight"], torch.mul)
-        out = await trunc(ctx, out, 2 * f)
-    else:
-        out = await trunc(ctx, out)
+    z = _times_weighted(ctx, total, bits, lambda j: 2.0 ** -j, 2 * f)
+    z_slope = _times_weighted(ctx, total, bits, lambda j: RSQRT_LINE[1] * 2.0 ** -j, 2 * f)
+    s_n_bits = scale_bits(f, n)
+
+    async def scaled():   # (x - mean) gamma s sqrt(n), about the normalised value times gamma, beside the solve
+        s_n = await mask(ctx, _weighted(ctx, bits, lambda j: math.sqrt(n) * 2.0 ** (-j / 2), s_n_bits))
+        return await truncate(ctx, product(ctx, times_gamma, s_n), s_n_bits)
+    normalised, y = await ctx.gather(scaled(), solve(ctx, z, z_slope))
+    y = await mask(ctx, y)   # a wire already from Newton; Goldschmidt's share is masked
+    out = await truncate(ctx, product(ctx, normalised, y), f)
+    out = out.share(ctx)
     if bias is not None and ctx.party == 1:
         out = out + server_ring(ctx, "bias", bias)
     return out
@@ -145,7 +177,7 @@ def _reference(x, w, b, shape, eps):
 
 
 define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
-       "LayerNorm (bracketed Newton rsqrt, gamma's product untruncated)", "mpc", protocol=layer_norm)
+       "LayerNorm (bracketed Newton rsqrt on wires: 12 rounds)", "mpc", protocol=layer_norm)
 define("layer_norm_goldschmidt", ("input", "normalized_shape", "weight", "bias", "eps"),
        lambda x, shape, w=None, b=None, eps=1e-5: _reference(x, w, b, shape, eps),
        "LayerNorm computed with SecFormer's Goldschmidt rsqrt (a substitute: the same function)", "nn")

@@ -1,0 +1,158 @@
+"""Wires: a value held as a public part plus dealt randomness with public coefficients.
+
+After an opening, a value is often known as  v = P + sum_i c_i R_i : P public
+(both parties know it), R_i values the dealer made (each party holds a share),
+c_i public coefficients. A truncation leaves its output in this form
+(P = c >> s, R = r >> s and msb(r)), a Beaver mask opening does too
+(x = (x - a) + a), and so does a dealer-assisted B2A. Two wires multiply with
+no message: P P' and c_i R_i P' are local, and the dealer deals the cross terms
+R_i R'_j, which it can compute because it made both. A chain of products then
+costs one round per truncation instead of two (a product's opening and its
+truncation's), and the product's opening bytes disappear; the price is one
+stored dealt tensor per cross term (offline bytes).
+(Beaver 1991 with masks reused across products, as in ABY2.0's preprocessed
+masks, Patra et al. 2021, and Turbospeedz; here the masks come for free from
+the truncation's opening.)
+
+Elementwise (broadcasting) only: a matmul's cross terms would need the
+dealer to know the public coefficients, which only the run learns.
+Security: a wire adds no message; every cross term is a fresh dealt sharing.
+A wire lives inside one node's protocol (the dealer deals a node's material
+from that node's own draws).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Wire", "mask", "product", "truncate", "share_of", "MAX_CROSS_TERMS"]
+
+RING_SHIFT_LIMIT = 62
+MAX_CROSS_TERMS = 16   # a product with more cross terms than this is a bug in the caller, not a plan
+
+
+@dataclass(frozen=True)
+class Part:
+    coef: object            # int or int64 tensor (public, broadcasts against the handle)
+    handle: torch.Tensor    # this party's share of a dealt value (a ``rand``/``derive`` result)
+    twos: int               # the coefficient is a multiple of 2^twos (cross terms past 2^64 vanish)
+
+
+@dataclass(frozen=True)
+class Wire:
+    """v = public + sum(part.coef * R_part); ``public`` is known to both parties."""
+    public: torch.Tensor
+    parts: tuple[Part, ...]
+
+    def share(self, ctx) -> torch.Tensor:
+        """This party's additive share of v (party 0 carries the public part)."""
+        out = self.public if ctx.party == 0 else torch.zeros_like(self.public)
+        for part in self.parts:
+            out = out + part.coef * part.handle
+        return out
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(torch.broadcast_shapes(self.public.shape, *(p.handle.shape for p in self.parts)))
+
+    def scaled(self, factor: int) -> "Wire":
+        """v * factor for a public integer (a power of two keeps the coefficients' twos)."""
+        twos = _twos(factor)
+        return Wire(self.public * factor, tuple(Part(p.coef * factor, p.handle, p.twos + twos) for p in self.parts))
+
+    def masked(self, keep: torch.Tensor) -> "Wire":
+        """v * keep for a public integer tensor (e.g. a 0/1 mask)."""
+        return Wire(self.public * keep, tuple(Part(p.coef * keep, p.handle, p.twos) for p in self.parts))
+
+    def plus(self, public: torch.Tensor) -> "Wire":
+        """v + a public ring value."""
+        return Wire(self.public + public, self.parts)
+
+    def __neg__(self) -> "Wire":
+        return self.scaled(-1)
+
+    def __add__(self, other: "Wire") -> "Wire":
+        return Wire(self.public + other.public, _merge(self.parts + other.parts))
+
+    def __sub__(self, other: "Wire") -> "Wire":
+        return self + (-other)
+
+
+def _twos(value) -> int:
+    """Largest t with 2^t dividing a public integer (0 for tensors and for 0: no claim)."""
+    if isinstance(value, int) and value != 0:
+        return (value & -value).bit_length() - 1
+    return 0
+
+
+def _merge(parts) -> tuple[Part, ...]:
+    """Parts over the same dealt value joined (fewer cross terms in a product)."""
+    merged: dict[int, Part] = {}
+    for part in parts:
+        seen = merged.get(id(part.handle))
+        merged[id(part.handle)] = part if seen is None else Part(seen.coef + part.coef, part.handle,
+                                                                  min(seen.twos, part.twos))
+    return tuple(merged.values())
+
+
+def share_of(ctx, value) -> torch.Tensor:
+    """A plain share of a wire or of a share."""
+    return value.share(ctx) if isinstance(value, Wire) else value
+
+
+async def mask(ctx, x) -> Wire:
+    """x as a wire: open e = x - a for a fresh dealt a (seeded): x = e + a.
+    Rounds 1; 8 bytes per element each way (half of a Beaver product's opening)."""
+    if isinstance(x, Wire):
+        return x
+    a = ctx.rand(x.shape)
+    e = await ctx.open(x - a)
+    return Wire(e, (Part(1, a, 0),))
+
+
+def product(ctx, x: Wire, y: Wire) -> Wire:
+    """x * y (elementwise, broadcasting), untruncated, with no message: the cross
+    terms R_i R'_j are dealt (stored), one per pair of parts whose coefficients
+    do not multiply to a multiple of 2^64."""
+    shape = tuple(torch.broadcast_shapes(x.shape, y.shape))
+    parts = [Part(x.public * p.coef, p.handle, p.twos) for p in y.parts]
+    parts += [Part(y.public * p.coef, p.handle, p.twos) for p in x.parts]
+    cross: dict[tuple[int, int], Part] = {}
+    for left in x.parts:
+        for right in y.parts:
+            twos = left.twos + right.twos
+            if twos >= 64:
+                continue
+            key = tuple(sorted((id(left.handle), id(right.handle))))
+            coef = left.coef * right.coef
+            if key in cross:
+                seen = cross[key]
+                cross[key] = Part(seen.coef + coef, seen.handle, min(seen.twos, twos))
+                continue
+            if len(cross) == MAX_CROSS_TERMS:
+                raise ValueError(f"wire product with more than {MAX_CROSS_TERMS} cross terms: mask an operand")
+            dealt_shape = tuple(torch.broadcast_shapes(left.handle.shape, right.handle.shape))
+            dealt = ctx.derive(torch.mul, left.handle, right.handle, shape=dealt_shape)
+            cross[key] = Part(coef, dealt, twos)
+    public = x.public * y.public
+    if tuple(public.shape) != shape:
+        public = public.expand(shape)
+    return Wire(public, _merge(parts) + tuple(cross.values()))
+
+
+async def truncate(ctx, z, shift: int) -> Wire:
+    """Faithful truncation by ``shift`` bits (see ``arith.trunc`` for the steps and the
+    domain), its output left as a wire: (c >> s) - 2^(62-s) public, minus the dealt
+    r >> s, plus the dealt msb(r) times the public (1 - msb(c)) 2^(64-s).
+    Rounds 1; 8 bytes per element each way."""
+    z = share_of(ctx, z)
+    rshift = ctx.backend.rshift_logical
+    r = ctx.rand(z.shape)
+    r_high = ctx.derive(lambda r: rshift(r, shift), r, shape=z.shape)
+    r_msb = ctx.derive(lambda r: rshift(r, 63), r, shape=z.shape)
+    offset = 1 << RING_SHIFT_LIMIT
+    c = await ctx.open(z + r + (offset if ctx.party == 0 else 0))
+    public = rshift(c, shift) - (offset >> shift)
+    wrap = (1 - rshift(c, 63)) << (64 - shift)
+    return Wire(public, (Part(-1, r_high, 0), Part(wrap, r_msb, 64 - shift)))
