@@ -14,6 +14,7 @@ import torch
 from .arith import add_public, beaver, encode, mul, square, trunc
 from .compare import ltz_bits, max_last, not_bit, select_bits
 from .base import define
+from .wire import Wire, mask, product, share_of, truncate
 from .nonlinear import MASK_FILL, _bracket_scale, _public, divide, encode_scaled, mul_scalar, softmax_masked
 
 __all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_reference", "sdpa",
@@ -56,10 +57,16 @@ async def softmax_2quad(ctx, x, keep):
     squares in [2^-8, 2^16) (1/sum is formed with 2f bits: s = 2^-m exact for m <= f).
     Error: the squares carry f bits, so about 2^-f / (row sum) absolute: ~1e-4
     for sums above 1/8, 1.3e-3 at a sum of 0.006. Rounds: 2 + the division's."""
-    q = await square(ctx, add_public(ctx, x, _public(ctx, QUAD_SHIFT, x)))
+    q = await _quad(ctx, x)
     if keep is not None:
-        q = q * keep
-    return await divide(ctx, q, q.sum(-1, keepdim=True), *QUAD_SUM_LOG2)
+        q = q.masked(keep)
+    return await divide(ctx, q, q.share(ctx).sum(-1, keepdim=True), *QUAD_SUM_LOG2)
+
+
+async def _quad(ctx, x) -> Wire:
+    """(x + c)^2 as a wire: x masked (free when it is a wire already), squared locally, truncated."""
+    shifted = (await mask(ctx, x)).plus(_public(ctx, QUAD_SHIFT, x))
+    return await truncate(ctx, product(ctx, shifted, shifted), ctx.frac_bits)
 
 
 async def softmax_2quad_goldschmidt(ctx, x, keep):
@@ -69,7 +76,7 @@ async def softmax_2quad_goldschmidt(ctx, x, keep):
     times (the products of x and of y share each step: 2 rounds a step, and
     one product per element per step). Domain: 2Quad's."""
     f = ctx.frac_bits
-    q = await square(ctx, add_public(ctx, x, _public(ctx, QUAD_SHIFT, x)))
+    q = (await _quad(ctx, x)).share(ctx)
     if keep is not None:
         q = q * keep
     total = q.sum(-1, keepdim=True)
@@ -105,6 +112,7 @@ async def softmax_puma(ctx, x, keep):
     d^2 / 512 (1.6% at d = -2). Domain: the exact softmax's (the tournament's
     score spread); below d = -256 the squarings wrap, under a 0 bit."""
     f = ctx.frac_bits
+    x = share_of(ctx, x)
     if keep is not None:
         fill = encode(ctx, (1 - keep.to(torch.float64)) * MASK_FILL, "real")
         x = add_public(ctx, x * keep, fill)
@@ -112,10 +120,14 @@ async def softmax_puma(ctx, x, keep):
 
     async def power():   # y = 1 + d / 2^8 with f + 8 bits is d itself plus one: no truncation
         frac = f + PUMA_EXP_SQUARINGS
-        y = add_public(ctx, d, encode_scaled(ctx, torch.ones(tuple(d.shape), dtype=torch.float64), frac))
-        for _ in range(PUMA_EXP_SQUARINGS):   # f + 8 bits throughout: 8 doublings of a relative error stay small
-            y = await trunc(ctx, await square(ctx, y, truncate=False), frac)
-        return await trunc(ctx, y, PUMA_EXP_SQUARINGS)
+        y = await mask(ctx, add_public(ctx, d, encode_scaled(ctx, torch.ones(tuple(d.shape), dtype=torch.float64),
+                                                             frac)))
+        # f + 8 bits throughout: 8 doublings of a relative error stay small; squares of wires are local,
+        # so a squaring is its truncation's round; the last drops to f bits
+        for step in range(PUMA_EXP_SQUARINGS):
+            last = step == PUMA_EXP_SQUARINGS - 1
+            y = await truncate(ctx, product(ctx, y, y), frac + (PUMA_EXP_SQUARINGS if last else 0))
+        return y.share(ctx)
     below, y = await ctx.gather(ltz_bits(ctx, add_public(ctx, d, _public(ctx, -PUMA_EXP_CUT, d)), fuzz_bits=f - 4),
                                 power())
     (e,) = await select_bits(ctx, not_bit(ctx, below), [y])
@@ -193,15 +205,16 @@ async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     product = await beaver(ctx, query, key.transpose(-1, -2), ctx.backend.matmul)
     shift = _power_of_two_exponent(scale)
-    if shift is not None:
-        scores = await trunc(ctx, product, ctx.frac_bits + shift)
+    if shift is not None:   # a wire: the 2Quad square needs no opening
+        scores = await truncate(ctx, product, ctx.frac_bits + shift)
     else:
         scores = await mul_scalar(ctx, await trunc(ctx, product), scale)
     shape = tuple(scores.shape)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         finite = _finite_part(attn_mask)
         if ctx.meta or bool(finite.abs().max() > 0):
-            scores = add_public(ctx, scores, encode(ctx, finite.expand(shape).to(torch.float64), "real"))
+            added = encode(ctx, finite.expand(shape).to(torch.float64), "real")
+            scores = scores.plus(added) if isinstance(scores, Wire) else add_public(ctx, scores, added)
     keep = attention_mask(attn_mask, is_causal, shape, scores.device)
     probs = await SOFTMAX_VARIANTS[softmax].protocol(ctx, scores, None if keep is None else keep.to(torch.int64))
     product = await beaver(ctx, probs, value, ctx.backend.matmul)

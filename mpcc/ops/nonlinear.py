@@ -13,7 +13,8 @@ import torch
 
 from .arith import add_public, beaver, encode, mul, square, trunc
 from .base import define
-from .compare import WIDE_CMP_BITS, b2a, lt_public, ltz_bits, max_last, not_bit, select_bits
+from .wire import mask, product, share_of, truncate
+from .compare import WIDE_CMP_BITS, b2a_wire, lt_public, ltz_bits, max_last, not_bit, select_bits
 from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401
                       fourier_segments, gelu, tanh)
 
@@ -95,7 +96,7 @@ async def exp(ctx, x):
     (low, step), (delta, wrap) = await ctx.gather(kept(), wrapped())
     (step,) = await select_bits(ctx, wrap, [step])
     factor = encode_scaled(ctx, torch.exp(delta.to(torch.float64) / 2 ** f), EXP_PUBLIC_FRAC)
-    return await trunc(ctx, (low + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
+    return await truncate(ctx, (low + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
 
 
 def encode_scaled(ctx, value, frac: int):
@@ -106,15 +107,10 @@ def encode_scaled(ctx, value, frac: int):
     return (value * 2.0 ** frac).round_().to(torch.int64)
 
 
-async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
-    """s = 2^(-m) where 2^(step*m) <= x < 2^(step*(m+1)), from one batch of LTZs.
-
-    thresholds_log2 are the exponents m tested (x >= 2^(step*m)); below the
-    first, s takes the first bracket's value. All comparisons run in one call
-    (rounds 4 with the b2a); the weighted sum of bits is local (exact powers of two). With
-    the overflow check on, ``floor_log2`` adds the domain's floor as one more
-    column and flags the elements below it.
-    """
+async def _bracket_bits(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
+    """The bits [x >= 2^(step*m)] for m in thresholds_log2 (a last axis), as a wire: one
+    batch of LTZs and one B2A (rounds 4). With the overflow check on, ``floor_log2``
+    adds the domain's floor as one more column and flags the elements below it."""
     floor = ctx.overflow_flags is not None and floor_log2 is not None   # the check: one more column, no round
     tested = list(thresholds_log2) + ([floor_log2] if floor else [])
     diffs = torch.stack([add_public(ctx, x, _public(ctx, -(2.0 ** (step * m)), x)) for m in tested], -1)
@@ -122,12 +118,28 @@ async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_lo
     if floor:   # x below the domain's floor 2^(step * floor_log2): flagged
         ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
         bits = bits[..., :-1]
-    arithmetic = await b2a(ctx, bits)
-    first = thresholds_log2[0] - 1
+    return await b2a_wire(ctx, bits)
+
+
+def _scale_steps(ctx, thresholds_log2: list[int], frac: int, device):
+    """s = 2^(-m) on the bracket 2^(step*m) <= x < 2^(step*(m+1)) as a start plus one
+    step per bit, encoded with ``frac`` bits (exact powers of two)."""
     weights = [2.0 ** (-m) - 2.0 ** (-(m - 1)) for m in thresholds_log2]
-    weight_ring = encode(ctx, torch.tensor(weights, dtype=torch.float64), "real")
-    scale = (arithmetic * weight_ring).sum(-1)
-    return add_public(ctx, scale, _public(ctx, 2.0 ** (-first), scale))
+    return (encode_scaled(ctx, torch.tensor(weights, dtype=torch.float64, device=device), frac),
+            round(2.0 ** (1 - thresholds_log2[0]) * 2 ** frac))
+
+
+async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
+    """s = 2^(-m) where 2^(step*m) <= x < 2^(step*(m+1)), from one batch of LTZs.
+
+    thresholds_log2 are the exponents m tested (x >= 2^(step*m)); below the
+    first, s takes the first bracket's value. All comparisons run in one call
+    (rounds 4 with the b2a); the weighted sum of bits is local (exact powers of two).
+    """
+    bits = await _bracket_bits(ctx, x, thresholds_log2, step, floor_log2)
+    steps, start = _scale_steps(ctx, thresholds_log2, ctx.frac_bits, bits.public.device)
+    scale = (bits.share(ctx) * steps).sum(-1)
+    return scale + start if ctx.party == 0 else scale
 
 
 async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
@@ -141,57 +153,60 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     Normalise x' = x 2^-m into [1, 2) with bracketing bits, start from
     y0 = 24/17 - 8/17 x' (relative error < 1/17), then Newton
     y <- y (2 - x' y) twice (relative error 1.2e-5 before rounding);
-    1/x = y 2^-m. Absolute error a few 2^-16. Rounds 4 (bracket) + 2 (x' and
-    the guess) + 3 per Newton step + 2 = 14.
+    1/x = y 2^-m. Absolute error a few 2^-16. Rounds 4 (bracket; x's mask
+    beside it) + 1 (x' and the guess) + 1 per Newton step + 1 = 8.
     (Newton-Raphson as in CrypTen, with an initial guess from bracketing
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
     y, s = await reciprocal_parts(ctx, x, low_log2, high_log2)
-    return await mul(ctx, y, s)
+    return (await truncate(ctx, product(ctx, y, s), ctx.frac_bits)).share(ctx)
 
 
 async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12):
-    """(y, s) with 1/x = y s, s = 2^-m a power of two and y = 1/(x s) in (1/2, 1]:
-    a caller that multiplies by 1/x multiplies by s first (beside Newton, no
-    added round) and keeps the precision a small 1/x would lose."""
+    """(y, s) as wires with 1/x = y s, s = 2^-m a power of two and y = 1/(x s) in
+    (1/2, 1], both with f fractional bits: a caller that multiplies by 1/x
+    multiplies by s (y s with 2f bits keeps the precision a small 1/x would lose)."""
     ctx.check_range(x, high_log2 + ctx.frac_bits)
-    s = await _bracket_scale(ctx, x, list(range(low_log2 + 1, high_log2)), 1, low_log2)
-    return await _newton_reciprocal(ctx, x, s), s
+    thresholds = list(range(low_log2 + 1, high_log2))
+    x_wire, bits = await ctx.gather(mask(ctx, x), _bracket_bits(ctx, x, thresholds, 1, low_log2))
+    steps, start = _scale_steps(ctx, thresholds, ctx.frac_bits, bits.public.device)
+    s = bits.share(ctx) * steps
+    s = s.sum(-1) + start if ctx.party == 0 else s.sum(-1)
+    # x' = x s with 2f bits: the products of x with the bits are local (wires)
+    z = (product(ctx, x_wire.unsqueeze(-1), bits).share(ctx) * steps).sum(-1) + x_wire.share(ctx) * start
+    s_wire, y = await ctx.gather(mask(ctx, s), _newton_reciprocal(ctx, z))
+    return y, s_wire
 
 
-async def _newton_reciprocal(ctx, x, s):
-    """1/x' for x' = x s in [1, 2): the initial guess 24/17 - 8/17 x' comes from the
-    same product as x' (two truncations in one step); each Newton step
-    y (2 - x' y) keeps x' y untruncated (2f bits) and truncates once (3 rounds)."""
+async def _newton_reciprocal(ctx, z):
+    """1/x' for x' = z / 2^(2f) in [1, 2), as a wire: the initial guess 24/17 - 8/17 x'
+    comes from the same value as x' (two truncations in one step); each Newton step
+    y (2 - x' y) is a local product of wires with 3f bits, truncated once (1 round)."""
     f = ctx.frac_bits
-    z = await beaver(ctx, x, s, torch.mul)   # x' with 2f bits, below 2^(2f+1)
     slope_bits = min(SCALAR_FRAC, 60 - 2 * f)   # z times the slope stays below 2^61 for any f <= 26
-    x_norm, guess = await ctx.gather(trunc(ctx, z), trunc(ctx, z * round(-8.0 / 17.0 * 2 ** slope_bits),
-                                                         f + slope_bits))
-    y = add_public(ctx, guess, _public(ctx, 24.0 / 17.0, guess))
+    x_norm, guess = await ctx.gather(truncate(ctx, z, f),
+                                     truncate(ctx, z * round(-8.0 / 17.0 * 2 ** slope_bits), f + slope_bits))
+    y = guess.plus(_public(ctx, 24.0 / 17.0, guess.public))
     two = encode_scaled(ctx, torch.full(tuple(x_norm.shape), 2.0, dtype=torch.float64), 2 * f)
     for _ in range(RECIPROCAL_ITERATIONS):
-        t = await beaver(ctx, x_norm, y, torch.mul)          # x' y with 2f fractional bits
-        y = await trunc(ctx, await beaver(ctx, y, add_public(ctx, -t, two), torch.mul), 2 * f)
+        y = await truncate(ctx, product(ctx, y, (-product(ctx, x_norm, y)).plus(two)), 2 * f)
     return y
 
 
 async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
     """numerators / x for x in [2^low, 2^high) (broadcast, e.g. a row sum; high <= f + 1).
 
-    1/x = y s (``reciprocal_parts``) is formed with 2f fractional bits, one
-    product per x (a row): y s is exact there (s = 2^-m, m <= f). Then one
-    product per numerator, truncated by 2f: precise however small 1/x is, at
-    one product per element (a product by s beside Newton would save a round
-    for a second product per element: bytes cost more than rounds on every
-    network profile). Rounds: the bracket's, 2 + 3 per Newton step, 3.
+    1/x = y s (``reciprocal_parts``) is formed with 2f fractional bits as a wire
+    (y s is exact there: s = 2^-m, m <= f); the numerators (a wire, or masked
+    beside the bracket) multiply it locally, and one truncation by 2f ends it:
+    precise however small 1/x is. Rounds: the reciprocal's, then 1.
     Domain: the reciprocal's; |numerators / x| < 2^(62-3f).
     """
     if high_log2 - 1 > ctx.frac_bits:
         raise ValueError(f"divide: 2^{high_log2} is past 2^(f+1); s = 2^-m would not be exact")
-    y, s = await reciprocal_parts(ctx, x, low_log2, high_log2)
-    inverse = await beaver(ctx, y, s, torch.mul)   # 2f fractional bits
-    return await trunc(ctx, await beaver(ctx, numerators, inverse, torch.mul), 2 * ctx.frac_bits)
+    numerators, (y, s) = await ctx.gather(mask(ctx, numerators), reciprocal_parts(ctx, x, low_log2, high_log2))
+    inverse = product(ctx, y, s)   # 2f fractional bits
+    return (await truncate(ctx, product(ctx, numerators, inverse), 2 * ctx.frac_bits)).share(ctx)
 
 
 async def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):
@@ -231,14 +246,15 @@ async def softmax_masked(ctx, x, mask):
     x - max in (-32768, 0] and the sum of exps lies in [1, n], inside the
     reciprocal's [1, 2^(ceil(log2 n) + 1)).
     """
+    x = share_of(ctx, x)
     if mask is not None:
         fill = encode(ctx, (1 - mask.to(torch.float64)) * MASK_FILL, "real")
         x = add_public(ctx, x * mask.to(torch.int64), fill)
     peak = await max_last(ctx, x)  # exact: a fuzzy tournament could undershoot by 0.5 per level, past exp's domain
     e = await exp(ctx, x - peak.unsqueeze(-1))
     if mask is not None:
-        e = e * mask.to(torch.int64)
-    total = e.sum(-1, keepdim=True)
+        e = e.masked(mask.to(torch.int64))
+    total = e.share(ctx).sum(-1, keepdim=True)
     n = x.shape[-1]
     return await divide(ctx, e, total, 0, max(2, math.ceil(math.log2(n)) + 1))
 
@@ -251,7 +267,11 @@ def _mpc(name, params, reference, doc, protocol):
     return define(name, params, reference, doc, "mpc", protocol=protocol)
 
 
-_mpc("mpc.exp", ("self",), torch.exp, "e^x for x <= 0 (0 below -15)", exp)
+async def _exp_op(ctx, x):
+    return (await exp(ctx, x)).share(ctx)
+
+
+_mpc("mpc.exp", ("self",), torch.exp, "e^x for x <= 0 (0 below -15)", _exp_op)
 _mpc("mpc.reciprocal", ("self",), torch.reciprocal, "1/x on [1, 4096)", lambda ctx, x: reciprocal(ctx, x))
 _mpc("mpc.rsqrt", ("self",), torch.rsqrt, "1/sqrt(x) on [1.5e-5, 4e6)",
      lambda ctx, x: _rsqrt_op(ctx, x))

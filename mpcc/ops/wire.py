@@ -37,6 +37,20 @@ class Part:
     coef: object            # int or int64 tensor (public, broadcasts against the handle)
     handle: torch.Tensor    # this party's share of a dealt value (a ``rand``/``derive`` result)
     twos: int               # the coefficient is a multiple of 2^twos (cross terms past 2^64 vanish)
+    view: tuple = ()        # dims unsqueezed on the handle, in order (the dealer applies them too)
+
+    def value(self) -> torch.Tensor:
+        """coef times the (viewed) handle: this part of a party's share."""
+        return self.coef * _viewed(self.handle, self.view)
+
+    def key(self) -> tuple:
+        return (id(self.handle), self.view)
+
+
+def _viewed(tensor, view: tuple):
+    for dim in view:
+        tensor = tensor.unsqueeze(dim)
+    return tensor
 
 
 @dataclass(frozen=True)
@@ -49,21 +63,36 @@ class Wire:
         """This party's additive share of v (party 0 carries the public part)."""
         out = self.public if ctx.party == 0 else torch.zeros_like(self.public)
         for part in self.parts:
-            out = out + part.coef * part.handle
+            out = out + part.value()
         return out
 
     @property
+    def device(self) -> torch.device:
+        return self.public.device
+
+    @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(torch.broadcast_shapes(self.public.shape, *(p.handle.shape for p in self.parts)))
+        return tuple(torch.broadcast_shapes(self.public.shape, *(p.value().shape for p in self.parts)))
 
     def scaled(self, factor: int) -> "Wire":
         """v * factor for a public integer (a power of two keeps the coefficients' twos)."""
         twos = _twos(factor)
-        return Wire(self.public * factor, tuple(Part(p.coef * factor, p.handle, p.twos + twos) for p in self.parts))
+        return Wire(self.public * factor, tuple(Part(p.coef * factor, p.handle, p.twos + twos, p.view)
+                                                for p in self.parts))
 
     def masked(self, keep: torch.Tensor) -> "Wire":
         """v * keep for a public integer tensor (e.g. a 0/1 mask)."""
-        return Wire(self.public * keep, tuple(Part(p.coef * keep, p.handle, p.twos) for p in self.parts))
+        return Wire(self.public * keep, tuple(Part(p.coef * keep, p.handle, p.twos, p.view) for p in self.parts))
+
+    def unsqueeze(self, dim: int) -> "Wire":
+        """v with a new axis of size 1 at ``dim`` (negative: counted from the end)."""
+        if dim >= 0:
+            raise ValueError("Wire.unsqueeze takes a negative dim (shapes broadcast from the end)")
+
+        def coef(c):
+            return c.unsqueeze(dim) if isinstance(c, torch.Tensor) and c.dim() >= -dim - 1 else c
+        return Wire(self.public.unsqueeze(dim), tuple(Part(coef(p.coef), p.handle, p.twos, p.view + (dim,))
+                                                      for p in self.parts))
 
     def plus(self, public: torch.Tensor) -> "Wire":
         """v + a public ring value."""
@@ -88,11 +117,11 @@ def _twos(value) -> int:
 
 def _merge(parts) -> tuple[Part, ...]:
     """Parts over the same dealt value joined (fewer cross terms in a product)."""
-    merged: dict[int, Part] = {}
+    merged: dict[tuple, Part] = {}
     for part in parts:
-        seen = merged.get(id(part.handle))
-        merged[id(part.handle)] = part if seen is None else Part(seen.coef + part.coef, part.handle,
-                                                                  min(seen.twos, part.twos))
+        seen = merged.get(part.key())
+        merged[part.key()] = part if seen is None else Part(seen.coef + part.coef, part.handle,
+                                                            min(seen.twos, part.twos), part.view)
     return tuple(merged.values())
 
 
@@ -116,15 +145,15 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
     terms R_i R'_j are dealt (stored), one per pair of parts whose coefficients
     do not multiply to a multiple of 2^64."""
     shape = tuple(torch.broadcast_shapes(x.shape, y.shape))
-    parts = [Part(x.public * p.coef, p.handle, p.twos) for p in y.parts]
-    parts += [Part(y.public * p.coef, p.handle, p.twos) for p in x.parts]
-    cross: dict[tuple[int, int], Part] = {}
+    parts = [Part(x.public * p.coef, p.handle, p.twos, p.view) for p in y.parts]
+    parts += [Part(y.public * p.coef, p.handle, p.twos, p.view) for p in x.parts]
+    cross: dict[tuple, Part] = {}
     for left in x.parts:
         for right in y.parts:
             twos = left.twos + right.twos
             if twos >= 64:
                 continue
-            key = tuple(sorted((id(left.handle), id(right.handle))))
+            key = tuple(sorted((left.key(), right.key()), key=repr))
             coef = left.coef * right.coef
             if key in cross:
                 seen = cross[key]
@@ -132,8 +161,11 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
                 continue
             if len(cross) == MAX_CROSS_TERMS:
                 raise ValueError(f"wire product with more than {MAX_CROSS_TERMS} cross terms: mask an operand")
-            dealt_shape = tuple(torch.broadcast_shapes(left.handle.shape, right.handle.shape))
-            dealt = ctx.derive(torch.mul, left.handle, right.handle, shape=dealt_shape)
+            left_view, right_view = left.view, right.view
+            dealt_shape = tuple(torch.broadcast_shapes(_viewed(left.handle, left_view).shape,
+                                                       _viewed(right.handle, right_view).shape))
+            dealt = ctx.derive(lambda a, b: _viewed(a, left_view) * _viewed(b, right_view),
+                               left.handle, right.handle, shape=dealt_shape)
             cross[key] = Part(coef, dealt, twos)
     public = x.public * y.public
     if tuple(public.shape) != shape:

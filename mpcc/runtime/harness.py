@@ -14,6 +14,7 @@ import torch
 
 from ..backends import get_backend
 from ..backends.prg import new_seed
+from ..ops.wire import share_of
 from .context import PartyContext, SessionState
 from .schedule import run_flow
 from .shape_context import CostContext, DealerContext, replay
@@ -72,7 +73,7 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
                            SessionState(), "test").for_node("p")
         try:
             with torch.no_grad():
-                outputs[party] = run_flow(ctx, fn(ctx, *shares[party]))[0]
+                outputs[party] = share_of(ctx, run_flow(ctx, fn(ctx, *shares[party]))[0])   # a wire: its share
         except BaseException as error:
             errors[party] = error
             channel.endpoints[party].abort()
