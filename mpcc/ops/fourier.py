@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from .arith import add_public, encode, trunc
-from .compare import ltz_bits, select_bits
+from .compare import b2a_wire, ltz_bits
+from .wire import mask, product, truncate
 
 __all__ = ["fourier_segments", "gelu", "tanh", "GELU_FIT_ERROR", "TANH_FIT_ERROR", "FOURIER_HALF_RANGE",
            "SEGMENT_FUZZ"]
@@ -48,14 +49,18 @@ TANH_ODD_COEFFS, TANH_FIT_ERROR = _fit(np.tanh, True, TANH_TERMS, 1e-5)
 
 async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high):
     """f(x) = constant + linear x + sum_k (a_k cos(k pi x/8) + b_k sin(k pi x/8)) on
-    [-4, 4]; below -4 ``low(x)``, above 4 ``high(x)`` (SecFormer's private sine).
+    [-4, 4]; below -4 ``low``, above 4 ``high``: each a public constant or "x"
+    (the identity) (SecFormer's private sine).
 
     Steps: the dealer deals t (seeded, uniform mod 2^(f+4)) and shares of
     cos(k pi t/8), sin(k pi t/8) (stored, 2K per element). Open
     delta = x - t mod 2^(f+4) (20 bits each way): perfectly hiding. The
     angle sums make every term a public coefficient times a dealt share:
-    local, one truncation. In parallel, LTZ on (x + 4, 4 - x) gives the
-    segment bits; one select (1 bit + 8 bytes per element per segment) joins them.
+    local, one truncation (the series a wire). In parallel, LTZ on (x + 4,
+    4 - x) gives the segment bits, turned into wires by one B2A (1 bit per
+    element per segment): the segment sum mid + b_low (low - mid) + b_high
+    (high - mid) is local; an "x" segment masks x beside the first opening
+    (8 bytes per element each way).
 
     Domain: |x| <= 2^(CMP_BITS-1-f) - 4 - 2^-SEGMENT_FUZZ (32763.5 at f = 16).
     The segment LTZ skips the low f - SEGMENT_FUZZ bits, which makes it exact
@@ -80,11 +85,17 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
     cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
     sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
     bound = _public(ctx, FOURIER_HALF_RANGE, x)
+
+    async def segment_bits():
+        return await b2a_wire(ctx, await ltz_bits(ctx, torch.stack([add_public(ctx, x, bound),
+                                                                      add_public(ctx, -x, bound)], -1),
+                                                  fuzz_bits=ctx.frac_bits - SEGMENT_FUZZ))
+
+    async def identity():
+        return await mask(ctx, x) if "x" in (low, high) else None
     # the segment bits do not depend on the series: both openings go in the same steps
-    opened, outside = await ctx.gather(
-        ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2),
-        ltz_bits(ctx, torch.stack([add_public(ctx, x, bound), add_public(ctx, -x, bound)], -1),
-                 fuzz_bits=ctx.frac_bits - SEGMENT_FUZZ))
+    opened, outside, x_wire = await ctx.gather(
+        ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2), segment_bits(), identity())
     delta = opened & (modulus - 1)
     a = [c * 2.0 ** f for c in cos_coeffs]
     b = [c * 2.0 ** f for c in sin_coeffs]
@@ -104,10 +115,12 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
         acc = acc.reshape(x.shape)
     if linear:
         acc = acc + x * round(linear * 2 ** f)
-    mid = add_public(ctx, await trunc(ctx, acc), _public(ctx, constant, x))
-    targets = torch.stack([low(ctx, x) - mid, high(ctx, x) - mid], -1)
-    (chosen,) = await select_bits(ctx, outside, [targets])
-    return mid + chosen.sum(-1)
+    mid = (await truncate(ctx, acc, f)).plus(_public(ctx, constant, x))
+
+    def segment(value):
+        return x_wire if value == "x" else mid.scaled(0).plus(_public(ctx, value, x))
+    below, above = outside.split(-1)
+    return (mid + product(ctx, below, segment(low) - mid) + product(ctx, above, segment(high) - mid)).share(ctx)
 
 
 def _weighted_sum(a, u, b, v):
@@ -140,7 +153,7 @@ async def gelu(ctx, x):
     at f = 16."""
     coeffs = GELU_EVEN_COEFFS
     return await fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
-                            low=lambda ctx, x: torch.zeros_like(x), high=lambda ctx, x: x)
+                                  low=0.0, high="x")
 
 
 async def tanh(ctx, x):
@@ -149,5 +162,4 @@ async def tanh(ctx, x):
     +-4 the fuzzy segment test costs at most |1 - tanh(3.5)| = 1.8e-3.
     Domain: ``fourier_segments``', |x| <= 32763.5 at f = 16."""
     return await fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
-                            low=lambda ctx, x: ctx.public_share(_public(ctx, -1.0, x)),
-                            high=lambda ctx, x: ctx.public_share(_public(ctx, 1.0, x)))
+                                  low=-1.0, high=1.0)

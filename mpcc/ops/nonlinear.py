@@ -13,7 +13,7 @@ import torch
 
 from .arith import add_public, beaver, encode, mul, square, trunc
 from .base import define
-from .wire import mask, product, share_of, truncate
+from .wire import dealt, mask, product, share_of, truncate
 from .compare import WIDE_CMP_BITS, b2a_wire, lt_public, ltz_bits, max_last, not_bit, select_bits
 from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401
                       fourier_segments, gelu, tanh)
@@ -78,25 +78,26 @@ async def exp(ctx, x):
     t = ctx.rand(x.shape)
     t_xor = ctx.derive(lambda t: t & (span - 1), t, shape=x.shape, kind="xor")
 
-    def dealt(offset):
+    def table(offset):
         def make(t):
             t_real = (t & (span - 1)).to(torch.float64) / 2 ** f
             return torch.round(torch.exp(offset - t_real) * 2.0 ** EXP_SHARE_FRAC).to(torch.int64)
         return make
-    v0 = ctx.derive(dealt(-clip), t, shape=x.shape)
-    v1 = ctx.derive(dealt(2 ** EXP_SPAN_LOG2 - clip), t, shape=x.shape)
+    v0 = ctx.derive(table(-clip), t, shape=x.shape)
+    v1 = ctx.derive(table(2 ** EXP_SPAN_LOG2 - clip), t, shape=x.shape)
 
-    async def kept():   # keep * V0 and keep * (V1 - V0), as soon as keep is known
-        keep = not_bit(ctx, await ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)), fuzz_bits=f - 1))
-        return await select_bits(ctx, keep, [v0, v1 - v0])
+    async def kept():   # keep * V0 and keep * (V1 - V0), local once keep is a wire
+        keep = await b2a_wire(ctx, not_bit(ctx, await ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)),
+                                                             fuzz_bits=f - 1)))
+        return product(ctx, keep, dealt(v0)), product(ctx, keep, dealt(v1) - dealt(v0))
 
     async def wrapped():
         delta = await ctx.open((shifted + t) & (span - 1), bits=span_bits) & (span - 1)
-        return delta, await lt_public(ctx, delta, t_xor, span_bits, dealt=t)
+        return delta, await b2a_wire(ctx, await lt_public(ctx, delta, t_xor, span_bits, dealt=t))
     (low, step), (delta, wrap) = await ctx.gather(kept(), wrapped())
-    (step,) = await select_bits(ctx, wrap, [step])
     factor = encode_scaled(ctx, torch.exp(delta.to(torch.float64) / 2 ** f), EXP_PUBLIC_FRAC)
-    return await truncate(ctx, (low + step) * factor, EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
+    return await truncate(ctx, (low + product(ctx, wrap, step)).share(ctx) * factor,
+                          EXP_SHARE_FRAC + EXP_PUBLIC_FRAC - f)
 
 
 def encode_scaled(ctx, value, frac: int):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Wire", "mask", "product", "truncate", "share_of", "MAX_CROSS_TERMS"]
+__all__ = ["Wire", "Part", "mask", "product", "truncate", "dealt", "share_of", "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
 MAX_CROSS_TERMS = 16   # a product with more cross terms than this is a bug in the caller, not a plan
@@ -37,7 +37,7 @@ class Part:
     coef: object            # int or int64 tensor (public, broadcasts against the handle)
     handle: torch.Tensor    # this party's share of a dealt value (a ``rand``/``derive`` result)
     twos: int               # the coefficient is a multiple of 2^twos (cross terms past 2^64 vanish)
-    view: tuple = ()        # dims unsqueezed on the handle, in order (the dealer applies them too)
+    view: tuple = ()        # ("unsqueeze", dim) / ("select", dim, index) on the handle, in order (the dealer too)
 
     def value(self) -> torch.Tensor:
         """coef times the (viewed) handle: this part of a party's share."""
@@ -48,16 +48,18 @@ class Part:
 
 
 def _viewed(tensor, view: tuple):
-    for dim in view:
-        tensor = tensor.unsqueeze(dim)
+    for how, *args in view:
+        tensor = getattr(tensor, how)(*args)
     return tensor
 
 
 @dataclass(frozen=True)
 class Wire:
-    """v = public + sum(part.coef * R_part); ``public`` is known to both parties."""
+    """v = public + sum(part.coef * R_part); ``public`` is known to both parties
+    (``zero``: it is 0, so a product skips the other operand's parts times it)."""
     public: torch.Tensor
     parts: tuple[Part, ...]
+    zero: bool = False
 
     def share(self, ctx) -> torch.Tensor:
         """This party's additive share of v (party 0 carries the public part)."""
@@ -78,11 +80,12 @@ class Wire:
         """v * factor for a public integer (a power of two keeps the coefficients' twos)."""
         twos = _twos(factor)
         return Wire(self.public * factor, tuple(Part(p.coef * factor, p.handle, p.twos + twos, p.view)
-                                                for p in self.parts))
+                                                for p in self.parts), self.zero)
 
     def masked(self, keep: torch.Tensor) -> "Wire":
         """v * keep for a public integer tensor (e.g. a 0/1 mask)."""
-        return Wire(self.public * keep, tuple(Part(p.coef * keep, p.handle, p.twos, p.view) for p in self.parts))
+        return Wire(self.public * keep, tuple(Part(p.coef * keep, p.handle, p.twos, p.view) for p in self.parts),
+                    self.zero)
 
     def unsqueeze(self, dim: int) -> "Wire":
         """v with a new axis of size 1 at ``dim`` (negative: counted from the end)."""
@@ -91,8 +94,21 @@ class Wire:
 
         def coef(c):
             return c.unsqueeze(dim) if isinstance(c, torch.Tensor) and c.dim() >= -dim - 1 else c
-        return Wire(self.public.unsqueeze(dim), tuple(Part(coef(p.coef), p.handle, p.twos, p.view + (dim,))
-                                                      for p in self.parts))
+        return Wire(self.public.unsqueeze(dim), tuple(Part(coef(p.coef), p.handle, p.twos, p.view + (("unsqueeze", dim),))
+                                                      for p in self.parts), self.zero)
+
+    def split(self, dim: int = -1) -> tuple["Wire", ...]:
+        """The wire's slices along a (negative) ``dim`` of its public part, for a
+        wire with one part (a B2A's or a mask's): each slice a wire of its own."""
+        if len(self.parts) != 1 or self.parts[0].view:
+            raise ValueError("Wire.split needs a wire with one unviewed part")
+        (part,) = self.parts
+        pieces = []
+        for index in range(self.public.shape[dim]):
+            coef = part.coef.select(dim, index) if isinstance(part.coef, torch.Tensor) else part.coef
+            pieces.append(Wire(self.public.select(dim, index), (Part(coef, part.handle, part.twos,
+                                                                          (("select", dim, index),)),)))
+        return tuple(pieces)
 
     def plus(self, public: torch.Tensor) -> "Wire":
         """v + a public ring value."""
@@ -102,7 +118,7 @@ class Wire:
         return self.scaled(-1)
 
     def __add__(self, other: "Wire") -> "Wire":
-        return Wire(self.public + other.public, _merge(self.parts + other.parts))
+        return Wire(self.public + other.public, _merge(self.parts + other.parts), self.zero and other.zero)
 
     def __sub__(self, other: "Wire") -> "Wire":
         return self + (-other)
@@ -125,6 +141,11 @@ def _merge(parts) -> tuple[Part, ...]:
     return tuple(merged.values())
 
 
+def dealt(handle: torch.Tensor) -> Wire:
+    """A value the dealer made (a ``rand``/``derive`` result) as a wire: public part 0."""
+    return Wire(torch.zeros_like(handle), (Part(1, handle, 0),), zero=True)
+
+
 def share_of(ctx, value) -> torch.Tensor:
     """A plain share of a wire or of a share."""
     return value.share(ctx) if isinstance(value, Wire) else value
@@ -145,8 +166,8 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
     terms R_i R'_j are dealt (stored), one per pair of parts whose coefficients
     do not multiply to a multiple of 2^64."""
     shape = tuple(torch.broadcast_shapes(x.shape, y.shape))
-    parts = [Part(x.public * p.coef, p.handle, p.twos, p.view) for p in y.parts]
-    parts += [Part(y.public * p.coef, p.handle, p.twos, p.view) for p in x.parts]
+    parts = [] if x.zero else [Part(x.public * p.coef, p.handle, p.twos, p.view) for p in y.parts]
+    parts += [] if y.zero else [Part(y.public * p.coef, p.handle, p.twos, p.view) for p in x.parts]
     cross: dict[tuple, Part] = {}
     for left in x.parts:
         for right in y.parts:
@@ -170,7 +191,7 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
     public = x.public * y.public
     if tuple(public.shape) != shape:
         public = public.expand(shape)
-    return Wire(public, _merge(parts) + tuple(cross.values()))
+    return Wire(public, _merge(parts) + tuple(cross.values()), x.zero or y.zero)
 
 
 async def truncate(ctx, z, shift: int) -> Wire:
