@@ -7,11 +7,11 @@ Values are kept as wires (``wire.py``) so that products need no opening:
 2. the row's sum of squares S = sum (x - mean)^2 + n eps (= n (var + eps)),
    with 2f fractional bits, is local; beside it the server's gamma
    multiplies x - mean (the client's one message) and is truncated;
-3. S is bracketed between powers of two, 2^j <= S < 2^(j+1), by one batch of
-   64-bit comparisons (S is truncated in the same steps); the bracket's bits
-   come out of the B2A as wires, so S s^2 (s = 2^(-j/2)) and the minimax
-   line's slope term are local;
-4. y = 1/sqrt(S s^2) from the line and two Newton steps of two rounds each;
+3. S is bracketed between quarter octaves, 2^(j + q/4) <= S < 2^(j + (q+1)/4),
+   by one batch of 64-bit comparisons (S is truncated in the same steps); the
+   bracket's bits come out of the B2A as wires, so S s^2 (s = 2^(-j/2)) and
+   the bracket's line (``bracket_lines``) are local;
+4. y = 1/sqrt(S s^2) from the line and one Newton step of two rounds;
    beside them (x - mean) gamma times s sqrt(n) (s sqrt(n) encoded with 2f
    bits: precise however small);
 5. one truncated product by y, plus beta.
@@ -25,24 +25,25 @@ import torch
 from .arith import add_public, linear_server, mul, server_ring, square, trunc
 from .base import define
 from .compare import b2a_wire, ltz_bits, not_bit
-from .nonlinear import LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, encode_scaled
+from .nonlinear import (LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, bracket_lines, bracket_thresholds,
+                        bracket_weights, encode_scaled, weighted)
 from .wire import mask, product, truncate
 
-__all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "RSQRT_LINE", "GOLDSCHMIDT_RSQRT_STEPS"]
+__all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "GOLDSCHMIDT_RSQRT_STEPS"]
 
 LN_BRACKETS_LOG2 = (-16, 30)   # S in [2^-16, 2^30): above, S's truncation wraps (f = 16)
-RSQRT_LINE = (1.26411422, -0.2863736)   # minimax line for 1/sqrt on [1, 2]: relative error 2.2%
-LN_NEWTON_STEPS = 2            # relative error 2.2e-2 -> 7.5e-4 -> 8.4e-7
+LN_NEWTON_STEPS = 1            # from a line on each quarter octave: relative error 2.9e-3 -> 1.3e-5
 GOLDSCHMIDT_RSQRT_STEPS = 7    # SecFormer's count in the model (8 in its op benchmark)
 
 
 async def _bracket(ctx, x, floor: float | None):
-    """The bits [x >= 2^j] for j in the bracket range, as a wire (last axis), for x
-    with 2f fractional bits: one batch of 64-bit LTZs (no domain of their own) and
-    one B2A. With the overflow check, ``floor`` is one more column: x below it is flagged."""
+    """The bits [x >= 2^t] for the thresholds t of ``bracket_thresholds`` (quarter octaves)
+    as a wire (last axis), for x with 2f fractional bits: one batch of 64-bit LTZs (no
+    domain of their own) and one B2A. With the overflow check, ``floor`` is one more
+    column: x below it is flagged."""
     f = ctx.frac_bits
     check = ctx.overflow_flags is not None and floor is not None
-    thresholds = [2.0 ** j for j in _exponents()] + ([floor] if check else [])
+    thresholds = [2.0 ** t for t in bracket_thresholds(*LN_BRACKETS_LOG2)] + ([floor] if check else [])
     ring = encode_scaled(ctx, torch.tensor(thresholds, dtype=torch.float64), 2 * f)
     diffs = x.unsqueeze(-1) - ctx.public_share(ring.to(x.device) if not ctx.meta else ring)   # [..., 1, k]
     bits = not_bit(ctx, await ltz_bits(ctx, diffs, 64))
@@ -52,54 +53,26 @@ async def _bracket(ctx, x, floor: float | None):
     return await b2a_wire(ctx, bits.squeeze(-2))
 
 
-def _exponents() -> list[int]:
-    low, high = LN_BRACKETS_LOG2
-    return list(range(low + 1, high))
-
-
-def _steps(ctx, scale, frac: int, device):
-    """scale(j) on the bracket 2^j <= S < 2^(j+1) as a start plus one step per bit,
-    encoded with ``frac`` bits: scale = start + sum_j bit_j step_j."""
-    steps = [scale(j) - scale(j - 1) for j in _exponents()]
-    return (encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=device), frac),
-            round(scale(LN_BRACKETS_LOG2[0]) * 2.0 ** frac))
-
-
-def _weighted(ctx, bits, scale, frac: int):
-    """A share of scale(j) (``_steps``), per row: local."""
-    steps, start = _steps(ctx, scale, frac, bits.public.device)
-    total = (bits.share(ctx) * steps).sum(-1, keepdim=True)
-    return total + start if ctx.party == 0 else total
-
-
-def _times_weighted(ctx, value, bits, scale, frac: int):
-    """A share of value * scale(j) for a wire ``value`` per row: the products of value
-    with the bits are local (wires), then weighted; ``frac`` more fractional bits."""
-    steps, start = _steps(ctx, scale, frac, bits.public.device)
-    return (product(ctx, value, bits).share(ctx) * steps).sum(-1, keepdim=True) + value.share(ctx) * start
-
-
 def scale_bits(f: int, n: int) -> int:
     """Fractional bits of s sqrt(n): 2f, or fewer where (x - mean) s sqrt(n), below
     2 sqrt(n), would pass 2^61 with f + 2f bits (large f and n)."""
     return min(2 * f, 61 - f - math.ceil(math.log2(2 * math.sqrt(n))))
 
 
-async def _newton_rsqrt(ctx, z, z_slope):
-    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2), as a wire: the minimax line, its slope
-    term ``z_slope`` (S times the bracket's slope s^2), then y <- (3y - (x'y) y^2) / 2:
-    x'y and y^2 are local products of wires, truncated together; their product is
-    local too, and one truncation by f + 1 halves it (2 rounds a step)."""
+async def _newton_rsqrt(ctx, z, guess):
+    """1/sqrt(x') for x' = z / 2^(3f) in [1, 2), as a wire, from the bracket's line
+    ``guess`` (3f bits): y <- (3y - (x'y) y^2) / 2: x'y and y^2 are local products of
+    wires, truncated together; their product is local too, and one truncation by
+    f + 1 halves it (2 rounds a step)."""
     f = ctx.frac_bits
-    x_norm, guess = await ctx.gather(truncate(ctx, z, 2 * f), truncate(ctx, z_slope, 2 * f))
-    y = guess.plus(_public(ctx, RSQRT_LINE[0], guess.public))
+    x_norm, y = await ctx.gather(truncate(ctx, z, 2 * f), truncate(ctx, guess, 2 * f))
     for _ in range(LN_NEWTON_STEPS):
         y2, xy = await ctx.gather(truncate(ctx, product(ctx, y, y), f), truncate(ctx, product(ctx, x_norm, y), f))
         y = await truncate(ctx, y.scaled(3 << f) - product(ctx, xy, y2), f + 1)
     return y
 
 
-async def _goldschmidt_rsqrt(ctx, z, z_slope=None):
+async def _goldschmidt_rsqrt(ctx, z, guess=None):
     """SecFormer's Goldschmidt rsqrt of x' = z / 2^(3f): from x = x', y = 1, repeat
     m = (3 - x) / 2, x <- x m^2, y <- y m (GOLDSCHMIDT_RSQRT_STEPS times, as
     published); with 2m = 3 - x, the halvings ride in the truncations. y m and
@@ -137,9 +110,9 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     |(x - mean) gamma| < 2^(62-2f); |normalised * gamma| < 2^(62-3f)
     ((x - mean) gamma s sqrt(n) carries 3f bits); without gamma,
     |normalised| < 2^(62-3f) likewise.
-    Rounds: 1 (mean, x's mask) + 5 (the bracket; S's truncation, gamma's
-    message and truncation beside it) + 1 (x' and the guess) + 4 (Newton;
-    s sqrt(n)'s mask and product beside it) + 1 = 12.
+    Rounds: 1 (mean, x's mask) + 4 (the bracket; S's truncation, gamma's
+    message and truncation beside it) + 1 (x' and the guess) + 2 (Newton;
+    s sqrt(n)'s mask and product beside it) + 1 = 9.
     """
     if len(normalized_shape) != 1:
         raise NotImplementedError("layer_norm over more than one axis")
@@ -155,15 +128,23 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     total, bits, times_gamma = await ctx.gather(truncate(ctx, total_2f, f),
                                                 _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4),
                                                 _scaled_by_gamma(ctx, centered, weight))
-    # S s^2 in [1, 2) and the line's slope term, 3f fractional bits each (f <= 20: below 2^61)
-    z = _times_weighted(ctx, total, bits, lambda j: 2.0 ** -j, 2 * f)
-    z_slope = _times_weighted(ctx, total, bits, lambda j: RSQRT_LINE[1] * 2.0 ** -j, 2 * f)
+    # S s^2 in [1, 2) and the bracket's line, 3f fractional bits each (f <= 20: below 2^61)
+    lines = bracket_lines(*LN_BRACKETS_LOG2, -0.5)
+    times_bits = product(ctx, total, bits).share(ctx)
+
+    def times(values):   # S times the bracket's value, 2f more bits
+        steps, start = bracket_weights(ctx, values, 2 * f, times_bits.device)
+        return (times_bits * steps).sum(-1, keepdim=True) + total.share(ctx) * start
+    z = times([2.0 ** -octave for octave, _, _ in lines])
+    guess = times([beta * 2.0 ** -octave for octave, _, beta in lines]) + \
+        weighted(ctx, bits.share(ctx), [alpha for _, alpha, _ in lines], 3 * f).unsqueeze(-1)
     s_n_bits = scale_bits(f, n)
 
     async def scaled():   # (x - mean) gamma s sqrt(n), about the normalised value times gamma, beside the solve
-        s_n = await mask(ctx, _weighted(ctx, bits, lambda j: math.sqrt(n) * 2.0 ** (-j / 2), s_n_bits))
-        return await truncate(ctx, product(ctx, times_gamma, s_n), s_n_bits)
-    normalised, y = await ctx.gather(scaled(), solve(ctx, z, z_slope))
+        s_n = weighted(ctx, bits.share(ctx), [math.sqrt(n) * 2.0 ** (-octave / 2) for octave, _, _ in lines],
+                       s_n_bits)
+        return await truncate(ctx, product(ctx, times_gamma, await mask(ctx, s_n.unsqueeze(-1))), s_n_bits)
+    normalised, y = await ctx.gather(scaled(), solve(ctx, z, guess))
     y = await mask(ctx, y)   # a wire already from Newton; Goldschmidt's share is masked
     out = await truncate(ctx, product(ctx, normalised, y), f)
     out = out.share(ctx)
@@ -177,7 +158,7 @@ def _reference(x, w, b, shape, eps):
 
 
 define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
-       "LayerNorm (bracketed Newton rsqrt on wires: 12 rounds)", "mpc", protocol=layer_norm)
+       "LayerNorm (bracketed Newton rsqrt on wires: 9 rounds)", "mpc", protocol=layer_norm)
 define("layer_norm_goldschmidt", ("input", "normalized_shape", "weight", "bias", "eps"),
        lambda x, shape, w=None, b=None, eps=1e-5: _reference(x, w, b, shape, eps),
        "LayerNorm computed with SecFormer's Goldschmidt rsqrt (a substitute: the same function)", "nn")

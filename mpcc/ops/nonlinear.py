@@ -24,7 +24,11 @@ __all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "
 EXP_SPAN_LOG2 = 4           # exp masks the exponent modulo 16
 EXP_SHARE_FRAC = 40         # dealt e^(-t) values carry 40 fractional bits
 EXP_PUBLIC_FRAC = 20        # the public e^delta carries 20
-RECIPROCAL_ITERATIONS = 2  # relative error 1/17 -> 3.5e-3 -> 1.2e-5
+SUB_BRACKETS = 4           # brackets per octave for the initial guesses of 1/x and 1/sqrt(x)
+# Newton steps for 1/x after a line on each bracket: a quarter octave's relative error 2.5e-3 -> 6.4e-6;
+# a whole octave's 1/17 -> 3.5e-3 -> 1.2e-5
+RECIPROCAL_ITERATIONS = {SUB_BRACKETS: 1, 1: 2}
+QUARTER_OCTAVES_UP_TO = 8  # ``divide`` brackets by quarter octaves over at most this many octaves
 RSQRT_ITERATIONS = 3       # relative error 0.18 -> 0.049 -> 3.6e-3 -> 1.9e-5
 # LayerNorm's variance is known to about one ulp (2^-f), so its output's relative error is about
 # 2^-f / (2 var): 1% near var = 1e-3 (at f = 16), garbage from a few ulps down. The overflow check flags
@@ -122,12 +126,53 @@ async def _bracket_bits(ctx, x, thresholds_log2: list[int], step: int, floor_log
     return await b2a_wire(ctx, bits)
 
 
+def bracket_lines(low: int, high: int, power: float, parts: int = SUB_BRACKETS) -> list[tuple[int, float, float]]:
+    """Per bracket of [2^low, 2^high), ``parts`` to an octave, in order: its octave m
+    (x in [2^m, 2^(m+1))) and a line alpha + beta x' approximating x'^power on its
+    part [a, b) of the normalised x' = x 2^-m in [1, 2). For 1/x the line is
+    minimax in Newton's error 1 - x' y (beta = -8 / (4ab + (a + b)^2), alpha =
+    -beta (a + b): 1/17 on [1, 2), 2.5e-3 on a quarter octave); otherwise the
+    Chebyshev line of a convex power (the secant lowered by half its largest gap)."""
+    rows = []
+    for k in range(parts * (high - low)):
+        octave, part = divmod(k, parts)
+        a, b = 2.0 ** (part / parts), 2.0 ** ((part + 1) / parts)
+        if power == -1.0:
+            slope = -8.0 / (4 * a * b + (a + b) ** 2)
+            rows.append((low + octave, -slope * (a + b), slope))
+            continue
+        slope = (b ** power - a ** power) / (b - a)
+        touch = (slope / power) ** (1 / (power - 1))
+        gap = touch ** power - (a ** power + slope * (touch - a))
+        rows.append((low + octave, a ** power - slope * a + gap / 2, slope))
+    return rows
+
+
+def bracket_thresholds(low: int, high: int, parts: int = SUB_BRACKETS) -> list[float]:
+    """The log2 thresholds between the brackets of ``bracket_lines``."""
+    return [low + k / parts for k in range(1, parts * (high - low))]
+
+
+def bracket_weights(ctx, values: list[float], frac: int, device):
+    """A function of the bracket (one value per bracket) as start + sum_i bit_i step_i,
+    the bits [x >= threshold_i]: (steps encoded with ``frac`` bits, start as an integer)."""
+    steps = [after - before for before, after in zip(values, values[1:])]
+    return (encode_scaled(ctx, torch.tensor(steps, dtype=torch.float64, device=device), frac),
+            round(values[0] * 2.0 ** frac))
+
+
+def weighted(ctx, bits_share, values: list[float], frac: int):
+    """A share of the bracket's value (``bracket_weights``), from the bits' shares: local."""
+    steps, start = bracket_weights(ctx, values, frac, bits_share.device)
+    total = (bits_share * steps).sum(-1)
+    return total + start if ctx.party == 0 else total
+
+
 def _scale_steps(ctx, thresholds_log2: list[int], frac: int, device):
     """s = 2^(-m) on the bracket 2^(step*m) <= x < 2^(step*(m+1)) as a start plus one
     step per bit, encoded with ``frac`` bits (exact powers of two)."""
-    weights = [2.0 ** (-m) - 2.0 ** (-(m - 1)) for m in thresholds_log2]
-    return (encode_scaled(ctx, torch.tensor(weights, dtype=torch.float64, device=device), frac),
-            round(2.0 ** (1 - thresholds_log2[0]) * 2 ** frac))
+    return bracket_weights(ctx, [2.0 ** (1 - thresholds_log2[0])] + [2.0 ** -m for m in thresholds_log2], frac,
+                           device)
 
 
 async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
@@ -151,11 +196,12 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     negative and the result garbage. Below 2^low the error grows (3% at
     2^(low-1)). The bracketing LTZs are 48-bit: |x - 2^m| < 2^(47-f).
 
-    Normalise x' = x 2^-m into [1, 2) with bracketing bits, start from
-    y0 = 24/17 - 8/17 x' (relative error < 1/17), then Newton
-    y <- y (2 - x' y) twice (relative error 1.2e-5 before rounding);
-    1/x = y 2^-m. Absolute error a few 2^-16. Rounds 4 (bracket; x's mask
-    beside it) + 1 (x' and the guess) + 1 per Newton step + 1 = 8.
+    Bracket x between quarter octaves 2^(m + q/4) with one batch of LTZs;
+    normalise x' = x 2^-m into [1, 2) and start from the bracket's line
+    (``bracket_lines``: relative error below 2.5e-3), then one Newton step
+    y <- y (2 - x' y) (6.4e-6 before rounding); 1/x = y 2^-m. Absolute error a
+    few 2^-16. Rounds 4 (bracket; x's mask beside it) + 1 (x' and the guess)
+    + 1 (Newton) + 1 = 7.
     (Newton-Raphson as in CrypTen, with an initial guess from bracketing
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
@@ -163,35 +209,36 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     return (await truncate(ctx, product(ctx, y, s), ctx.frac_bits)).share(ctx)
 
 
-async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12):
+async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12, parts: int = SUB_BRACKETS):
     """(y, s) as wires with 1/x = y s, s = 2^-m a power of two and y = 1/(x s) in
     (1/2, 1], both with f fractional bits: a caller that multiplies by 1/x
-    multiplies by s (y s with 2f bits keeps the precision a small 1/x would lose)."""
-    ctx.check_range(x, high_log2 + ctx.frac_bits)
-    thresholds = list(range(low_log2 + 1, high_log2))
-    x_wire, bits = await ctx.gather(mask(ctx, x), _bracket_bits(ctx, x, thresholds, 1, low_log2))
-    steps, start = _scale_steps(ctx, thresholds, ctx.frac_bits, bits.public.device)
-    s = bits.share(ctx) * steps
-    s = s.sum(-1) + start if ctx.party == 0 else s.sum(-1)
-    # x' = x s with 2f bits: the products of x with the bits are local (wires)
-    z = (product(ctx, x_wire.unsqueeze(-1), bits).share(ctx) * steps).sum(-1) + x_wire.share(ctx) * start
-    s_wire, y = await ctx.gather(mask(ctx, s), _newton_reciprocal(ctx, z))
-    return y, s_wire
-
-
-async def _newton_reciprocal(ctx, z):
-    """1/x' for x' = z / 2^(2f) in [1, 2), as a wire: the initial guess 24/17 - 8/17 x'
-    comes from the same value as x' (two truncations in one step); each Newton step
-    y (2 - x' y) is a local product of wires with 3f bits, truncated once (1 round)."""
+    multiplies by s (y s with 2f bits keeps the precision a small 1/x would lose).
+    x s and the line's slope term are local products of x's mask with the
+    bracket's bits (wires). ``parts`` brackets to an octave: 4 saves a Newton
+    step (a round) for 3 times the comparisons (bytes; see ``divide``)."""
     f = ctx.frac_bits
-    slope_bits = min(SCALAR_FRAC, 60 - 2 * f)   # z times the slope stays below 2^61 for any f <= 26
-    x_norm, guess = await ctx.gather(truncate(ctx, z, f),
-                                     truncate(ctx, z * round(-8.0 / 17.0 * 2 ** slope_bits), f + slope_bits))
-    y = guess.plus(_public(ctx, 24.0 / 17.0, guess.public))
+    ctx.check_range(x, high_log2 + f)
+    lines = bracket_lines(low_log2, high_log2, -1.0, parts)
+    x_wire, bits = await ctx.gather(mask(ctx, x), _bracket_bits(ctx, x, bracket_thresholds(low_log2, high_log2,
+                                                                                             parts), 1, low_log2))
+    times_bits = product(ctx, x_wire.unsqueeze(-1), bits).share(ctx)
+    x_share = x_wire.share(ctx)
+
+    def times(values, frac):   # x times the bracket's value, ``frac`` more bits
+        steps, start = bracket_weights(ctx, values, frac, times_bits.device)
+        return (times_bits * steps).sum(-1) + x_share * start
+    scales = [2.0 ** -octave for octave, _, _ in lines]
+    z = times(scales, f)                                                       # x' with 2f bits
+    slope = times([beta * scale for (_, _, beta), scale in zip(lines, scales)], 2 * f)   # 3f bits
+    intercept = weighted(ctx, bits.share(ctx), [alpha for _, alpha, _ in lines], 3 * f)
+    s = weighted(ctx, bits.share(ctx), scales, f)
+    x_norm, guess, s_wire = await ctx.gather(truncate(ctx, z, f), truncate(ctx, slope + intercept, 2 * f),
+                                             mask(ctx, s))
     two = encode_scaled(ctx, torch.full(tuple(x_norm.shape), 2.0, dtype=torch.float64), 2 * f)
-    for _ in range(RECIPROCAL_ITERATIONS):
+    y = guess
+    for _ in range(RECIPROCAL_ITERATIONS[parts]):   # y (2 - x' y): a local product of wires with 3f bits
         y = await truncate(ctx, product(ctx, y, (-product(ctx, x_norm, y)).plus(two)), 2 * f)
-    return y
+    return y, s_wire
 
 
 async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
@@ -201,11 +248,16 @@ async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
     (y s is exact there: s = 2^-m, m <= f); the numerators (a wire, or masked
     beside the bracket) multiply it locally, and one truncation by 2f ends it:
     precise however small 1/x is. Rounds: the reciprocal's, then 1.
+    Quarter-octave brackets (one Newton step fewer) when the range spans at
+    most QUARTER_OCTAVES_UP_TO octaves: on a BERT-base layer the softmax's
+    [1, 2^8) adds 0.7 MB for a round, 2Quad's [2^-8, 2^16) would add 2 MB (a
+    round costs what 0.5 MB costs on ``wan``, 0.06 MB on ``lan``).
     Domain: the reciprocal's; |numerators / x| < 2^(62-3f).
     """
     if high_log2 - 1 > ctx.frac_bits:
         raise ValueError(f"divide: 2^{high_log2} is past 2^(f+1); s = 2^-m would not be exact")
-    numerators, (y, s) = await ctx.gather(mask(ctx, numerators), reciprocal_parts(ctx, x, low_log2, high_log2))
+    parts = SUB_BRACKETS if high_log2 - low_log2 <= QUARTER_OCTAVES_UP_TO else 1
+    numerators, (y, s) = await ctx.gather(mask(ctx, numerators), reciprocal_parts(ctx, x, low_log2, high_log2, parts))
     inverse = product(ctx, y, s)   # 2f fractional bits
     return (await truncate(ctx, product(ctx, numerators, inverse), 2 * ctx.frac_bits)).share(ctx)
 
