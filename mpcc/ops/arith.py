@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .base import define
-from .wire import RING_SHIFT_LIMIT, share_of, truncate
+from .wire import RING_SHIFT_LIMIT, share_of, truncate  # noqa: F401  (RING_SHIFT_LIMIT: re-exported)
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "add_public", "mul_public", "reveal"]
 

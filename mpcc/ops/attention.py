@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from .arith import add_public, beaver, encode, mul, square, trunc
+from .arith import add_public, beaver, encode, trunc
 from .compare import ltz_bits, max_last, not_bit, select_bits
 from .base import define
 from .wire import Wire, mask, product, share_of, truncate
@@ -76,18 +76,23 @@ async def softmax_2quad_goldschmidt(ctx, x, keep):
     times (the products of x and of y share each step: 2 rounds a step, and
     one product per element per step). Domain: 2Quad's."""
     f = ctx.frac_bits
-    q = (await _quad(ctx, x)).share(ctx)
+    q = await _quad(ctx, x)
     if keep is not None:
-        q = q * keep
-    total = q.sum(-1, keepdim=True)
+        q = q.masked(keep)
+    total = q.share(ctx).sum(-1, keepdim=True)
     ctx.check_range(total, QUAD_SUM_LOG2[1] + f)
-    s = await _bracket_scale(ctx, total, list(range(QUAD_SUM_LOG2[0] + 1, QUAD_SUM_LOG2[1])), 1, QUAD_SUM_LOG2[0])
-    numerators, denominator = await ctx.gather(mul(ctx, q, s, shift=f + 1), mul(ctx, total, s, shift=f + 1))
-    two = _public(ctx, 2.0, denominator)
-    for _ in range(GOLDSCHMIDT_DIV_STEPS):
-        factor = add_public(ctx, -denominator, two)
-        numerators, denominator = await ctx.gather(mul(ctx, numerators, factor), mul(ctx, denominator, factor))
-    return numerators
+    s, total = await ctx.gather(
+        _bracket_scale(ctx, total, list(range(QUAD_SUM_LOG2[0] + 1, QUAD_SUM_LOG2[1])), 1, QUAD_SUM_LOG2[0]),
+        mask(ctx, total))
+    s = await mask(ctx, s)
+    numerators, denominator = await ctx.gather(truncate(ctx, product(ctx, q, s), f + 1),
+                                               truncate(ctx, product(ctx, total, s), f + 1))
+    two = _public(ctx, 2.0, denominator.public)
+    for _ in range(GOLDSCHMIDT_DIV_STEPS):   # products of wires: one truncation's round a step
+        factor = (-denominator).plus(two)
+        numerators, denominator = await ctx.gather(truncate(ctx, product(ctx, numerators, factor), f),
+                                                   truncate(ctx, product(ctx, denominator, factor), f))
+    return numerators.share(ctx)
 
 
 def _puma_exp(d):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from .arith import add_public, encode, trunc
+from .arith import add_public, encode
 from .compare import b2a_wire, ltz_bits
 from .wire import mask, product, truncate
 

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from .arith import add_public, linear_server, mul, server_ring, square, trunc
+from .arith import add_public, linear_server, server_ring
 from .base import define
 from .compare import b2a_wire, ltz_bits, not_bit
 from .nonlinear import (LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, bracket_lines, bracket_thresholds,
@@ -75,17 +75,19 @@ async def _newton_rsqrt(ctx, z, guess):
 async def _goldschmidt_rsqrt(ctx, z, guess=None):
     """SecFormer's Goldschmidt rsqrt of x' = z / 2^(3f): from x = x', y = 1, repeat
     m = (3 - x) / 2, x <- x m^2, y <- y m (GOLDSCHMIDT_RSQRT_STEPS times, as
-    published); with 2m = 3 - x, the halvings ride in the truncations. y m and
-    m^2 share steps; 4 rounds a step."""
+    published; ``guess`` unused); with 2m = 3 - x, the halvings ride in the
+    truncations. On wires: y m and m^2 are local and truncated together, x m^2
+    likewise: 2 rounds a step."""
     f = ctx.frac_bits
-    x = await trunc(ctx, z, 2 * f)
-    y = ctx.public_share(_public(ctx, 1.0, x))
+    x = await truncate(ctx, z, 2 * f)
+    three = _public(ctx, 3.0, x.public)
+    y = None
     for _ in range(GOLDSCHMIDT_RSQRT_STEPS):
-        twice_m = add_public(ctx, -x, _public(ctx, 3.0, x))
-        m_squared, y = await ctx.gather(square(ctx, twice_m, truncate=False),
-                                        mul(ctx, y, twice_m, shift=f + 1))
-        m_squared = await trunc(ctx, m_squared)
-        x = await mul(ctx, x, m_squared, shift=f + 2)
+        twice_m = (-x).plus(three)
+        m_squared, y = await ctx.gather(truncate(ctx, product(ctx, twice_m, twice_m), f),
+                                        truncate(ctx, twice_m, 1) if y is None else
+                                        truncate(ctx, product(ctx, y, twice_m), f + 1))
+        x = await truncate(ctx, product(ctx, x, m_squared), f + 2)
     return y
 
 

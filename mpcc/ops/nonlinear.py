@@ -14,7 +14,7 @@ import torch
 from .arith import add_public, beaver, encode, mul, square, trunc
 from .base import define
 from .wire import dealt, mask, product, share_of, truncate
-from .compare import WIDE_CMP_BITS, b2a_wire, lt_public, ltz_bits, max_last, not_bit, select_bits
+from .compare import WIDE_CMP_BITS, b2a_wire, lt_public, ltz_bits, max_last, not_bit
 from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401
                       fourier_segments, gelu, tanh)
 

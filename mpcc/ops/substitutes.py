@@ -9,11 +9,12 @@ import math
 
 import torch
 
-from .arith import add_public, beaver, mul, square, trunc
+from .arith import add_public, square, trunc
 from .base import define
-from .compare import ltz_bits, not_bit, select_bits
+from .compare import b2a_wire, ltz_bits, not_bit
 from .fourier import SEGMENT_FUZZ
 from .nonlinear import _public
+from .wire import mask, product, truncate
 
 __all__ = ["gelu_quad", "QUAD_GELU", "gelu_secformer", "SECFORMER_ERF", "gelu_puma", "PUMA_GELU"]
 
@@ -61,9 +62,10 @@ async def gelu_secformer(ctx, x):
     cos of j 2 pi t / 2^(f+20); the parties open (x C - t) mod 2^(f+20) (uniform:
     perfectly hiding) and the angle sums make each term a public factor times a
     dealt share. Beside it, fuzzy LTZs on x +- 2.5 sqrt 2 give the segments (they
-    may err within 0.5 of the edges, where the series is within 0.03 of +-1);
-    one select joins them; one product x erf with its halving in the truncation.
-    Rounds: the segment LTZ, 1, 2. Domain: |x| C 2^f < 2^63 and the segment
+    may err within 0.5 of the edges, where the series is within 0.03 of +-1),
+    as wires from one B2A; x is masked beside the first opening, so joining
+    the segments and the product x erf are local, with the halving in the one
+    truncation. Rounds: the segment LTZ, 1 (B2A), 1. Domain: |x| C 2^f < 2^63 and the segment
     comparison's |x| < 2^(CMP_BITS-1-f) - 4."""
     f = ctx.frac_bits
     terms = len(SECFORMER_ERF)
@@ -80,10 +82,13 @@ async def gelu_secformer(ctx, x):
     sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
     cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
     edge = _public(ctx, ERF_EDGE * math.sqrt(2), x)
-    opened, outside = await ctx.gather(
-        ctx.open((x * scale - t) & (modulus - 1), bits=f + PERIOD_BITS),
-        ltz_bits(ctx, torch.stack([add_public(ctx, x, edge), add_public(ctx, -x, edge)], -1),
-                 fuzz_bits=f - SEGMENT_FUZZ))
+
+    async def segment_bits():
+        return await b2a_wire(ctx, await ltz_bits(ctx, torch.stack([add_public(ctx, x, edge),
+                                                                      add_public(ctx, -x, edge)], -1),
+                                                  fuzz_bits=f - SEGMENT_FUZZ))
+    opened, outside, x_wire = await ctx.gather(ctx.open((x * scale - t) & (modulus - 1), bits=f + PERIOD_BITS),
+                                               segment_bits(), mask(ctx, x))
     if ctx.meta:
         acc = torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
     else:   # sin(j(d + t)) = sin(jd) cos(jt) + cos(jd) sin(jt)
@@ -92,11 +97,11 @@ async def gelu_secformer(ctx, x):
         on_cos = (torch.sin(delta) * beta).round().to(torch.int64)
         on_sin = (torch.cos(delta) * beta).round().to(torch.int64)
         acc = (on_cos * cos_t).sum(-1) + (on_sin * sin_t).sum(-1)
-    mid = await trunc(ctx, acc)
-    one = ctx.public_share(_public(ctx, 1.0, x))
-    (chosen,) = await select_bits(ctx, outside, [torch.stack([-one - mid, one - mid], -1)])
-    erf = mid + chosen.sum(-1)
-    return await trunc(ctx, x * (1 << f) + await beaver(ctx, x, erf, torch.mul), f + 1)
+    mid = await truncate(ctx, acc, f)
+    one = _public(ctx, 1.0, x)
+    below, above = outside.split(-1)
+    erf = mid + product(ctx, below, (-mid).plus(-one)) + product(ctx, above, (-mid).plus(one))
+    return (await truncate(ctx, x_wire.scaled(1 << f) + product(ctx, x_wire, erf), f + 1)).share(ctx)
 
 
 # PUMA's GeLU: 0 below -4; a cubic on [-4, -1.95); a degree-6 polynomial on [-1.95, 3]; x above 3
@@ -118,10 +123,10 @@ def _gelu_puma_reference(x):
 
 
 async def gelu_puma(ctx, x):
-    """PUMA's piecewise-polynomial GeLU: x^2, then x^3 and x^4, then x^6 (6 rounds),
-    each polynomial as one sum of products truncated once (1), the segment bits
-    from one batch of exact comparisons beside the powers, one select of the three
-    pieces (1): 8 rounds. Error against its formula a few 1e-5 (the coefficients
+    """PUMA's piecewise-polynomial GeLU on wires: x's mask, x^2, then x^3 and x^4,
+    then x^6 (4 rounds), each polynomial as one sum of powers truncated once (1),
+    the segment bits from one batch of exact comparisons and a B2A beside the
+    powers; the pieces join locally: 5 rounds. Error against its formula a few 1e-5 (the coefficients
     carry f + 8 bits). Domain: |x| < 2^(CMP_BITS-1-f) - 4 (the comparisons);
     outside [-4, 3] the powers wrap but are multiplied by a 0 bit."""
     f = ctx.frac_bits
@@ -129,25 +134,29 @@ async def gelu_puma(ctx, x):
     tests = torch.stack([add_public(ctx, x, _public(ctx, -low, x)), add_public(ctx, x, _public(ctx, -middle, x)),
                          add_public(ctx, -x, _public(ctx, high, x))], -1)   # x - (-4), x - (-1.95), 3 - x
 
-    async def powers():
-        x2 = await square(ctx, x)
-        x3, x4 = await ctx.gather(mul(ctx, x, x2), square(ctx, x2))
-        return x2, x3, x4, await square(ctx, x3)
+    async def powers():   # products of wires: each power is its truncation's round
+        x1 = await mask(ctx, x)
+        x2 = await truncate(ctx, product(ctx, x1, x1), f)
+        x3, x4 = await ctx.gather(truncate(ctx, product(ctx, x1, x2), f), truncate(ctx, product(ctx, x2, x2), f))
+        return x1, x2, x3, x4, await truncate(ctx, product(ctx, x3, x3), f)
+
+    async def segments():   # x in [-4, -1.95), in [-1.95, 3], above 3: disjoint, so XOR is OR
+        below = await ltz_bits(ctx, tests)
+        b0, b1, b2 = below[..., 0], below[..., 1], below[..., 2]     # x < -4, x < -1.95, x > 3
+        return await b2a_wire(ctx, torch.stack([b0 ^ b1, not_bit(ctx, b1 ^ b2), b2], -1))
     # exact comparisons: they take fewer steps than the powers beside them
-    below, (x2, x3, x4, x6) = await ctx.gather(ltz_bits(ctx, tests), powers())
-    by_power = {1: x, 2: x2, 3: x3, 4: x4, 6: x6}
+    bits, (x1, x2, x3, x4, x6) = await ctx.gather(segments(), powers())
+    by_power = {1: x1, 2: x2, 3: x3, 4: x4, 6: x6}
 
     def polynomial(coeffs):   # sum c_k x^k, the coefficients with f + 8 bits (x^6's is 0.0018), one truncation
-        return sum(by_power[k] * round(c * 2 ** (f + COEFF_EXTRA_BITS)) for k, c in enumerate(coeffs) if k and c)
-    cubic, sextic = await ctx.gather(*(trunc(ctx, polynomial(PUMA_GELU[name]), f + COEFF_EXTRA_BITS)
+        return sum(by_power[k].share(ctx) * round(c * 2 ** (f + COEFF_EXTRA_BITS))
+                   for k, c in enumerate(coeffs) if k and c)
+    cubic, sextic = await ctx.gather(*(truncate(ctx, polynomial(PUMA_GELU[name]), f + COEFF_EXTRA_BITS)
                                        for name in ("cubic", "sextic")))
-    cubic = add_public(ctx, cubic, _public(ctx, PUMA_GELU["cubic"][0], x))
-    sextic = add_public(ctx, sextic, _public(ctx, PUMA_GELU["sextic"][0], x))
-    b0, b1, b2 = below[..., 0], below[..., 1], below[..., 2]     # x < -4, x < -1.95, x > 3
-    in_cubic, in_sextic = b0 ^ b1, not_bit(ctx, b1 ^ b2)          # disjoint intervals: XOR is OR
-    (chosen,) = await select_bits(ctx, torch.stack([in_cubic, in_sextic, b2], -1),
-                                  [torch.stack([cubic, sextic, x], -1)])
-    return chosen.sum(-1)
+    cubic = cubic.plus(_public(ctx, PUMA_GELU["cubic"][0], x))
+    sextic = sextic.plus(_public(ctx, PUMA_GELU["sextic"][0], x))
+    in_cubic, in_sextic, above = bits.split(-1)
+    return (product(ctx, in_cubic, cubic) + product(ctx, in_sextic, sextic) + product(ctx, above, x1)).share(ctx)
 
 
 define("gelu_puma", ("self",), _gelu_puma_reference, "PUMA's piecewise-polynomial GeLU (a substitute)", "nn")

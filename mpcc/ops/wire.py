@@ -22,6 +22,7 @@ from that node's own draws).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,11 @@ class Part:
 
     def key(self) -> tuple:
         return (id(self.handle), self.view)
+
+
+def _viewed_product(left_view: tuple, right_view: tuple, left, right):
+    """The dealer's cross term: the two dealt values, each under its view, multiplied."""
+    return _viewed(left, left_view) * _viewed(right, right_view)
 
 
 def _viewed(tensor, view: tuple):
@@ -94,8 +100,9 @@ class Wire:
 
         def coef(c):
             return c.unsqueeze(dim) if isinstance(c, torch.Tensor) and c.dim() >= -dim - 1 else c
-        return Wire(self.public.unsqueeze(dim), tuple(Part(coef(p.coef), p.handle, p.twos, p.view + (("unsqueeze", dim),))
-                                                      for p in self.parts), self.zero)
+        return Wire(self.public.unsqueeze(dim),
+                    tuple(Part(coef(p.coef), p.handle, p.twos, p.view + (("unsqueeze", dim),)) for p in self.parts),
+                    self.zero)
 
     def split(self, dim: int = -1) -> tuple["Wire", ...]:
         """The wire's slices along a (negative) ``dim`` of its public part, for a
@@ -182,10 +189,10 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
                 continue
             if len(cross) == MAX_CROSS_TERMS:
                 raise ValueError(f"wire product with more than {MAX_CROSS_TERMS} cross terms: mask an operand")
-            left_view, right_view = left.view, right.view
-            dealt_shape = tuple(torch.broadcast_shapes(_viewed(left.handle, left_view).shape,
-                                                       _viewed(right.handle, right_view).shape))
-            dealt = ctx.derive(lambda a, b: _viewed(a, left_view) * _viewed(b, right_view),
+            dealt_shape = tuple(torch.broadcast_shapes(_viewed(left.handle, left.view).shape,
+                                                       _viewed(right.handle, right.view).shape))
+            # the views bound now: the dealer calls the function later, after this loop has moved on
+            dealt = ctx.derive(functools.partial(_viewed_product, left.view, right.view),
                                left.handle, right.handle, shape=dealt_shape)
             cross[key] = Part(coef, dealt, twos)
     public = x.public * y.public
