@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .base import define
-from .wire import RING_SHIFT_LIMIT, share_of, truncate  # noqa: F401  (RING_SHIFT_LIMIT: re-exported)
+from .wire import RING_SHIFT_LIMIT, Wire, share_of, truncate  # noqa: F401  (RING_SHIFT_LIMIT: re-exported)
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "add_public", "mul_public", "reveal"]
 
@@ -170,8 +170,8 @@ async def reveal(ctx, x, to: int):
 
 
 # ----------------------------------------------------------------------------- IR records
-def _mpc(name, params, reference, doc, protocol):
-    return define(name, params, reference, doc, "mpc", protocol=protocol)
+def _mpc(name, params, reference, doc, protocol, wires: bool = False):
+    return define(name, params, reference, doc, "mpc", protocol=protocol, wires=wires)
 
 
 def _proto_share(ctx, x):
@@ -196,17 +196,26 @@ def server_ring(ctx, param: str, value, transpose: bool = False):
 
 
 async def _proto_linear(ctx, x, weight, bias, transpose):
-    """x @ W^T (+ b): the server keeps W^T contiguous (a transposed view makes
-    the int64 matmuls of the client, server and dealer ~40% slower)."""
+    """x @ W^T (+ b), as a wire: the server adds b with 2f bits before the
+    truncation (a wire has no room for a term only the server knows). The
+    server keeps W^T contiguous (a transposed view makes the int64 matmuls of
+    the client, server and dealer ~40% slower)."""
     shape = ctx.operand_types["weight"].shape
     if transpose:
         shape = shape[:-2] + (shape[-1], shape[-2])
     w_ring = server_ring(ctx, "weight", weight, transpose)
     key = ctx.operand_names["weight"] + ("^T" if transpose else "")
-    z = await trunc(ctx, await linear_server(ctx, x, w_ring, shape, key, ctx.backend.matmul))
+    z = await linear_server(ctx, share_of(ctx, x), w_ring, shape, key, ctx.backend.matmul)
     if bias is not None and ctx.party == 1:
-        z = z + server_ring(ctx, "bias", bias)
-    return z
+        z = z + (server_ring(ctx, "bias", bias) << ctx.frac_bits)
+    return await truncate(ctx, z, ctx.frac_bits)
+
+
+def _add_wires(ctx, x, y, sign: int):
+    """x + sign y: a wire when both are wires (the sum of two wires is one), else shares."""
+    if isinstance(x, Wire) and isinstance(y, Wire):
+        return x + (y if sign > 0 else -y)
+    return share_of(ctx, x) + sign * share_of(ctx, y)
 
 
 async def _proto_mul_server(ctx, x, other):
@@ -223,8 +232,10 @@ def _linear_reference(x, weight, bias=None, transpose=True):
 _mpc("mpc.share", ("self",), lambda x: x, "a public or one party's value as trivial shares (no messages)", _proto_share)
 _mpc("mpc.reveal", ("self", "to"), lambda x, to="client": x, "open a shared value to its owner",
      lambda ctx, x, to="client": reveal(ctx, x, {"client": 0, "server": 1}[to]))
-_mpc("mpc.add", ("self", "other"), torch.add, "sum of shares (local)", lambda ctx, x, y: x + y)
-_mpc("mpc.sub", ("self", "other"), torch.sub, "difference of shares (local)", lambda ctx, x, y: x - y)
+_mpc("mpc.add", ("self", "other"), torch.add, "sum of shares (local)", lambda ctx, x, y: _add_wires(ctx, x, y, 1),
+     wires=True)
+_mpc("mpc.sub", ("self", "other"), torch.sub, "difference of shares (local)",
+     lambda ctx, x, y: _add_wires(ctx, x, y, -1), wires=True)
 _mpc("mpc.neg", ("self",), torch.neg, "negation (local)", lambda ctx, x: -x)
 _mpc("mpc.add_public", ("self", "value"), lambda x, v: x + v, "add a public scalar (local, party 0)",
      lambda ctx, x, v: add_public(ctx, x, encode(ctx, torch.tensor(float(v), dtype=torch.float64), ctx.out_type.kind)))
@@ -243,7 +254,7 @@ async def _proto_matmul(ctx, x, y, shift=0):
 _mpc("mpc.matmul", ("self", "other", "shift"), lambda x, y, shift=0: torch.matmul(x, y) * 2.0 ** -shift,
      "matrix product of shares (Beaver), times 2^-shift in its truncation", _proto_matmul)
 _mpc("mpc.linear_server", ("input", "weight", "bias", "transpose"), _linear_reference,
-     "x @ W(^T) + b with the server's plaintext W, b (one message per inference)", _proto_linear)
+     "x @ W(^T) + b with the server's plaintext W, b (one message per inference)", _proto_linear, wires=True)
 _mpc("mpc.mul_server", ("self", "other"), torch.mul, "elementwise product with the server's plaintext tensor",
      _proto_mul_server)
 _mpc("mpc.trunc", ("self", "shift"), lambda x, shift: x, "fixed-point truncation (dealer-assisted)",

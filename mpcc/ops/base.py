@@ -44,6 +44,8 @@ class OpDef:
             where the param is public or this party's own). Its randomness
             and cost come from running it in the dealer and cost contexts
             (``mpcc.runtime.cost``), so the three cannot disagree.
+        wires: the protocol takes wires (``ops/wire.py``) for its shared
+            operands and may return one; other protocols get plain shares.
     """
     name: str
     params: tuple[str, ...]
@@ -53,6 +55,7 @@ class OpDef:
     index_params: tuple[str, ...] = ()
     source: bool = False
     protocol: Callable[..., Any] | None = None
+    wires: bool = False
     extra: dict = field(default_factory=dict, compare=False)
 
     def bind(self, operands: list, attrs: dict[str, Any]) -> list:

@@ -10,7 +10,7 @@ import torch
 
 from .arith import add_public, encode
 from .compare import b2a_wire, ltz_bits
-from .wire import mask, product, truncate
+from .wire import mask, product, share_of, truncate
 
 __all__ = ["fourier_segments", "gelu", "tanh", "GELU_FIT_ERROR", "TANH_FIT_ERROR", "FOURIER_HALF_RANGE",
            "SEGMENT_FUZZ"]
@@ -68,6 +68,7 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
     4 - x must both stay there. Outside, the segment bits are wrong and so is
     the result (gelu(32765) comes out as 16381).
     """
+    x, x_given = share_of(ctx, x), x   # x's share; a wire x needs no mask for an "x" segment
     f, terms = ctx.frac_bits, len(cos_coeffs)
     modulus = 1 << (f + FOURIER_PERIOD_LOG2)
     step = math.pi / (2.0 ** FOURIER_PERIOD_LOG2 / 2)
@@ -92,7 +93,7 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
                                                   fuzz_bits=ctx.frac_bits - SEGMENT_FUZZ))
 
     async def identity():
-        return await mask(ctx, x) if "x" in (low, high) else None
+        return await mask(ctx, x_given) if "x" in (low, high) else None
     # the segment bits do not depend on the series: both openings go in the same steps
     opened, outside, x_wire = await ctx.gather(
         ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2), segment_bits(), identity())

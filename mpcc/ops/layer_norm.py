@@ -27,7 +27,7 @@ from .base import define
 from .compare import b2a_wire, ltz_bits, not_bit
 from .nonlinear import (LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, bracket_lines, bracket_thresholds,
                         bracket_weights, encode_scaled, weighted)
-from .wire import mask, product, truncate
+from .wire import mask, product, share_of, truncate
 
 __all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "GOLDSCHMIDT_RSQRT_STEPS"]
 
@@ -120,8 +120,8 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
         raise NotImplementedError("layer_norm over more than one axis")
     f = ctx.frac_bits
     n = normalized_shape[0]
-    mean, x_wire = await ctx.gather(truncate(ctx, x.sum(-1, keepdim=True) * round(2 ** SCALAR_FRAC / n),
-                                             SCALAR_FRAC), mask(ctx, x))
+    mean, x_wire = await ctx.gather(truncate(ctx, share_of(ctx, x).sum(-1, keepdim=True) *
+                                             round(2 ** SCALAR_FRAC / n), SCALAR_FRAC), mask(ctx, x))
     centered = x_wire - mean
     total_2f = product(ctx, centered, centered).share(ctx).sum(-1, keepdim=True)   # S with 2f fractional bits
     total_2f = add_public(ctx, total_2f, encode_scaled(ctx, torch.full(tuple(total_2f.shape), n * eps,
@@ -148,11 +148,10 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
         return await truncate(ctx, product(ctx, times_gamma, await mask(ctx, s_n.unsqueeze(-1))), s_n_bits)
     normalised, y = await ctx.gather(scaled(), solve(ctx, z, guess))
     y = await mask(ctx, y)   # a wire already from Newton; Goldschmidt's share is masked
-    out = await truncate(ctx, product(ctx, normalised, y), f)
-    out = out.share(ctx)
+    out = product(ctx, normalised, y).share(ctx)   # 2f bits: the server's beta joins before the truncation
     if bias is not None and ctx.party == 1:
-        out = out + server_ring(ctx, "bias", bias)
-    return out
+        out = out + (server_ring(ctx, "bias", bias) << f)
+    return await truncate(ctx, out, f)
 
 
 def _reference(x, w, b, shape, eps):
@@ -160,10 +159,10 @@ def _reference(x, w, b, shape, eps):
 
 
 define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
-       "LayerNorm (bracketed Newton rsqrt on wires: 9 rounds)", "mpc", protocol=layer_norm)
+       "LayerNorm (bracketed Newton rsqrt on wires: 9 rounds)", "mpc", protocol=layer_norm, wires=True)
 define("layer_norm_goldschmidt", ("input", "normalized_shape", "weight", "bias", "eps"),
        lambda x, shape, w=None, b=None, eps=1e-5: _reference(x, w, b, shape, eps),
        "LayerNorm computed with SecFormer's Goldschmidt rsqrt (a substitute: the same function)", "nn")
 define("mpc.layer_norm_goldschmidt", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
        "LayerNorm by SecFormer's Goldschmidt rsqrt (bracketed into [1, 2), then the published steps)", "mpc",
-       protocol=lambda ctx, *args: layer_norm(ctx, *args, solve=_goldschmidt_rsqrt))
+       protocol=lambda ctx, *args: layer_norm(ctx, *args, solve=_goldschmidt_rsqrt), wires=True)

@@ -328,10 +328,11 @@ _mpc("mpc.exp", ("self",), torch.exp, "e^x for x <= 0 (0 below -15)", _exp_op)
 _mpc("mpc.reciprocal", ("self",), torch.reciprocal, "1/x on [1, 4096)", lambda ctx, x: reciprocal(ctx, x))
 _mpc("mpc.rsqrt", ("self",), torch.rsqrt, "1/sqrt(x) on [1.5e-5, 4e6)",
      lambda ctx, x: _rsqrt_op(ctx, x))
-_mpc("mpc.gelu", ("self", "approximate"),
-     lambda x, approximate="none": torch.nn.functional.gelu(x, approximate=approximate),
-     "GeLU (erf or tanh form), segmented Fourier of the erf form: within 1e-3 of either "
-     "(the two forms differ by < 5e-4)", lambda ctx, x, approximate="none": gelu(ctx, x))
+define("mpc.gelu", ("self", "approximate"),
+       lambda x, approximate="none": torch.nn.functional.gelu(x, approximate=approximate),
+       "GeLU (erf or tanh form), segmented Fourier of the erf form: within 1e-3 of either "
+       "(the two forms differ by < 5e-4)", "mpc", protocol=lambda ctx, x, approximate="none": gelu(ctx, x),
+       wires=True)
 _mpc("mpc.tanh", ("self",), torch.tanh, "tanh, segmented Fourier (max error 3e-3)", tanh)
 _mpc("mpc.mul_scalar", ("self", "value"), lambda x, value: x * value, "times a public real (24-bit encoded)",
      mul_scalar)

@@ -9,12 +9,12 @@ import math
 
 import torch
 
-from .arith import add_public, square, trunc
+from .arith import add_public
 from .base import define
 from .compare import b2a_wire, ltz_bits, not_bit
 from .fourier import SEGMENT_FUZZ
 from .nonlinear import _public
-from .wire import mask, product, truncate
+from .wire import mask, product, share_of, truncate
 
 __all__ = ["gelu_quad", "QUAD_GELU", "gelu_secformer", "SECFORMER_ERF", "gelu_puma", "PUMA_GELU"]
 
@@ -35,10 +35,11 @@ def _gelu_quad_reference(x):
 async def gelu_quad(ctx, x):
     """0.125 x^2 + 0.25 x + 0.5 = (x^2 + 2x) / 8 + 1/2: one square kept at 2f
     fractional bits, 2x added at the same scale, one truncation by f + 3.
-    Rounds 2; bytes 16 per element, both. Domain: x^2 < 2^(62-2f) (|x| < 32768 at f = 16)."""
+    Rounds 2, bytes 16 per element both; 1 and 8 when x is a wire (a linear's
+    output). Domain: x^2 < 2^(62-2f) (|x| < 32768 at f = 16)."""
     f = ctx.frac_bits
-    z = await square(ctx, x, truncate=False)
-    return add_public(ctx, await trunc(ctx, z + x * (2 << f), f + 3), _public(ctx, 0.5, x))
+    x = await mask(ctx, x)
+    return (await truncate(ctx, product(ctx, x, x) + x.scaled(2 << f), f + 3)).plus(_public(ctx, 0.5, x))
 
 
 def _erf_secformer(u):
@@ -68,6 +69,7 @@ async def gelu_secformer(ctx, x):
     truncation. Rounds: the segment LTZ, 1 (B2A), 1. Domain: |x| C 2^f < 2^63 and the segment
     comparison's |x| < 2^(CMP_BITS-1-f) - 4."""
     f = ctx.frac_bits
+    x, x_given = share_of(ctx, x), x   # x's share; a wire x needs no mask
     terms = len(SECFORMER_ERF)
     scale = round(2 ** PERIOD_BITS / (ERF_PERIOD * math.sqrt(2)))
     modulus = 1 << (f + PERIOD_BITS)
@@ -88,7 +90,7 @@ async def gelu_secformer(ctx, x):
                                                                       add_public(ctx, -x, edge)], -1),
                                                   fuzz_bits=f - SEGMENT_FUZZ))
     opened, outside, x_wire = await ctx.gather(ctx.open((x * scale - t) & (modulus - 1), bits=f + PERIOD_BITS),
-                                               segment_bits(), mask(ctx, x))
+                                               segment_bits(), mask(ctx, x_given))
     if ctx.meta:
         acc = torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
     else:   # sin(j(d + t)) = sin(jd) cos(jt) + cos(jd) sin(jt)
@@ -130,12 +132,13 @@ async def gelu_puma(ctx, x):
     carry f + 8 bits). Domain: |x| < 2^(CMP_BITS-1-f) - 4 (the comparisons);
     outside [-4, 3] the powers wrap but are multiplied by a 0 bit."""
     f = ctx.frac_bits
+    x, x_given = share_of(ctx, x), x   # x's share; a wire x needs no mask
     low, middle, high = PUMA_GELU["edges"]
     tests = torch.stack([add_public(ctx, x, _public(ctx, -low, x)), add_public(ctx, x, _public(ctx, -middle, x)),
                          add_public(ctx, -x, _public(ctx, high, x))], -1)   # x - (-4), x - (-1.95), 3 - x
 
     async def powers():   # products of wires: each power is its truncation's round
-        x1 = await mask(ctx, x)
+        x1 = await mask(ctx, x_given)
         x2 = await truncate(ctx, product(ctx, x1, x1), f)
         x3, x4 = await ctx.gather(truncate(ctx, product(ctx, x1, x2), f), truncate(ctx, product(ctx, x2, x2), f))
         return x1, x2, x3, x4, await truncate(ctx, product(ctx, x3, x3), f)
@@ -162,13 +165,13 @@ async def gelu_puma(ctx, x):
 define("gelu_puma", ("self",), _gelu_puma_reference, "PUMA's piecewise-polynomial GeLU (a substitute)", "nn")
 define("mpc.gelu_puma", ("self",), _gelu_puma_reference,
        "PUMA's piecewise-polynomial GeLU (powers to x^6, segment comparisons, one select)", "mpc",
-       protocol=gelu_puma)
+       protocol=gelu_puma, wires=True)
 define("gelu_secformer", ("self",), _gelu_secformer_reference,
        "SecFormer's GeLU: erf by a 7-term sine series, +-1 beyond +-2.5 (a substitute)", "nn")
 define("mpc.gelu_secformer", ("self",), _gelu_secformer_reference,
        "SecFormer's GeLU (private sine series for erf, segment tests, one product)", "mpc",
-       protocol=gelu_secformer)
+       protocol=gelu_secformer, wires=True)
 define("gelu_quad", ("self",), _gelu_quad_reference, "MPCFormer's Quad GeLU 0.125x^2 + 0.25x + 0.5 (a substitute)",
        "nn")
 define("mpc.gelu_quad", ("self",), _gelu_quad_reference, "MPCFormer's Quad GeLU (one square, one truncation)", "mpc",
-       protocol=gelu_quad)
+       protocol=gelu_quad, wires=True)

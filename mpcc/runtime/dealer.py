@@ -270,6 +270,7 @@ class Dealer:
                 cached = self._record_and_deal(tapes, dealing)
                 self._materials = cached[1]
                 return
+        dealing.exported = cached[2]
         with torch.no_grad():
             dealing.tape(cached[0])
         self._materials = cached[1]
@@ -278,6 +279,7 @@ class Dealer:
         """The first dealing of a plan: its shape run, dealing each node as it is recorded."""
         start = time.perf_counter()
         ctx = DealerContext(self.backend, self.plan.frac_bits)
+        dealing.exported = ctx.exported   # grows as nodes return wires, before each node is dealt
         done, dealing_seconds = [0], [0.0]
 
         def deal_recorded(node, seconds):
@@ -288,7 +290,7 @@ class Dealer:
             done[0] = len(ctx.tape)
         with torch.no_grad():
             execute(self.plan.graph, ctx, on_node=deal_recorded, overflow_check=self.plan.overflow_check)
-        cached = tapes[self._tape_key] = (ctx.tape, ctx.materials)
+        cached = tapes[self._tape_key] = (ctx.tape, ctx.materials, frozenset(ctx.exported))
         self.shape_run_seconds = time.perf_counter() - start - dealing_seconds[0]
         return cached
 

@@ -16,6 +16,7 @@ import torch
 
 from ..ir import Graph, Node, dtype_of_kind
 from ..ops import get_op
+from ..ops.wire import Wire, share_of
 from .schedule import Flow
 
 __all__ = ["execute", "execute_steps", "ExecutionError", "RangeOverflowError", "OWNER_PARTY", "OVERFLOW_NODE"]
@@ -137,7 +138,7 @@ class _Run:
                 yield from self._step(flows, ready)
         yield from self._finish_checks()
         self.ctx.schedule = {"rounds": self.steps, "finish": self.finish, "start": self.start}
-        return {name: self.env[name] for name in self.graph.outputs}
+        return {name: share_of(self.ctx, self.env[name]) for name in self.graph.outputs}
 
     def _step(self, flows, ready):
         """One communication step for every running flow."""
@@ -170,7 +171,7 @@ class _Run:
             self.deferred.append(node)
 
             async def check():
-                ctx.check_range(self.env[node.operands[0]], REVEAL_BOUND_LOG2 - ctx.frac_bits)
+                ctx.check_range(share_of(ctx, self.env[node.operands[0]]), REVEAL_BOUND_LOG2 - ctx.frac_bits)
             return Flow.start(check(), ctx)
         value = self._guard(node, lambda: self._value(node, ctx))
         if inspect.iscoroutine(value):
@@ -197,9 +198,11 @@ class _Run:
         self._flow_seconds = flow.seconds
 
     def _store(self, node, value):
-        if value is not None and isinstance(value, torch.Tensor) and tuple(value.shape) != node.type.shape:
+        if value is not None and isinstance(value, (torch.Tensor, Wire)) and tuple(value.shape) != node.type.shape:
             raise ExecutionError(f"party {self.ctx.party}: %{node.name} = {node.op}(...) produced shape "
                                  f"{tuple(value.shape)}, its type says {node.type.shape}")
+        if isinstance(value, Wire) and hasattr(self.ctx, "export"):
+            self.ctx.export(value)   # the dealer keeps what later nodes' cross terms are made from
         self.env[node.name] = value
         self._flow_steps, self._flow_seconds = None, None
 
@@ -308,7 +311,7 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     vis = node.type.vis
     if node.op == "mpc.reveal":   # a coroutine; ``_finish_value`` decodes what it opens
         ctx.operand_types = {"self": graph[node.operands[0]].type}
-        return op.protocol(ctx, env[node.operands[0]], **node.attrs)
+        return op.protocol(ctx, share_of(ctx, env[node.operands[0]]), **node.attrs)
     if not _knows(vis, ctx.party):
         return None
     if ctx.meta and vis != "shared":
@@ -329,12 +332,14 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     ctx.operand_types = {p: graph[name].type for p, name in zip(params, node.operands)}
     ctx.operand_names = {p: name for p, name in zip(params, node.operands)}
     ctx.out_type = node.type
-    values = [value if graph[name].type.vis == "shared" else _plain(ctx, value)
-              for name, value in zip(node.operands, operands)]
+    values = [(value if op.wires else share_of(ctx, value)) if graph[name].type.vis == "shared"
+              else _plain(ctx, value) for name, value in zip(node.operands, operands)]
     if op.protocol is None:  # a shape op or a sum: the same on shares as on plaintext
         return op.evaluate(values, node.attrs)
     recall = getattr(ctx, "recall", None)
-    if recall is not None and recall(node):  # the dealer's shape run: requests copied from a twin node
+    # the dealer's shape run: requests copied from a twin node (not for ops on wires: a copy would lose
+    # the wire its twin returned, and the cross terms refer to other nodes' material)
+    if recall is not None and not op.wires and recall(node):
         return _meta_of(node)
     return op.protocol(ctx, *op.bind(values, node.attrs))
 

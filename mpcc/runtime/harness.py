@@ -55,7 +55,7 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
     with torch.no_grad():
         node = dealer.for_node("p")
         run_flow(node, fn(node, *metas))
-        stored, dealt_bytes = replay(dealer.tape, ring, seeds, "test")
+        stored, dealt_bytes = replay(dealer.tape, ring, seeds, "test", exported=frozenset(dealer.exported))
     costs = []
     for party in (0, 1):
         cost = CostContext(party, ring, frac_bits)

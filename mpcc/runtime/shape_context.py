@@ -101,14 +101,15 @@ class DealerContext(ShapeContext):
     def __init__(self, backend, frac_bits):
         super().__init__(0, backend, frac_bits)
         self.tape: list[tuple] = []              # (node, label, op, shape, kind, holder, scope, fn, arg slots)
-        self.slots: dict[int, tuple[torch.Tensor, int]] = {}   # id(meta) -> (meta, slot)
+        # id(meta) -> (meta, slot), for the whole run: a wire's cross terms refer to other nodes' draws
+        # (the meta kept here keeps its id unique)
+        self.slots: dict[int, tuple[torch.Tensor, int]] = {}
+        self.exported: set[int] = set()   # slots of values in wires that nodes returned
 
-    def begin(self, node):
-        super().begin(node)
-        self.slots = {}
-
-    def _fresh_node_state(self):
-        self.slots = {}
+    def export(self, wire) -> None:
+        """A node returned ``wire``: later nodes may derive from its dealt values."""
+        for part in wire.parts:
+            self.exported.add(self.slots[id(part.handle)][1])
 
     def _mark(self):
         return super()._mark() + (len(self.tape),)
@@ -117,6 +118,8 @@ class DealerContext(ShapeContext):
         entries = self.tape[mark[-1]:]
         if not all(_rename_scope(entry[6], {n: n for n in names}) is not None for entry in entries if entry[6]):
             return None
+        if any(how == "slot" and ref < mark[-1] for entry in entries for how, ref in entry[8]):
+            return None   # it derives from another node's material: a renamed copy would refer to the wrong one
         return super()._since(mark, names) + (entries, mark[-1])
 
     def _copy(self, node, recorded, renamed, first_node):
@@ -156,12 +159,15 @@ class Replay:
     ``scoped`` caches deployment-scoped draws across inferences.
     """
 
-    def __init__(self, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
+    def __init__(self, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None,
+                 exported=frozenset()):
         self.backend, self.inference, self.publish = backend, inference, publish
         self.prgs = (Prg(seeds[0]), Prg(seeds[1]))
         self.stored = stored if stored is not None else ({}, {})
         self.offline = [0, 0]
         self.scoped = {} if scoped is None else scoped
+        self.exported = exported   # tape indices of values that later nodes derive from (wires)
+        self.kept: dict[int, torch.Tensor] = {}   # their values, for this inference
 
     def _draw(self, party, label, shape, scope):
         if scope:
@@ -172,8 +178,9 @@ class Replay:
 
     def node(self, tape, start: int, stop: int) -> None:
         """Deal ``tape[start:stop]``, all the entries of one node, and publish it."""
-        values: dict[int, torch.Tensor] = {}   # tape index -> full value (a node's derives use its own draws)
+        values: dict[int, torch.Tensor] = self.kept   # tape index -> full value: the node's own, and wires'
         read = {ref for entry in tape[start:stop] for how, ref in entry[8] if how == "slot"}  # kept only if read
+        own = set()
         node = None
         for index in range(start, stop):
             node, label, op, shape, kind, holder, scope, fn, args = tape[index]
@@ -184,6 +191,7 @@ class Replay:
                     values[index] = a ^ b if kind == "xor" else a + b
                 else:
                     values[index] = self._draw(owner, label, shape, scope)
+                own.add(index)
                 continue
             real = fn(*[values[ref] if how == "slot" else ref for how, ref in args])
             if tuple(real.shape) != shape:
@@ -195,8 +203,11 @@ class Replay:
                 piece, party = real, owner
             self.stored[party].setdefault(node, []).append(piece)
             self.offline[party] += payload_bytes(piece)
-            if index in read:
+            if index in read or index in self.exported:
                 values[index] = real
+                own.add(index)
+        for index in own - set(self.exported):   # the node's own draws: no later node reads them
+            del values[index]
         if node is not None and self.publish is not None:
             self.publish(node)
 
@@ -233,9 +244,10 @@ def node_spans(tape):
             start = index
 
 
-def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None):
+def replay(tape, backend, seeds: tuple[bytes, bytes], inference: str, stored=None, publish=None, scoped=None,
+           exported=frozenset()):
     """Deal a whole recorded tape: returns (stored per party per node, offline bytes per party)."""
-    dealing = Replay(backend, seeds, inference, stored, publish, scoped)
+    dealing = Replay(backend, seeds, inference, stored, publish, scoped, exported)
     dealing.tape(tape)
     return dealing.stored, dealing.offline
 
