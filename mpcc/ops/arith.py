@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from .base import define
-from .wire import RING_SHIFT_LIMIT, Wire, share_of, truncate  # noqa: F401  (RING_SHIFT_LIMIT: re-exported)
+from .wire import RING_SHIFT_LIMIT, ClientShare, Wire, _viewed, share_of, truncate  # noqa: F401  (RING_SHIFT_LIMIT: re-exported)
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "add_public", "mul_public", "reveal"]
 
@@ -148,6 +148,59 @@ async def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     return fn(received[0] + x, weight) + c
 
 
+async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
+    """fn(x, W) for a wire x = P + sum c_j R_j and the server's W: the client's share
+    of each part with a public integer coefficient is known to the dealer, so its
+    product with W needs no message; a part with a coefficient tensor (a
+    truncation's wrap term) is sent masked, on 64 - t bits where its coefficient
+    is a multiple of 2^t (16 bits after a truncation by f = 16).
+
+    Steps: the server computes fn(P + x1, W). The client computes c_j fn(R_j0, D)
+    for integer parts and sends e_j = u_j - A_j for each tensor part, u_j = (c_j /
+    2^t) R_j0 mod 2^(64-t) (A_j its fresh mask); the server adds 2^t fn(e_j, W),
+    the client 2^t fn(A_j, D). The dealer deals shares of fn(sum_j c_j R_j0 +
+    sum_j 2^t A_j, B), one product (it regenerates R_j0 from the client's seed).
+    Security: e_j is masked by A_j (fresh, the client's only), as ``linear_server``.
+    Rounds 1 (0 with no tensor part); offline 8|z|; setup as ``linear_server``.
+    """
+    like_w = torch.empty(weight_shape, dtype=torch.int64, device="meta")
+    out_shape = shape_of(fn, torch.empty(x.shape, dtype=torch.int64, device="meta"), like_w)
+    fixed = [part for part in x.parts if isinstance(part.coef, int)]
+    sent = [part for part in x.parts if not isinstance(part.coef, int)]
+    masks = [ctx.rand(x.shape, holder="client") for _ in sent]
+    mask_b = ctx.rand(weight_shape, holder="server", scope=key)
+    views = [part.view for part in fixed]
+    coefs = [part.coef for part in fixed]
+    shifts = [1 << part.twos for part in sent]
+
+    def dealt(b, *handles):   # fn(sum c_j R_j0 + sum 2^t A_j, B): one product
+        left = sum(c * _viewed(h, v) for c, h, v in zip(coefs, handles, views))
+        left = left + sum(k * a for k, a in zip(shifts, handles[len(coefs):]))
+        return fn(torch.zeros(x.shape, dtype=torch.int64, device=b.device) + left, b)
+    c = ctx.derive(dealt, mask_b, *[ClientShare(part.handle) for part in fixed], *masks, shape=out_shape)
+    if ctx.party == 0:   # u_j - A_j: the part's share without its power of two, masked
+        messages = [(part.coef >> part.twos) * _viewed(part.handle, part.view) - a for part, a in zip(sent, masks)]
+    else:                # what the server joins them with in the views: nothing of its own
+        messages = [torch.zeros(x.shape, dtype=torch.int64, device=x.public.device) for _ in sent]
+    deploy = ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w, sender=1)
+    if sent:
+        d, received = await ctx.gather(deploy, ctx.transfer(*messages, sender=0,
+                                                            bits=[64 - part.twos for part in sent]))
+    else:
+        d, received = await deploy, ()
+    zeros = torch.zeros(x.shape, dtype=torch.int64, device=x.public.device)
+    if ctx.party == 0:
+        left = zeros + sum(c_j * _viewed(p.handle, p.view) for c_j, p in zip(coefs, fixed))
+        return fn(left + sum(k * a for k, a in zip(shifts, masks)), d) + c
+    left = zeros + x.public + x.share(ctx)   # P + the server's share of every part
+    return fn(left + sum(k * e for k, e in zip(shifts, received or ())), weight) + c
+
+
+def _wire_is_cheaper(x) -> bool:
+    """Whether ``linear_server_wire`` sends fewer bits than one 64-bit share per element."""
+    return isinstance(x, Wire) and sum(64 - p.twos for p in x.parts if not isinstance(p.coef, int)) <= 32
+
+
 def add_public(ctx, x, ring_value):
     return x + ring_value if ctx.party == 0 else x + torch.zeros_like(ring_value)
 
@@ -205,7 +258,10 @@ async def _proto_linear(ctx, x, weight, bias, transpose):
         shape = shape[:-2] + (shape[-1], shape[-2])
     w_ring = server_ring(ctx, "weight", weight, transpose)
     key = ctx.operand_names["weight"] + ("^T" if transpose else "")
-    z = await linear_server(ctx, share_of(ctx, x), w_ring, shape, key, ctx.backend.matmul)
+    if _wire_is_cheaper(x):
+        z = await linear_server_wire(ctx, x, w_ring, shape, key, ctx.backend.matmul)
+    else:
+        z = await linear_server(ctx, share_of(ctx, x), w_ring, shape, key, ctx.backend.matmul)
     if bias is not None and ctx.party == 1:
         z = z + (server_ring(ctx, "bias", bias) << ctx.frac_bits)
     return await truncate(ctx, z, ctx.frac_bits)
@@ -247,12 +303,14 @@ _mpc("mpc.mul", ("self", "other", "truncate"), lambda x, y, truncate=True: x * y
      lambda ctx, x, y, truncate=True: mul(ctx, x, y, truncate))
 _mpc("mpc.square", ("self",), lambda x: x * x, "square of a share (one opening)", lambda ctx, x: square(ctx, x))
 async def _proto_matmul(ctx, x, y, shift=0):
-    """x @ y, then times 2^-shift in the same truncation (``fuse_scaled_matmul``)."""
-    return await trunc(ctx, await beaver(ctx, x, y, ctx.backend.matmul), ctx.frac_bits + shift)
+    """x @ y, then times 2^-shift in the same truncation (``fuse_scaled_matmul``);
+    the result a wire (a linear after it sends 16 bits an element, not 64)."""
+    product = await beaver(ctx, share_of(ctx, x), share_of(ctx, y), ctx.backend.matmul)
+    return await truncate(ctx, product, ctx.frac_bits + shift)
 
 
 _mpc("mpc.matmul", ("self", "other", "shift"), lambda x, y, shift=0: torch.matmul(x, y) * 2.0 ** -shift,
-     "matrix product of shares (Beaver), times 2^-shift in its truncation", _proto_matmul)
+     "matrix product of shares (Beaver), times 2^-shift in its truncation", _proto_matmul, wires=True)
 _mpc("mpc.linear_server", ("input", "weight", "bias", "transpose"), _linear_reference,
      "x @ W(^T) + b with the server's plaintext W, b (one message per inference)", _proto_linear, wires=True)
 _mpc("mpc.mul_server", ("self", "other"), torch.mul, "elementwise product with the server's plaintext tensor",

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Wire", "Part", "mask", "product", "truncate", "dealt", "share_of", "MAX_CROSS_TERMS"]
+__all__ = ["Wire", "Part", "ClientShare", "mask", "product", "truncate", "dealt", "share_of", "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
 MAX_CROSS_TERMS = 16   # a product with more cross terms than this is a bug in the caller, not a plan
@@ -38,7 +38,7 @@ class Part:
     coef: object            # int or int64 tensor (public, broadcasts against the handle)
     handle: torch.Tensor    # this party's share of a dealt value (a ``rand``/``derive`` result)
     twos: int               # the coefficient is a multiple of 2^twos (cross terms past 2^64 vanish)
-    view: tuple = ()        # ("unsqueeze", dim) / ("select", dim, index) on the handle, in order (the dealer too)
+    view: tuple = ()        # ("method", args...) or layout functions on the handle, in order (the dealer too)
 
     def value(self) -> torch.Tensor:
         """coef times the (viewed) handle: this part of a party's share."""
@@ -54,8 +54,8 @@ def _viewed_product(left_view: tuple, right_view: tuple, left, right):
 
 
 def _viewed(tensor, view: tuple):
-    for how, *args in view:
-        tensor = getattr(tensor, how)(*args)
+    for step in view:   # ("method", args...) or a layout function (``Wire.relaid``)
+        tensor = step(tensor) if callable(step) else getattr(tensor, step[0])(*step[1:])
     return tensor
 
 
@@ -85,7 +85,7 @@ class Wire:
     def scaled(self, factor: int) -> "Wire":
         """v * factor for a public integer (a power of two keeps the coefficients' twos)."""
         twos = _twos(factor)
-        return Wire(self.public * factor, tuple(Part(p.coef * factor, p.handle, p.twos + twos, p.view)
+        return Wire(self.public * factor, tuple(Part(_ring(p.coef * factor), p.handle, p.twos + twos, p.view)
                                                 for p in self.parts), self.zero)
 
     def masked(self, keep: torch.Tensor) -> "Wire":
@@ -117,6 +117,18 @@ class Wire:
                                                                           (("select", dim, index),)),)))
         return tuple(pieces)
 
+    def relaid(self, layout) -> "Wire":
+        """``layout(v)`` for a function that only moves elements (view, permute,
+        transpose...): applied to the public part and to each part's coefficient
+        and handle (the dealer applies it too), after broadcasting both to v's shape."""
+        shape = self.shape
+        parts = []
+        for part in self.parts:
+            coef = part.coef.expand(shape) if isinstance(part.coef, torch.Tensor) else part.coef
+            coef = layout(coef) if isinstance(coef, torch.Tensor) else coef
+            parts.append(Part(coef, part.handle, part.twos, part.view + (("expand", shape), layout)))
+        return Wire(layout(self.public.expand(shape)), tuple(parts), self.zero)
+
     def plus(self, public: torch.Tensor) -> "Wire":
         """v + a public ring value."""
         return Wire(self.public + public, self.parts)
@@ -131,6 +143,20 @@ class Wire:
         return self + (-other)
 
 
+@dataclass(frozen=True)
+class ClientShare:
+    """An argument of ``ctx.derive``: the client's (party 0's) share of a dealt value
+    shared by both, which the dealer regenerates from the client's seed."""
+    handle: torch.Tensor
+
+
+def _ring(coef):
+    """A coefficient reduced into the signed 64-bit ring (Python ints never wrap by themselves)."""
+    if isinstance(coef, int):
+        return (coef + (1 << 63)) % (1 << 64) - (1 << 63)
+    return coef
+
+
 def _twos(value) -> int:
     """Largest t with 2^t dividing a public integer (0 for tensors and for 0: no claim)."""
     if isinstance(value, int) and value != 0:
@@ -143,7 +169,7 @@ def _merge(parts) -> tuple[Part, ...]:
     merged: dict[tuple, Part] = {}
     for part in parts:
         seen = merged.get(part.key())
-        merged[part.key()] = part if seen is None else Part(seen.coef + part.coef, part.handle,
+        merged[part.key()] = part if seen is None else Part(_ring(seen.coef + part.coef), part.handle,
                                                             min(seen.twos, part.twos), part.view)
     return tuple(merged.values())
 
@@ -182,10 +208,10 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
             if twos >= 64:
                 continue
             key = tuple(sorted((left.key(), right.key()), key=repr))
-            coef = left.coef * right.coef
+            coef = _ring(left.coef * right.coef)
             if key in cross:
                 seen = cross[key]
-                cross[key] = Part(seen.coef + coef, seen.handle, min(seen.twos, twos))
+                cross[key] = Part(_ring(seen.coef + coef), seen.handle, min(seen.twos, twos))
                 continue
             if len(cross) == MAX_CROSS_TERMS:
                 raise ValueError(f"wire product with more than {MAX_CROSS_TERMS} cross terms: mask an operand")

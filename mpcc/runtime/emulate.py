@@ -16,6 +16,7 @@ from typing import Mapping
 import torch
 
 from ..backends import get_backend
+from ..ops.wire import ClientShare
 from .context import HOLDERS, Context, SessionState
 from ..interpreter import check_inputs, check_weights, normalize_weights
 from .executor import execute_steps
@@ -55,6 +56,8 @@ class _Randomness:
         return value
 
     def whole(self, value):
+        if isinstance(value, ClientShare):   # the client holds a shared draw whole here (the server 0)
+            value = value.handle
         label = self.labels.get(id(value)) if isinstance(value, torch.Tensor) else None
         if label is None:
             return value

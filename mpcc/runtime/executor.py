@@ -306,6 +306,10 @@ def _finish_value(node: Node, ctx, value):
     return value.cpu().to(dtype_of_kind(node.type.kind))   # ints as they are, bools as bools
 
 
+# ops that only move elements: a wire passes through them (``Wire.relaid``)
+LAYOUT_OPS = frozenset({"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "flatten"})
+
+
 def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     op = get_op(node.op)
     vis = node.type.vis
@@ -335,6 +339,9 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     values = [(value if op.wires else share_of(ctx, value)) if graph[name].type.vis == "shared"
               else _plain(ctx, value) for name, value in zip(node.operands, operands)]
     if op.protocol is None:  # a shape op or a sum: the same on shares as on plaintext
+        wire = operands[0] if len(operands) == 1 else None
+        if isinstance(wire, Wire) and node.op in LAYOUT_OPS:   # a wire stays one through a relayout
+            return wire.relaid(lambda tensor: op.evaluate([tensor], node.attrs))
         return op.evaluate(values, node.attrs)
     recall = getattr(ctx, "recall", None)
     # the dealer's shape run: requests copied from a twin node (not for ops on wires: a copy would lose

@@ -10,6 +10,7 @@ from ..backends.base import RingBackend
 from ..backends.prg import Prg
 from .context import HOLDERS, Context, Material, message_bytes, payload_bytes
 from .schedule import meta_like
+from ..ops.wire import ClientShare
 
 __all__ = ["ShapeContext", "DealerContext", "CostContext", "OpCost", "Replay", "replay"]
 
@@ -145,7 +146,9 @@ class DealerContext(ShapeContext):
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         label = self._label(None)
-        args = tuple(("slot", self.slots[id(v)][1]) if isinstance(v, torch.Tensor) else ("value", v) for v in values)
+        args = tuple(("slot", self.slots[id(v)][1]) if isinstance(v, torch.Tensor) else
+                     ("client share", self.slots[id(v.handle)][1]) if isinstance(v, ClientShare) else ("value", v)
+                     for v in values)
         self.tape.append((self.node, label, "derive", tuple(shape), kind, holder, None, fn, args))
         self._record(shape, kind, holder, True)
         return self._slot(shape)
@@ -168,6 +171,7 @@ class Replay:
         self.scoped = {} if scoped is None else scoped
         self.exported = exported   # tape indices of values that later nodes derive from (wires)
         self.kept: dict[int, torch.Tensor] = {}   # their values, for this inference
+        self.kept_client: dict[int, torch.Tensor] = {}   # and the client's shares of them
 
     def _draw(self, party, label, shape, scope):
         if scope:
@@ -175,6 +179,13 @@ class Replay:
                 self.scoped[(party, label)] = self.backend.to_device(self.prgs[party].ring(label, shape))
             return self.scoped[(party, label)]
         return self.backend.to_device(self.prgs[party].ring(f"{self.inference}/{label}", shape))
+
+    def _client_share(self, ref: int) -> torch.Tensor:
+        """The client's share of an exported value dealt to both (kept when it was dealt:
+        no label is drawn twice)."""
+        if ref not in self.kept_client:
+            raise RuntimeError(f"tape entry {ref}: a client share of a value not exported or not shared by both")
+        return self.kept_client[ref]
 
     def node(self, tape, start: int, stop: int) -> None:
         """Deal ``tape[start:stop]``, all the entries of one node, and publish it."""
@@ -189,16 +200,21 @@ class Replay:
                 if owner is None:
                     a, b = self._draw(0, label, shape, scope), self._draw(1, label, shape, scope)
                     values[index] = a ^ b if kind == "xor" else a + b
+                    if index in self.exported:
+                        self.kept_client[index] = a
                 else:
                     values[index] = self._draw(owner, label, shape, scope)
                 own.add(index)
                 continue
-            real = fn(*[values[ref] if how == "slot" else ref for how, ref in args])
+            real = fn(*[values[ref] if how == "slot" else self._client_share(ref) if how == "client share"
+                        else ref for how, ref in args])
             if tuple(real.shape) != shape:
                 raise RuntimeError(f"{node}: dealt value has shape {tuple(real.shape)}, protocol said {shape}")
             if owner is None:
                 share0 = self._draw(0, label, shape, None)
                 piece, party = (real ^ share0 if kind == "xor" else real - share0), 1
+                if index in self.exported:
+                    self.kept_client[index] = share0
             else:
                 piece, party = real, owner
             self.stored[party].setdefault(node, []).append(piece)
