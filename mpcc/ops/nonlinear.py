@@ -196,12 +196,14 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     negative and the result garbage. Below 2^low the error grows (3% at
     2^(low-1)). The bracketing LTZs are 48-bit: |x - 2^m| < 2^(47-f).
 
-    Bracket x between quarter octaves 2^(m + q/4) with one batch of LTZs;
-    normalise x' = x 2^-m into [1, 2) and start from the bracket's line
-    (``bracket_lines``: relative error below 2.5e-3), then one Newton step
-    y <- y (2 - x' y) (6.4e-6 before rounding); 1/x = y 2^-m. Absolute error a
-    few 2^-16. Rounds 4 (bracket; x's mask beside it) + 1 (x' and the guess)
-    + 1 (Newton) + 1 = 7.
+    Bracket x between octaves 2^m (quarter octaves 2^(m + q/4) over at most
+    QUARTER_OCTAVES_UP_TO octaves) with one batch of LTZs; normalise
+    x' = x 2^-m into [1, 2) and start from the bracket's line
+    (``bracket_lines``: relative error 1/17 on an octave, 2.5e-3 on a quarter),
+    then Newton y <- y (2 - x' y), twice (once on quarters): 1.2e-5 (6.4e-6)
+    before rounding; 1/x = y 2^-m. Absolute error a few 2^-16. Rounds 4
+    (bracket; x's mask beside it) + 1 (x' and the guess) + 1 per Newton step
+    + 1 = 8 on [1, 4096).
     (Newton-Raphson as in CrypTen, with an initial guess from bracketing
     comparisons instead of an exp; cf. SecFormer's Goldschmidt scaling.)
     """
@@ -209,13 +211,16 @@ async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
     return (await truncate(ctx, product(ctx, y, s), ctx.frac_bits)).share(ctx)
 
 
-async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12, parts: int = SUB_BRACKETS):
+async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12, parts: int | None = None):
     """(y, s) as wires with 1/x = y s, s = 2^-m a power of two and y = 1/(x s) in
     (1/2, 1], both with f fractional bits: a caller that multiplies by 1/x
     multiplies by s (y s with 2f bits keeps the precision a small 1/x would lose).
     x s and the line's slope term are local products of x's mask with the
     bracket's bits (wires). ``parts`` brackets to an octave: 4 saves a Newton
-    step (a round) for 3 times the comparisons (bytes; see ``divide``)."""
+    step (a round) for 4 times the comparisons; by default 4 where the range
+    spans at most QUARTER_OCTAVES_UP_TO octaves (see ``divide``), else 1."""
+    if parts is None:
+        parts = SUB_BRACKETS if high_log2 - low_log2 <= QUARTER_OCTAVES_UP_TO else 1
     f = ctx.frac_bits
     ctx.check_range(x, high_log2 + f)
     lines = bracket_lines(low_log2, high_log2, -1.0, parts)
@@ -256,8 +261,7 @@ async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
     """
     if high_log2 - 1 > ctx.frac_bits:
         raise ValueError(f"divide: 2^{high_log2} is past 2^(f+1); s = 2^-m would not be exact")
-    parts = SUB_BRACKETS if high_log2 - low_log2 <= QUARTER_OCTAVES_UP_TO else 1
-    numerators, (y, s) = await ctx.gather(mask(ctx, numerators), reciprocal_parts(ctx, x, low_log2, high_log2, parts))
+    numerators, (y, s) = await ctx.gather(mask(ctx, numerators), reciprocal_parts(ctx, x, low_log2, high_log2))
     inverse = product(ctx, y, s)   # 2f fractional bits
     return (await truncate(ctx, product(ctx, numerators, inverse), 2 * ctx.frac_bits)).share(ctx)
 
