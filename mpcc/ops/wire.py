@@ -94,28 +94,13 @@ class Wire:
                     self.zero)
 
     def unsqueeze(self, dim: int) -> "Wire":
-        """v with a new axis of size 1 at ``dim`` (negative: counted from the end)."""
-        if dim >= 0:
-            raise ValueError("Wire.unsqueeze takes a negative dim (shapes broadcast from the end)")
-
-        def coef(c):
-            return c.unsqueeze(dim) if isinstance(c, torch.Tensor) and c.dim() >= -dim - 1 else c
-        return Wire(self.public.unsqueeze(dim),
-                    tuple(Part(coef(p.coef), p.handle, p.twos, p.view + (("unsqueeze", dim),)) for p in self.parts),
-                    self.zero)
+        """v with a new axis of size 1 at ``dim``."""
+        return self.relaid(functools.partial(torch.unsqueeze, dim=dim))
 
     def split(self, dim: int = -1) -> tuple["Wire", ...]:
-        """The wire's slices along a (negative) ``dim`` of its public part, for a
-        wire with one part (a B2A's or a mask's): each slice a wire of its own."""
-        if len(self.parts) != 1 or self.parts[0].view:
-            raise ValueError("Wire.split needs a wire with one unviewed part")
-        (part,) = self.parts
-        pieces = []
-        for index in range(self.public.shape[dim]):
-            coef = part.coef.select(dim, index) if isinstance(part.coef, torch.Tensor) else part.coef
-            pieces.append(Wire(self.public.select(dim, index), (Part(coef, part.handle, part.twos,
-                                                                          (("select", dim, index),)),)))
-        return tuple(pieces)
+        """The wire's slices along ``dim``, each a wire of its own."""
+        return tuple(self.relaid(functools.partial(torch.select, dim=dim, index=index))
+                     for index in range(self.shape[dim]))
 
     def relaid(self, layout) -> "Wire":
         """``layout(v)`` for a function that only moves elements (view, permute,
