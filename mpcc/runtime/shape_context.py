@@ -191,6 +191,8 @@ class Replay:
         """Deal ``tape[start:stop]``, all the entries of one node, and publish it."""
         values: dict[int, torch.Tensor] = self.kept   # tape index -> full value: the node's own, and wires'
         read = {ref for entry in tape[start:stop] for how, ref in entry[8] if how == "slot"}  # kept only if read
+        # client shares this node's own derives read (those of exported values are kept anyway)
+        client_read = {ref for entry in tape[start:stop] for how, ref in entry[8] if how == "client share"}
         own = set()
         node = None
         for index in range(start, stop):
@@ -200,7 +202,7 @@ class Replay:
                 if owner is None:
                     a, b = self._draw(0, label, shape, scope), self._draw(1, label, shape, scope)
                     values[index] = a ^ b if kind == "xor" else a + b
-                    if index in self.exported:
+                    if index in self.exported or index in client_read:
                         self.kept_client[index] = a
                 else:
                     values[index] = self._draw(owner, label, shape, scope)
@@ -213,7 +215,7 @@ class Replay:
             if owner is None:
                 share0 = self._draw(0, label, shape, None)
                 piece, party = (real ^ share0 if kind == "xor" else real - share0), 1
-                if index in self.exported:
+                if index in self.exported or index in client_read:
                     self.kept_client[index] = share0
             else:
                 piece, party = real, owner
@@ -224,6 +226,7 @@ class Replay:
                 own.add(index)
         for index in own - set(self.exported):   # the node's own draws: no later node reads them
             del values[index]
+            self.kept_client.pop(index, None)
         if node is not None and self.publish is not None:
             self.publish(node)
 
