@@ -178,6 +178,7 @@ def plant(monkeypatch, protocol: str, how: str, holder: str | None = None):
 
 PLANTED = [("truncate", "drop", None), ("mask", "drop", None), ("ltz_bits", "drop", None), ("exp", "drop", None),
            ("fourier_segments", "drop", None), ("beaver", "drop", None), ("linear_server", "drop", "client"),
+           ("linear_server_wire", "drop", "client"),
            ("gelu_secformer", "drop", None, "secformer")]   # (protocol, how, holder[, the preset it runs in])
 REUSED = [("truncate", "reuse", None), ("linear_server", "reuse", "client")]
 

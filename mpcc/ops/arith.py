@@ -43,7 +43,7 @@ async def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
 
     Steps: the dealer deals r (uniform), [r >> s] and [msb(r)]. Parties open
     c = z + 2^62 + r. Then z >> s = (c >> s) - [r >> s] + (1 - msb(c)) [msb(r)] 2^(64-s)
-    - 2^(62-s), exact up to -1 ulp (the borrow of the low s bits).
+    - 2^(62-s), exact up to +1 ulp (the carry of the low s bits: floor(z / 2^s) or one more).
     Domain: |z| < 2^62 ring units (z + 2^62 must lie in [0, 2^63)). Outside
     it the wrap bit is misread with probability about (|z| - 2^62) / 2^63
     and the result is off by 2^(64-s): no error is raised.
@@ -167,7 +167,9 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
     out_shape = shape_of(fn, torch.empty(x.shape, dtype=torch.int64, device="meta"), like_w)
     fixed = [part for part in x.parts if isinstance(part.coef, int)]
     sent = [part for part in x.parts if not isinstance(part.coef, int)]
-    masks = [ctx.rand(x.shape, holder="client") for _ in sent]
+    masks = []
+    for _ in sent:   # (a loop, not a comprehension: the view tests find draws by their protocol's frame)
+        masks.append(ctx.rand(x.shape, holder="client"))
     mask_b = ctx.rand(weight_shape, holder="server", scope=key)
     views = [part.view for part in fixed]
     coefs = [part.coef for part in fixed]
@@ -180,8 +182,9 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
     c = ctx.derive(dealt, mask_b, *[ClientShare(part.handle) for part in fixed], *masks, shape=out_shape)
     if ctx.party == 0:   # u_j - A_j: the part's share without its power of two, masked
         messages = [(part.coef >> part.twos) * _viewed(part.handle, part.view) - a for part, a in zip(sent, masks)]
-    else:                # what the server joins them with in the views: nothing of its own
-        messages = [torch.zeros(x.shape, dtype=torch.int64, device=x.public.device) for _ in sent]
+    else:                # what the server joins them with (the views): its share of the same, so the
+        # opened value is (c_j / 2^t) R_j - A_j, uniform only while A_j masks it
+        messages = [(part.coef >> part.twos) * _viewed(part.handle, part.view) for part in sent]
     deploy = ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w, sender=1)
     if sent:
         d, received = await ctx.gather(deploy, ctx.transfer(*messages, sender=0,

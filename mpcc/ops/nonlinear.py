@@ -93,7 +93,8 @@ async def exp(ctx, x):
     async def kept():   # keep * V0 and keep * (V1 - V0), local once keep is a wire
         keep = await b2a_wire(ctx, not_bit(ctx, await ltz_bits(ctx, add_public(ctx, shifted, _public(ctx, -0.5, x)),
                                                              fuzz_bits=f - 1)))
-        return product(ctx, keep, dealt(v0)), product(ctx, keep, dealt(v1) - dealt(v0))
+        low = product(ctx, keep, dealt(v0))
+        return low, product(ctx, keep, dealt(v1)) - low   # keep (V1 - V0): two cross terms in all, not three
 
     async def wrapped():
         delta = await ctx.open((shifted + t) & (span - 1), bits=span_bits) & (span - 1)

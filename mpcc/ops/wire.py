@@ -16,9 +16,10 @@ the truncation's opening.)
 
 Elementwise (broadcasting) only: a matmul's cross terms would need the
 dealer to know the public coefficients, which only the run learns.
-Security: a wire adds no message; every cross term is a fresh dealt sharing.
-A wire lives inside one node's protocol (the dealer deals a node's material
-from that node's own draws).
+Security: a wire adds no message; every cross term is a fresh dealt sharing
+(docs/security.md, "Wires"). Ops flagged ``wires=True`` pass wires between
+nodes: the dealer keeps the values of wires a node returns, for later nodes'
+cross terms.
 """
 from __future__ import annotations
 
