@@ -81,7 +81,9 @@ class Wire:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(torch.broadcast_shapes(self.public.shape, *(p.value().shape for p in self.parts)))
+        """The value's shape: the public part's (every construction keeps it full-sized;
+        ``product`` expands it), so no part is computed to learn it."""
+        return tuple(self.public.shape)
 
     def scaled(self, factor: int) -> "Wire":
         """v * factor for a public integer (a power of two keeps the coefficients' twos)."""
