@@ -24,9 +24,8 @@ import torch
 
 from .arith import add_public, linear_server, server_ring
 from .base import define
-from .compare import b2a_wire, ltz_bits, not_bit
-from .nonlinear import (LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, bracket_lines, bracket_thresholds,
-                        bracket_weights, encode_scaled, weighted)
+from .nonlinear import (LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, bracket_lines, bracket_thresholds, encode_scaled,
+                        threshold_bits, times_bracket, weighted)
 from .wire import mask, product, share_of, truncate
 
 __all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "GOLDSCHMIDT_RSQRT_STEPS"]
@@ -46,11 +45,7 @@ async def _bracket(ctx, x, floor: float | None):
     thresholds = [2.0 ** t for t in bracket_thresholds(*LN_BRACKETS_LOG2)] + ([floor] if check else [])
     ring = encode_scaled(ctx, torch.tensor(thresholds, dtype=torch.float64), 2 * f)
     diffs = x.unsqueeze(-1) - ctx.public_share(ring.to(x.device) if not ctx.meta else ring)   # [..., 1, k]
-    bits = not_bit(ctx, await ltz_bits(ctx, diffs, 64))
-    if check:
-        ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
-        bits = bits[..., :-1]
-    return await b2a_wire(ctx, bits.squeeze(-2))
+    return await threshold_bits(ctx, diffs, 64, check)
 
 
 def scale_bits(f: int, n: int) -> int:
@@ -132,20 +127,16 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
                                                 _scaled_by_gamma(ctx, centered, weight))
     # S s^2 in [1, 2) and the bracket's line, 3f fractional bits each (f <= 20: below 2^61)
     lines = bracket_lines(*LN_BRACKETS_LOG2, -0.5)
-    times_bits = product(ctx, total, bits).share(ctx)
-
-    def times(values):   # S times the bracket's value, 2f more bits
-        steps, start = bracket_weights(ctx, values, 2 * f, times_bits.device)
-        return (times_bits * steps).sum(-1, keepdim=True) + total.share(ctx) * start
-    z = times([2.0 ** -octave for octave, _, _ in lines])
-    guess = times([beta * 2.0 ** -octave for octave, _, beta in lines]) + \
-        weighted(ctx, bits.share(ctx), [alpha for _, alpha, _ in lines], 3 * f).unsqueeze(-1)
+    times = times_bracket(ctx, total, bits)   # S times the bracket's value, 2f more bits
+    z = times([2.0 ** -octave for octave, _, _ in lines], 2 * f)
+    guess = times([beta * 2.0 ** -octave for octave, _, beta in lines], 2 * f) + \
+        weighted(ctx, bits.share(ctx), [alpha for _, alpha, _ in lines], 3 * f)
     s_n_bits = scale_bits(f, n)
 
     async def scaled():   # (x - mean) gamma s sqrt(n), about the normalised value times gamma, beside the solve
         s_n = weighted(ctx, bits.share(ctx), [math.sqrt(n) * 2.0 ** (-octave / 2) for octave, _, _ in lines],
                        s_n_bits)
-        return await truncate(ctx, product(ctx, times_gamma, await mask(ctx, s_n.unsqueeze(-1))), s_n_bits)
+        return await truncate(ctx, product(ctx, times_gamma, await mask(ctx, s_n)), s_n_bits)
     normalised, y = await ctx.gather(scaled(), solve(ctx, z, guess))
     y = await mask(ctx, y)   # a wire already from Newton; Goldschmidt's share is masked
     out = product(ctx, normalised, y).share(ctx)   # 2f bits: the server's beta joins before the truncation

@@ -120,8 +120,15 @@ async def _bracket_bits(ctx, x, thresholds_log2: list[int], step: int, floor_log
     floor = ctx.overflow_flags is not None and floor_log2 is not None   # the check: one more column, no round
     tested = list(thresholds_log2) + ([floor_log2] if floor else [])
     diffs = torch.stack([add_public(ctx, x, _public(ctx, -(2.0 ** (step * m)), x)) for m in tested], -1)
-    bits = not_bit(ctx, await ltz_bits(ctx, diffs, WIDE_CMP_BITS))
-    if floor:   # x below the domain's floor 2^(step * floor_log2): flagged
+    return await threshold_bits(ctx, diffs, WIDE_CMP_BITS, floor)
+
+
+async def threshold_bits(ctx, diffs, cmp_bits: int, floor_column: bool):
+    """[diff >= 0] per column as a wire, by one batch of LTZs and one B2A. With
+    ``floor_column`` the last column tests the domain's floor: the elements
+    below it are flagged (the overflow check) and the column dropped."""
+    bits = not_bit(ctx, await ltz_bits(ctx, diffs, cmp_bits))
+    if floor_column:
         ctx.flag(not_bit(ctx, bits[..., -1].contiguous()))
         bits = bits[..., :-1]
     return await b2a_wire(ctx, bits)
@@ -169,11 +176,18 @@ def weighted(ctx, bits_share, values: list[float], frac: int):
     return total + start if ctx.party == 0 else total
 
 
-def _scale_steps(ctx, thresholds_log2: list[int], frac: int, device):
-    """s = 2^(-m) on the bracket 2^(step*m) <= x < 2^(step*(m+1)) as a start plus one
-    step per bit, encoded with ``frac`` bits (exact powers of two)."""
-    return bracket_weights(ctx, [2.0 ** (1 - thresholds_log2[0])] + [2.0 ** -m for m in thresholds_log2], frac,
-                           device)
+def times_bracket(ctx, value, bits):
+    """``times(values, frac)``: a share of value times the bracket's value (with
+    ``frac`` more bits), for a wire ``value`` and the bracket's bits (a wire with
+    one more axis, last): the product of value with the bits is one wire
+    product (local), made once and weighted for each function of the bracket."""
+    times_bits = product(ctx, value.unsqueeze(-1), bits).share(ctx)
+    value_share = value.share(ctx)
+
+    def times(values: list[float], frac: int):
+        steps, start = bracket_weights(ctx, values, frac, times_bits.device)
+        return (times_bits * steps).sum(-1) + value_share * start
+    return times
 
 
 async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
@@ -184,9 +198,8 @@ async def _bracket_scale(ctx, x, thresholds_log2: list[int], step: int, floor_lo
     (rounds 4 with the b2a); the weighted sum of bits is local (exact powers of two).
     """
     bits = await _bracket_bits(ctx, x, thresholds_log2, step, floor_log2)
-    steps, start = _scale_steps(ctx, thresholds_log2, ctx.frac_bits, bits.public.device)
-    scale = (bits.share(ctx) * steps).sum(-1)
-    return scale + start if ctx.party == 0 else scale
+    scales = [2.0 ** (1 - thresholds_log2[0])] + [2.0 ** -m for m in thresholds_log2]
+    return weighted(ctx, bits.share(ctx), scales, ctx.frac_bits)
 
 
 async def reciprocal(ctx, x, low_log2: int = 0, high_log2: int = 12):
@@ -227,12 +240,7 @@ async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12, parts
     lines = bracket_lines(low_log2, high_log2, -1.0, parts)
     x_wire, bits = await ctx.gather(mask(ctx, x), _bracket_bits(ctx, x, bracket_thresholds(low_log2, high_log2,
                                                                                              parts), 1, low_log2))
-    times_bits = product(ctx, x_wire.unsqueeze(-1), bits).share(ctx)
-    x_share = x_wire.share(ctx)
-
-    def times(values, frac):   # x times the bracket's value, ``frac`` more bits
-        steps, start = bracket_weights(ctx, values, frac, times_bits.device)
-        return (times_bits * steps).sum(-1) + x_share * start
+    times = times_bracket(ctx, x_wire, bits)
     scales = [2.0 ** -octave for octave, _, _ in lines]
     z = times(scales, f)                                                       # x' with 2f bits
     slope = times([beta * scale for (_, _, beta), scale in zip(lines, scales)], 2 * f)   # 3f bits
