@@ -16,7 +16,8 @@ from __future__ import annotations
 import torch
 
 from .base import define
-from .wire import RING_SHIFT_LIMIT, ClientShare, Wire, _viewed, share_of, truncate  # noqa: F401  (RING_SHIFT_LIMIT: re-exported)
+# RING_SHIFT_LIMIT: re-exported (ranges, interpreter)
+from .wire import RING_SHIFT_LIMIT, ClientShare, Wire, _viewed, share_of, truncate  # noqa: F401
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "add_public", "mul_public", "reveal"]
 
@@ -138,14 +139,27 @@ async def linear_server(ctx, x, weight, weight_shape, key: str, fn):
     mask_a = ctx.rand(x.shape, holder="client")
     mask_b = ctx.rand(weight_shape, holder="server", scope=key)
     c = ctx.derive(fn, mask_a, mask_b, shape=out_shape)
-    # W - B in B's memory: the server drops B once D is sent (a BERT-base's worth of weights is 880 MB)
     # the once-per-deployment D travels in the same step as the per-inference e
-    d, received = await ctx.gather(ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w,
-                                                  sender=1),
+    d, received = await ctx.gather(_weight_minus_mask(ctx, key, weight, mask_b, like_w),
                                    ctx.transfer(x - mask_a if ctx.party == 0 else x, sender=0))
     if ctx.party == 0:
         return fn(mask_a, d) + c
     return fn(received[0] + x, weight) + c
+
+
+def _weight_minus_mask(ctx, key, weight, mask_b, like_w):
+    """D = W - B, sent by the server once per deployment (awaitable). Made in B's memory:
+    the server drops B once D is sent (a BERT-base's worth of weights is 880 MB)."""
+    return ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w, sender=1)
+
+
+def _client_part(shape, device, coefs, views, handles, shifts, masks):
+    """What stands for the client's share of a wire in ``linear_server_wire``:
+    sum c_j R_j0 over its integer parts plus sum 2^t A_j for its sent parts. The
+    client computes it from its shares, the dealer from the values it made."""
+    left = torch.zeros(shape, dtype=torch.int64, device=device)
+    left = left + sum(c * _viewed(h, v) for c, h, v in zip(coefs, handles, views))
+    return left + sum(k * a for k, a in zip(shifts, masks))
 
 
 async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
@@ -175,32 +189,29 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
     coefs = [part.coef for part in fixed]
     shifts = [1 << part.twos for part in sent]
 
-    def dealt(b, *handles):   # fn(sum c_j R_j0 + sum 2^t A_j, B): one product
-        left = sum(c * _viewed(h, v) for c, h, v in zip(coefs, handles, views))
-        left = left + sum(k * a for k, a in zip(shifts, handles[len(coefs):]))
-        return fn(torch.zeros(x.shape, dtype=torch.int64, device=b.device) + left, b)
-    c = ctx.derive(dealt, mask_b, *[ClientShare(part.handle) for part in fixed], *masks, shape=out_shape)
-    if ctx.party == 0:   # u_j - A_j: the part's share without its power of two, masked
-        messages = [(part.coef >> part.twos) * _viewed(part.handle, part.view) - a for part, a in zip(sent, masks)]
-    else:                # what the server joins them with (the views): its share of the same, so the
-        # opened value is (c_j / 2^t) R_j - A_j, uniform only while A_j masks it
-        messages = [(part.coef >> part.twos) * _viewed(part.handle, part.view) for part in sent]
-    deploy = ctx.deployment(key, lambda: torch.sub(weight, mask_b, out=mask_b), like_w, sender=1)
+    def dealer_product(b, *handles):   # fn(sum c_j R_j0 + sum 2^t A_j, B): one product
+        return fn(_client_part(x.shape, b.device, coefs, views, handles, shifts, handles[len(coefs):]), b)
+    c = ctx.derive(dealer_product, mask_b, *[ClientShare(part.handle) for part in fixed], *masks, shape=out_shape)
+    # u_j: the part's share without its power of two. The client sends u_j - A_j; the server joins the
+    # message with its own u_j in the views, so the opened value is (c_j / 2^t) R_j - A_j, uniform only
+    # while A_j masks it
+    unshifted = [(part.coef >> part.twos) * _viewed(part.handle, part.view) for part in sent]
+    messages = [u - a for u, a in zip(unshifted, masks)] if ctx.party == 0 else unshifted
+    deploy = _weight_minus_mask(ctx, key, weight, mask_b, like_w)
     if sent:
         d, received = await ctx.gather(deploy, ctx.transfer(*messages, sender=0,
                                                             bits=[64 - part.twos for part in sent]))
     else:
         d, received = await deploy, ()
-    zeros = torch.zeros(x.shape, dtype=torch.int64, device=x.public.device)
     if ctx.party == 0:
-        left = zeros + sum(c_j * _viewed(p.handle, p.view) for c_j, p in zip(coefs, fixed))
-        return fn(left + sum(k * a for k, a in zip(shifts, masks)), d) + c
-    left = zeros + x.public + x.share(ctx)   # P + the server's share of every part
+        return fn(_client_part(x.shape, x.device, coefs, views, [p.handle for p in fixed], shifts, masks), d) + c
+    left = x.public + x.share(ctx)   # P + the server's share of every part
     return fn(left + sum(k * e for k, e in zip(shifts, received or ())), weight) + c
 
 
 def _wire_is_cheaper(x) -> bool:
-    """Whether ``linear_server_wire`` sends fewer bits than one 64-bit share per element."""
+    """Whether ``linear_server_wire`` sends at most half the bits of one 64-bit share per
+    element (a truncation's wire: 16; a sum of two: 32)."""
     return isinstance(x, Wire) and sum(64 - p.twos for p in x.parts if not isinstance(p.coef, int)) <= 32
 
 

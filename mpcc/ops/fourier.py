@@ -10,7 +10,7 @@ import torch
 
 from .arith import add_public, encode
 from .compare import b2a_wire, ltz_bits
-from .wire import mask, product, share_of, truncate
+from .wire import mask, product, public_wire, share_of, truncate
 
 __all__ = ["fourier_segments", "gelu", "tanh", "GELU_FIT_ERROR", "TANH_FIT_ERROR", "FOURIER_HALF_RANGE",
            "SEGMENT_FUZZ"]
@@ -119,7 +119,7 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
     mid = (await truncate(ctx, acc, f)).plus(_public(ctx, constant, x))
 
     def segment(value):
-        return x_wire if value == "x" else mid.scaled(0).plus(_public(ctx, value, x))
+        return x_wire if value == "x" else public_wire(_public(ctx, value, x))
     below, above = outside.split(-1)
     return (mid + product(ctx, below, segment(low) - mid) + product(ctx, above, segment(high) - mid)).share(ctx)
 

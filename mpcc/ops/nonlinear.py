@@ -63,12 +63,14 @@ async def exp(ctx, x):
     delta = x + 15 + t mod 16 (20 bits each way; perfectly hiding); the wrap
     bit w = [delta < t] comes from ``lt_public`` (its leaf dealt from t).
     Beside them, keep = [x + 15 >= 1/2] by a fuzzy 16-bit comparison (it may
-    also drop x + 15 in (0, 1), where e^x < 1e-6) selects keep V0 and
-    keep (V1 - V0); one more select by w gives keep V, and e^x = e^delta
-    keep V, a public factor times a share, with one truncation. Where keep is
-    0 the unclipped opening's garbage is zeroed. Rounds 5; about 41 bytes per
-    element each way (the (1 + x/2^8)^(2^8) limit form costs ~136). Randomness: t (seeded), t's XOR sharing and V0,
-    V1 (stored). (mpcc's construction: SecFormer's masked-opening idea applied
+    also drop x + 15 in (0, 1), where e^x < 1e-6). Both bits become wires by
+    B2A, so keep V0 + w keep (V1 - V0) = keep V is a local product of wires
+    with the dealt V0, V1 (cross terms dealt), and e^x = e^delta keep V, a
+    public factor times a share, with one truncation. Where keep is 0 the
+    unclipped opening's garbage is zeroed. Rounds 5; about 17 bytes per
+    element each way (the (1 + x/2^8)^(2^8) limit form costs ~119).
+    Randomness: t (seeded), t's XOR sharing, V0, V1 and the cross terms
+    (stored). (mpcc's construction: SecFormer's masked-opening idea applied
     to the exponent, with the wrap bit recovered by a public-vs-shared compare.)
     """
     f = ctx.frac_bits

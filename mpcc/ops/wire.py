@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Wire", "Part", "ClientShare", "mask", "product", "truncate", "dealt", "share_of", "MAX_CROSS_TERMS"]
+__all__ = ["Wire", "Part", "ClientShare", "mask", "product", "truncate", "public_wire", "dealt", "share_of",
+           "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
 MAX_CROSS_TERMS = 16   # a product with more cross terms than this is a bug in the caller, not a plan
@@ -162,6 +163,11 @@ def _merge(parts) -> tuple[Part, ...]:
     return tuple(merged.values())
 
 
+def public_wire(public: torch.Tensor) -> Wire:
+    """A public ring value as a wire: no dealt part."""
+    return Wire(public, ())
+
+
 def dealt(handle: torch.Tensor) -> Wire:
     """A value the dealer made (a ``rand``/``derive`` result) as a wire: public part 0."""
     return Wire(torch.zeros_like(handle), (Part(1, handle, 0),), zero=True)
@@ -206,9 +212,9 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
             dealt_shape = tuple(torch.broadcast_shapes(_viewed(left.handle, left.view).shape,
                                                        _viewed(right.handle, right.view).shape))
             # the views bound now: the dealer calls the function later, after this loop has moved on
-            dealt = ctx.derive(functools.partial(_viewed_product, left.view, right.view),
-                               left.handle, right.handle, shape=dealt_shape)
-            cross[key] = Part(coef, dealt, twos)
+            term = ctx.derive(functools.partial(_viewed_product, left.view, right.view),
+                              left.handle, right.handle, shape=dealt_shape)
+            cross[key] = Part(coef, term, twos)
     public = x.public * y.public
     if tuple(public.shape) != shape:
         public = public.expand(shape)

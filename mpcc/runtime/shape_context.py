@@ -224,7 +224,7 @@ class Replay:
             if index in read or index in self.exported:
                 values[index] = real
                 own.add(index)
-        for index in own - set(self.exported):   # the node's own draws: no later node reads them
+        for index in own - self.exported:   # the node's own draws: no later node reads them
             del values[index]
             self.kept_client.pop(index, None)
         if node is not None and self.publish is not None:
