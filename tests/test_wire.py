@@ -228,6 +228,18 @@ def test_square_of_a_truncation(shape, shift, data):
     assert run.rounds == (1, 1)
 
 
+def run_product_of_truncations(z1, z2, s1, s2):
+    """The product of z1 and z2 truncated by s1 and s2 (wires): its counts checked, its
+    result one of the truncations' candidate products."""
+    async def protocol(ctx, a, b):
+        t1, t2 = await ctx.gather(truncate(ctx, a, s1), truncate(ctx, b, s2))
+        return product(ctx, t1, t2)
+    run = run_protocol(protocol, z1, z2, integer=True)
+    check_counts(run)
+    assert_one_of(run.result, products_of(truncation_candidates(z1, s1), truncation_candidates(z2, s2)))
+    return run
+
+
 @given(broadcast_pairs(), SHIFTS, SHIFTS, st.data())
 def test_product_of_two_truncations_near_the_twos_boundary(pair, s1, s2, data):
     """The cross term msb(r1) msb(r2) has coefficient 2^(64-s1) 2^(64-s2) times 0/1: a multiple
@@ -235,13 +247,7 @@ def test_product_of_two_truncations_near_the_twos_boundary(pair, s1, s2, data):
     sx, sy = pair
     z1 = data.draw(ring_tensors(sx, TRUNC_LOW, TRUNC_HIGH))
     z2 = data.draw(ring_tensors(sy, TRUNC_LOW, TRUNC_HIGH))
-
-    async def protocol(ctx, a, b):
-        t1, t2 = await ctx.gather(truncate(ctx, a, s1), truncate(ctx, b, s2))
-        return product(ctx, t1, t2)
-    run = run_protocol(protocol, z1, z2, integer=True)
-    check_counts(run)
-    assert_one_of(run.result, products_of(truncation_candidates(z1, s1), truncation_candidates(z2, s2)))
+    run = run_product_of_truncations(z1, z2, s1, s2)
     cross = 3 + (s1 + s2 > 64)
     assert run.dealt_bytes == (0, 16 * max(z1.numel(), 1) + 16 * max(z2.numel(), 1) + 8 * cross * numel(sx, sy))
 
@@ -252,13 +258,7 @@ def test_wrap_cross_term_at_the_twos_boundary(s1, s2):
     skipped one power of two too early (or kept too late) shows."""
     g = torch.Generator().manual_seed(s1 * 100 + s2)
     z1, z2 = (torch.randint(TRUNC_LOW, TRUNC_HIGH, (512,), generator=g) for _ in range(2))
-
-    async def protocol(ctx, a, b):
-        t1, t2 = await ctx.gather(truncate(ctx, a, s1), truncate(ctx, b, s2))
-        return product(ctx, t1, t2)
-    run = run_protocol(protocol, z1, z2, integer=True)
-    check_counts(run)
-    assert_one_of(run.result, products_of(truncation_candidates(z1, s1), truncation_candidates(z2, s2)))
+    run = run_product_of_truncations(z1, z2, s1, s2)
     assert run.dealt_bytes == (0, 8 * 512 * (2 + 2 + 3 + (s1 + s2 > 64))), "msb(r1) msb(r2) dealt iff s1 + s2 > 64"
 
 
