@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from .interpreter import weight_limit
 from .ir import Graph, Node, TensorType
 from .ops import get_op
-from .ops.arith import RING_SHIFT_LIMIT, _linear_reference
+from .ops.arith import DEFERRED_ACTIVATIONS, RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
 from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
@@ -148,8 +148,13 @@ def _product(what, fn):
 
 
 def _linear(node, types, f):
-    probe = lambda a, out: _linear_reference(a["input"], a["weight"], None, a["transpose"])  # noqa: E731
-    return [Check(_symmetric(product_bound(f), "x @ W^T" if node.attrs.get("transpose") else "x @ W",
+    """x @ W^T before its truncation; with an absorbed activation, act(x) @ W^T, whose
+    share carries the activation's extra bits (``DEFERRED_ACTIVATIONS``)."""
+    activation = node.attrs.get("activation")
+    extra = 0 if activation is None else DEFERRED_ACTIVATIONS[activation].extra_bits(f)
+    probe = lambda a, out: _linear_reference(a["input"], a["weight"], None, a["transpose"], activation)  # noqa: E731
+    what = "x @ W^T" if node.attrs.get("transpose") else "x @ W"
+    return [Check(_symmetric(product_bound(f) / 2.0 ** extra, what if activation is None else f"{activation}(x) {what[2:]}",
                              "the truncation range"), probe)]
 
 

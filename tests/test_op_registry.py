@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from mpcc.ir import Graph, Node, TensorType, kind_of_dtype
 from mpcc.ops import REGISTRY, arith, compare, nonlinear as nl
 from mpcc.ops.substitutes import ERF_EDGE
+from mpcc.ops.wire import share_of
 from mpcc.plan import Plan
 from mpcc.runtime import RunError, Session
 from mpcc.verify import lint
@@ -685,7 +686,7 @@ def _mul_public_untruncated(ctx, x, v, truncate=True):
 
 
 PLANTED = {   # defect -> (op whose test must fail, the protocol that replaces the right one, what the failure says)
-    "sub_adds": ("mpc.sub", lambda ctx, x, y: x + y, "differs"),
+    "sub_adds": ("mpc.sub", lambda ctx, x, y: share_of(ctx, x) + share_of(ctx, y), "differs"),   # x, y: wires too
     "where_public_ignores_condition": ("mpc.where_public", lambda ctx, c, x, y: x + 0 * y, "differs"),
     "masked_fill_ignores_mask": ("mpc.masked_fill_public", lambda ctx, x, mask, value: x, "differs"),
     "amax_drops_keepdim": ("mpc.amax", lambda ctx, x, dim, keepdim=False:

@@ -33,8 +33,9 @@ def model(tiny_bert):
     return tiny_bert
 
 
-def _session(model, record=True, approx="exact"):
-    plan = mpcc.compile(model, {"input_ids": token_ids(SEQ, 120)}, approx=approx)   # a fresh plan: no tape yet
+def _session(model, record=True, approx="exact", example=None):
+    example = {"input_ids": token_ids(SEQ, 120)} if example is None else example
+    plan = mpcc.compile(model, example, approx=approx)   # a fresh plan: no tape yet
     session = Session(plan, model.state_dict(), progress=False, timeout=30)
     session.record_views = record
     return plan, session
@@ -115,13 +116,15 @@ def _different(counts_a, counts_b) -> list[str]:
     return problems
 
 
-def opened_values_leak(model, party, approx="exact") -> list[str]:
-    """Run two secrets (two sessions); every reconstructed opening must be uniform and alike."""
+def opened_values_leak(model, party, approx="exact", secrets=None) -> list[str]:
+    """Run two secrets (two sessions); every reconstructed opening must be uniform and alike.
+    ``secrets``: the two input dicts (default: token ids, and all zeros)."""
+    if secrets is None:
+        secrets = ({"input_ids": token_ids(SEQ, 120, 1)}, {"input_ids": torch.zeros(1, SEQ, dtype=torch.int64)})
     counts = []
-    for seed in (1, 2):
-        plan, session = _session(model, approx=approx)
-        ids = token_ids(SEQ, 120, seed) if seed == 1 else torch.zeros(1, SEQ, dtype=torch.int64)
-        openings, _ = _openings(session, {"input_ids": ids}, party)
+    for inputs in secrets:
+        plan, session = _session(model, approx=approx, example=secrets[0])
+        openings, _ = _openings(session, inputs, party)
         ops = {n.name: n.op for n in plan.graph.nodes}
         counts.append(_bit_counts(_pooled(openings, ops, lambda o: o.reconstructed())))
     return _non_uniform(counts[0]) + _non_uniform(counts[1]) + _different(*counts)
@@ -177,10 +180,10 @@ def plant(monkeypatch, protocol: str, how: str, holder: str | None = None):
 
 
 PLANTED = [("truncate", "drop", None), ("mask", "drop", None), ("ltz_bits", "drop", None), ("exp", "drop", None),
-           ("fourier_segments", "drop", None), ("beaver", "drop", None), ("linear_server", "drop", "client"),
+           ("fourier_segments", "drop", None), ("narrowed", "drop", None), ("linear_server", "drop", "client"),
            ("linear_server_wire", "drop", "client"),
            ("gelu_secformer", "drop", None, "secformer")]   # (protocol, how, holder[, the preset it runs in])
-REUSED = [("truncate", "reuse", None), ("linear_server", "reuse", "client")]
+REUSED = [("truncate", "reuse", None), ("narrowed", "reuse", None), ("linear_server", "reuse", "client")]
 
 
 @pytest.mark.parametrize("party", [0, 1])
@@ -198,6 +201,33 @@ def test_the_presets_substitutes_open_only_masked_values(model, approx):
     for party in (0, 1):
         assert opened_values_leak(model, party, approx) == []
         assert cross_inference_leak(model, party, approx) == []
+
+
+@pytest.fixture(scope="module")
+def eager_layer():
+    """A BERT layer on the client's hidden states (real inputs): eager attention, fused into
+    sdpa; the input masked once (``mask_client_inputs``)."""
+    from mpcc.bench import bert_layer
+    return bert_layer(hidden=32, heads=4, ffn=64)
+
+
+def layer_secrets():
+    hidden = torch.randn(1, SEQ, 32, generator=torch.Generator().manual_seed(5))
+    return {"hidden_states": hidden}, {"hidden_states": torch.full_like(hidden, 0.5)}
+
+
+@pytest.mark.parametrize("approx", ["exact", "mpcformer"])
+def test_a_layer_on_real_client_inputs_opens_only_masked_values(eager_layer, approx):
+    plan, _ = _session(eager_layer, approx=approx, example=layer_secrets()[0])
+    ops = {n.op for n in plan.graph.nodes}
+    assert "mpc.sdpa" in ops and any(n.attrs.get("masked") for n in plan.graph.nodes if n.op == "mpc.share")
+    for party in (0, 1):
+        assert opened_values_leak(eager_layer, party, approx, layer_secrets()) == []
+
+
+def test_a_dropped_client_input_mask_is_seen(eager_layer, monkeypatch):
+    plant(monkeypatch, "client_input", "drop", "client")
+    assert opened_values_leak(eager_layer, 1, "exact", layer_secrets()) != []
 
 
 @pytest.mark.parametrize("planted", PLANTED, ids=[p[0] for p in PLANTED])

@@ -22,7 +22,7 @@ from hypothesis import given, strategies as st
 
 from mpcc.ops import arith
 from mpcc.ops.compare import b2a_wire
-from mpcc.ops.wire import MAX_CROSS_TERMS, dealt, mask, product, truncate
+from mpcc.ops.wire import MAX_CROSS_TERMS, bilinear, client_input, dealt, mask, narrowed, product, truncate
 from mpcc.runtime.harness import run_protocol
 
 F = 16                        # the harness's default fractional bits
@@ -753,3 +753,89 @@ def test_int_coefficients_past_64_bits():
     run = run_protocol(protocol, x, integer=True)
     expected = [(v * v * (3 << 31) * -(3 << 31) + 2**63) % 2**64 - 2**63 for v in x.tolist()]
     assert run.result.tolist() == expected
+
+
+# ----------------------------------------------------------------------------- narrowed openings, bilinear, client input
+@given(shapes(1), st.sampled_from([1, F, 2 * F, 40, 48]), st.data())
+def test_narrowed_keeps_the_value_and_opens_only_the_wrap_terms(shape, shift, data):
+    """A truncation's wire narrowed: the same value, every coefficient an integer, and the one
+    opening is the wrap term's 64 - (64 - s) = s bits each way."""
+    z = data.draw(ring_tensors(shape, TRUNC_LOW, TRUNC_HIGH))
+
+    async def protocol(ctx, a):
+        narrow = await narrowed(ctx, await truncate(ctx, a, shift))
+        assert all(isinstance(part.coef, int) for part in narrow.parts)
+        return narrow
+    run = run_protocol(protocol, z, integer=True)
+    check_counts(run)
+    assert_truncated(run.result, z, shift)
+    n = math.prod(shape)
+    assert run.rounds == (2, 2)
+    assert run.bytes_sent[0] == 8 * n + math.ceil(n * shift / 8)
+
+
+@given(st.integers(1, 4), st.integers(1, 4), st.integers(1, 4), st.data())
+def test_bilinear_of_two_truncations_is_their_matmul(n, k, m, data):
+    """x @ y from two truncations' wires (Beaver with the wires' masks), exact against the matmul
+    of the truncated values (multiples of 2^f: exact truncations), 16 bits an element each way
+    for the operands' openings."""
+    v1 = data.draw(ring_tensors((n, k), -2**40, 2**40))
+    v2 = data.draw(ring_tensors((k, m), -2**40, 2**40))
+
+    async def protocol(ctx, a, b):
+        x, y = await ctx.gather(truncate(ctx, a, F), truncate(ctx, b, F))
+        return await bilinear(ctx, x, y, torch.matmul)
+    run = run_protocol(protocol, v1 << F, v2 << F, integer=True)
+    check_counts(run)
+    assert torch.equal(run.result, torch.matmul(v1, v2))
+    assert run.rounds == (2, 2) and run.bytes_sent[0] == 8 * (n * k + k * m) + 2 * (n * k + k * m)
+
+
+def test_bilinear_is_exact_on_masked_shares():
+    """Shares masked whole (``mask``): the product is exact mod 2^64, like Beaver's."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(LOW, HIGH, (3, 5), generator=g)
+    y = torch.randint(LOW, HIGH, (5, 2), generator=g)
+    run = run_protocol(lambda ctx, a, b: bilinear(ctx, a, b, torch.matmul), x, y, integer=True)
+    check_counts(run)
+    assert torch.equal(run.result, torch.matmul(x, y))
+    assert run.rounds == (1, 1) and run.bytes_sent == (8 * 25, 8 * 25)
+
+
+def held_by_client(ctx, x):
+    """x for the client, None for the server, its shape for the dealer's and the cost model's runs."""
+    if ctx.meta:
+        return torch.empty(tuple(x.shape), dtype=torch.int64, device="meta")
+    return x if ctx.party == 0 else None
+
+
+@given(shapes(1), st.data())
+def test_client_input_is_the_value_and_sends_one_way(shape, data):
+    """The client's value as a wire: the server gets one message, 8 bytes an element, and a
+    product of the wire with itself needs none."""
+    x = data.draw(ring_tensors(shape))
+
+    async def protocol(ctx, a):   # (a: the harness's share, unused: the client holds x whole)
+        wire = await client_input(ctx, held_by_client(ctx, x), tuple(a.shape))
+        return product(ctx, wire, wire)
+    run = run_protocol(protocol, x, integer=True)
+    check_counts(run)
+    assert torch.equal(run.result, x * x)
+    assert run.rounds == (1, 1) and run.bytes_sent == (8 * math.prod(shape), 0)
+
+
+def test_client_input_opens_a_uniform_value():
+    """What the server reconstructs (the message; its own share is 0) is uniform for a constant
+    input; with the client's mask dropped it is the input itself."""
+    x = torch.full((N_VIEW,), 5 << F, dtype=torch.int64)
+    def server_sees(run):
+        (message, bits), = run.received[1]
+        assert run.received[0] == [] and bits is None
+        return non_uniform(message, 64)
+    assert not server_sees(run_protocol(lambda ctx, a: client_input(ctx, held_by_client(ctx, x), tuple(a.shape)),
+                                        x, integer=True, record=True))
+
+    async def dropped(ctx, a):
+        await ctx.transfer(x if ctx.party == 0 else torch.zeros_like(x), sender=0)
+        return a
+    assert server_sees(run_protocol(dropped, x, integer=True, record=True))

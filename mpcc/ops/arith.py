@@ -13,13 +13,19 @@ domains as a table and checks models against it.
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 
 from .base import define
 # RING_SHIFT_LIMIT: re-exported (ranges, interpreter)
-from .wire import RING_SHIFT_LIMIT, ClientShare, Wire, _viewed, share_of, truncate  # noqa: F401
+from .wire import (RING_SHIFT_LIMIT, ClientShare, Wire, _viewed, bilinear, client_input, part_shape,  # noqa: F401
+                   share_of, truncate)
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
-           "add_public", "mul_public", "reveal"]
+           "server_product",
+           "add_public", "mul_public", "reveal", "DeferredActivation", "DEFERRED_ACTIVATIONS"]
 
 
 
@@ -182,8 +188,8 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
     fixed = [part for part in x.parts if isinstance(part.coef, int)]
     sent = [part for part in x.parts if not isinstance(part.coef, int)]
     masks = []
-    for _ in sent:   # (a loop, not a comprehension: the view tests find draws by their protocol's frame)
-        masks.append(ctx.rand(x.shape, holder="client"))
+    for part in sent:   # (a loop, not a comprehension: the view tests find draws by their protocol's frame)
+        masks.append(ctx.rand(part_shape(part), holder="client"))
     mask_b = ctx.rand(weight_shape, holder="server", scope=key)
     views = [part.view for part in fixed]
     coefs = [part.coef for part in fixed]
@@ -210,9 +216,20 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
 
 
 def _wire_is_cheaper(x) -> bool:
-    """Whether ``linear_server_wire`` sends at most half the bits of one 64-bit share per
-    element (a truncation's wire: 16; a sum of two: 32)."""
-    return isinstance(x, Wire) and sum(64 - p.twos for p in x.parts if not isinstance(p.coef, int)) <= 32
+    """Whether ``linear_server_wire`` sends fewer bits than one 64-bit share (a truncation's
+    wire: 16 an element; a sum of two, less a row's mean: 32 and a few)."""
+    if not isinstance(x, Wire):
+        return False
+    sent = sum((64 - p.twos) * math.prod(part_shape(p)) for p in x.parts if not isinstance(p.coef, int))
+    return sent < 64 * math.prod(x.shape)
+
+
+async def server_product(ctx, x, weight, weight_shape, key: str, fn):
+    """fn(x, W) for the server's W, untruncated: ``linear_server_wire`` for a wire where it
+    sends fewer bits, else ``linear_server`` on x's share."""
+    if _wire_is_cheaper(x):
+        return await linear_server_wire(ctx, x, weight, weight_shape, key, fn)
+    return await linear_server(ctx, share_of(ctx, x), weight, weight_shape, key, fn)
 
 
 def add_public(ctx, x, ring_value):
@@ -241,13 +258,18 @@ def _mpc(name, params, reference, doc, protocol, wires: bool = False):
     return define(name, params, reference, doc, "mpc", protocol=protocol, wires=wires)
 
 
-def _proto_share(ctx, x):
+def _proto_share(ctx, x, masked=False):
+    """Trivial shares of a public or one party's value (the holder's share is the value);
+    ``masked`` (a client's value, ``mask_client_inputs``): a wire (``client_input``),
+    one 8-byte message an element, after which the linears and products that read
+    it send nothing of their own."""
     owner = ctx.operand_types["self"].vis
     kind = ctx.operand_types["self"].kind
     holder = {"public": 0, "client": 0, "server": 1}[owner]
-    if ctx.party == holder:
-        return encode(ctx, x, kind, ctx.operand_names["self"])
-    return torch.zeros(ctx.out_type.shape, dtype=torch.int64, device=ctx.device)
+    value = encode(ctx, x, kind, ctx.operand_names["self"]) if ctx.party == holder else None
+    if masked:
+        return client_input(ctx, value, ctx.out_type.shape)
+    return value if value is not None else torch.zeros(ctx.out_type.shape, dtype=torch.int64, device=ctx.device)
 
 
 def server_ring(ctx, param: str, value, transpose: bool = False):
@@ -262,23 +284,39 @@ def server_ring(ctx, param: str, value, transpose: bool = False):
     return ctx.encode_static(name, value, make, "^T" if transpose else "")
 
 
-async def _proto_linear(ctx, x, weight, bias, transpose):
+@dataclass(frozen=True)
+class DeferredActivation:
+    """An activation that a linear after it absorbs (``fuse_activation_linear``): its
+    protocol returns (share, extra), the share carrying f + extra fractional bits
+    (no truncation of its own); the linear's one truncation drops them too."""
+    reference: Callable
+    protocol: Callable   # async (ctx, x) -> (share, extra bits)
+    extra_bits: Callable   # f -> extra fractional bits (for the range rule)
+
+
+DEFERRED_ACTIVATIONS: dict[str, DeferredActivation] = {}   # filled by the modules that define them
+
+
+async def _proto_linear(ctx, x, weight, bias, transpose, activation=None):
     """x @ W^T (+ b), as a wire: the server adds b with 2f bits before the
     truncation (a wire has no room for a term only the server knows). The
     server keeps W^T contiguous (a transposed view makes the int64 matmuls of
-    the client, server and dealer ~40% slower)."""
+    the client, server and dealer ~40% slower). With an ``activation``,
+    act(x) @ W^T + b: the activation's untruncated share goes into the linear
+    (one 64-bit message, as for any share) and one truncation drops both
+    scales: the activation's truncation round and its 16 bytes an element go."""
     shape = ctx.operand_types["weight"].shape
     if transpose:
         shape = shape[:-2] + (shape[-1], shape[-2])
     w_ring = server_ring(ctx, "weight", weight, transpose)
     key = ctx.operand_names["weight"] + ("^T" if transpose else "")
-    if _wire_is_cheaper(x):
-        z = await linear_server_wire(ctx, x, w_ring, shape, key, ctx.backend.matmul)
-    else:
-        z = await linear_server(ctx, share_of(ctx, x), w_ring, shape, key, ctx.backend.matmul)
+    extra = 0
+    if activation is not None:
+        x, extra = await DEFERRED_ACTIVATIONS[activation].protocol(ctx, x)
+    z = await server_product(ctx, x, w_ring, shape, key, ctx.backend.matmul)
     if bias is not None and ctx.party == 1:
-        z = z + (server_ring(ctx, "bias", bias) << ctx.frac_bits)
-    return await truncate(ctx, z, ctx.frac_bits)
+        z = z + (server_ring(ctx, "bias", bias) << (ctx.frac_bits + extra))
+    return await truncate(ctx, z, ctx.frac_bits + extra)
 
 
 def _add_wires(ctx, x, y, sign: int):
@@ -294,12 +332,16 @@ async def _proto_mul_server(ctx, x, other):
                                                 ctx.operand_names["other"], torch.mul))
 
 
-def _linear_reference(x, weight, bias=None, transpose=True):
+def _linear_reference(x, weight, bias=None, transpose=True, activation=None):
+    if activation is not None:
+        x = DEFERRED_ACTIVATIONS[activation].reference(x)
     out = x @ (weight.transpose(-1, -2) if transpose else weight)
     return out if bias is None else out + bias
 
 
-_mpc("mpc.share", ("self",), lambda x: x, "a public or one party's value as trivial shares (no messages)", _proto_share)
+define("mpc.share", ("self", "masked"), lambda x, masked=False: x,
+       "a public or one party's value as trivial shares (no messages); masked: the client's, sent masked once",
+       "mpc", protocol=_proto_share, defaults={"masked": False})
 _mpc("mpc.reveal", ("self", "to"), lambda x, to="client": x, "open a shared value to its owner",
      lambda ctx, x, to="client": reveal(ctx, x, {"client": 0, "server": 1}[to]))
 _mpc("mpc.add", ("self", "other"), torch.add, "sum of shares (local)", lambda ctx, x, y: _add_wires(ctx, x, y, 1),
@@ -318,15 +360,17 @@ _mpc("mpc.mul", ("self", "other", "truncate"), lambda x, y, truncate=True: x * y
 _mpc("mpc.square", ("self",), lambda x: x * x, "square of a share (one opening)", lambda ctx, x: square(ctx, x))
 async def _proto_matmul(ctx, x, y, shift=0):
     """x @ y, then times 2^-shift in the same truncation (``fuse_scaled_matmul``);
-    the result a wire (a linear after it sends 16 bits an element, not 64)."""
-    product = await beaver(ctx, share_of(ctx, x), share_of(ctx, y), ctx.backend.matmul)
+    the result a wire (a linear after it sends 16 bits an element, not 64).
+    Operands that are truncations' wires open 16 bits an element (``bilinear``)."""
+    product = await bilinear(ctx, x, y, ctx.backend.matmul)
     return await truncate(ctx, product, ctx.frac_bits + shift)
 
 
 _mpc("mpc.matmul", ("self", "other", "shift"), lambda x, y, shift=0: torch.matmul(x, y) * 2.0 ** -shift,
      "matrix product of shares (Beaver), times 2^-shift in its truncation", _proto_matmul, wires=True)
-_mpc("mpc.linear_server", ("input", "weight", "bias", "transpose"), _linear_reference,
-     "x @ W(^T) + b with the server's plaintext W, b (one message per inference)", _proto_linear, wires=True)
+define("mpc.linear_server", ("input", "weight", "bias", "transpose", "activation"), _linear_reference,
+       "act(x) @ W(^T) + b with the server's plaintext W, b (one message per inference); act: none, or an "
+       "activation the linear absorbs", "mpc", protocol=_proto_linear, wires=True, defaults={"activation": None})
 _mpc("mpc.mul_server", ("self", "other"), torch.mul, "elementwise product with the server's plaintext tensor",
      _proto_mul_server)
 _mpc("mpc.trunc", ("self", "shift"), lambda x, shift: x, "fixed-point truncation (dealer-assisted)",

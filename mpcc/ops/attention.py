@@ -5,17 +5,19 @@ variant its ``softmax`` attribute names, so every substitute reaches
 Hugging Face attention (traced to one ``sdpa``)."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from .arith import add_public, beaver, encode, trunc
+from .arith import add_public, encode, trunc
 from .compare import ltz_bits, max_last, not_bit, select_bits
 from .base import define
-from .wire import Wire, mask, product, share_of, truncate
-from .nonlinear import MASK_FILL, _bracket_scale, _public, divide, encode_scaled, mul_scalar, softmax_masked
+from .wire import Wire, bilinear, mask, product, share_of, truncate
+from .nonlinear import (MASK_FILL, _bracket_scale, _public, divide, encode_scaled, mul_scalar, reciprocal_parts,
+                        softmax_masked, softmax_parts)
 
 __all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_reference", "sdpa",
            "QUAD_SHIFT", "QUAD_SUM_LOG2"]
@@ -35,6 +37,10 @@ class SoftmaxVariant:
     reference: Callable      # (x, keep) -> probabilities, float64 torch
     protocol: Callable       # async (ctx, x, keep as 0/1 int64 or None) -> shares
     doc: str
+    # async (ctx, x, keep, frac) -> (numerators wire, row sums, low, high): the softmax before its
+    # division by the sums in [2^low, 2^high); attention then multiplies v first (``sdpa``)
+    parts: Callable | None = None
+    scores_bits: Callable | None = None   # f -> the fractional bits attention's scores need (None: f)
 
 
 def _exact_reference(x, keep):
@@ -57,16 +63,35 @@ async def softmax_2quad(ctx, x, keep):
     squares in [2^-8, 2^16) (1/sum is formed with 2f bits: s = 2^-m exact for m <= f).
     Error: the squares carry f bits, so about 2^-f / (row sum) absolute: ~1e-4
     for sums above 1/8, 1.3e-3 at a sum of 0.006. Rounds: 2 + the division's."""
-    q = await _quad(ctx, x)
+    return await divide(ctx, *await _quad_parts(ctx, x, keep))
+
+
+async def _quad_parts(ctx, x, keep, frac: int | None = None):
+    q = await _quad(ctx, x, frac)
     if keep is not None:
         q = q.masked(keep)
-    return await divide(ctx, q, q.share(ctx).sum(-1, keepdim=True), *QUAD_SUM_LOG2)
+    return q, q.share(ctx).sum(-1, keepdim=True), *QUAD_SUM_LOG2
 
 
-async def _quad(ctx, x) -> Wire:
-    """(x + c)^2 as a wire: x masked (free when it is a wire already), squared locally, truncated."""
-    shifted = (await mask(ctx, x)).plus(_public(ctx, QUAD_SHIFT, x))
-    return await truncate(ctx, product(ctx, shifted, shifted), ctx.frac_bits)
+def _quad_scores_bits(f: int) -> int:
+    """2Quad's scores in attention carry f // 2 fractional bits (2^-8 at f = 16): their
+    square then has f bits with no truncation. Error: a score off by 2^-8 moves
+    (x + 5)^2 by 2^-7 |x + 5|, 2^-7 / |x + 5| relative, against the sum's average."""
+    return f // 2
+
+
+async def _quad(ctx, x, frac: int | None = None) -> Wire:
+    """(x + c)^2 with f fractional bits as a wire, for x with ``frac`` bits (default f):
+    x masked (free when it is a wire already), squared locally, truncated by
+    2 frac - f bits; none for attention's coarse scores (``_quad_scores_bits``)."""
+    f = ctx.frac_bits
+    frac = f if frac is None else frac
+    shifted = (await mask(ctx, x)).plus(encode_scaled(ctx, torch.full(tuple(x.shape), QUAD_SHIFT,
+                                                                      dtype=torch.float64), frac))
+    square = product(ctx, shifted, shifted)
+    if 2 * frac > f:
+        return await truncate(ctx, square, 2 * frac - f)
+    return square.scaled(1 << (f - 2 * frac))
 
 
 async def softmax_2quad_goldschmidt(ctx, x, keep):
@@ -92,7 +117,7 @@ async def softmax_2quad_goldschmidt(ctx, x, keep):
         factor = (-denominator).plus(two)
         numerators, denominator = await ctx.gather(truncate(ctx, product(ctx, numerators, factor), f),
                                                    truncate(ctx, product(ctx, denominator, factor), f))
-    return numerators.share(ctx)
+    return numerators
 
 
 def _puma_exp(d):
@@ -116,6 +141,10 @@ async def softmax_puma(ctx, x, keep):
     select), the sum and a division. Relative error of its exp against e^d:
     d^2 / 512 (1.6% at d = -2). Domain: the exact softmax's (the tournament's
     score spread); below d = -256 the squarings wrap, under a 0 bit."""
+    return await divide(ctx, *await _puma_parts(ctx, x, keep))
+
+
+async def _puma_parts(ctx, x, keep, frac: int | None = None):
     f = ctx.frac_bits
     x = share_of(ctx, x)
     if keep is not None:
@@ -139,15 +168,18 @@ async def softmax_puma(ctx, x, keep):
     if keep is not None:
         e = e * keep
     n = x.shape[-1]
-    return await divide(ctx, e, e.sum(-1, keepdim=True), 0, max(2, math.ceil(math.log2(n)) + 1))
+    return e, e.sum(-1, keepdim=True), 0, max(2, math.ceil(math.log2(n)) + 1)
 
 
 SOFTMAX_VARIANTS = {variant.name: variant for variant in (
-    SoftmaxVariant("exact", _exact_reference, softmax_masked, "max-shifted exp, divided by the sum"),
-    SoftmaxVariant("2quad", _quad_reference, softmax_2quad, "MPCFormer's (x + 5)^2 / sum (x + 5)^2"),
+    SoftmaxVariant("exact", _exact_reference, softmax_masked, "max-shifted exp, divided by the sum",
+                   softmax_parts),
+    SoftmaxVariant("2quad", _quad_reference, softmax_2quad, "MPCFormer's (x + 5)^2 / sum (x + 5)^2",
+                   _quad_parts, _quad_scores_bits),
     SoftmaxVariant("2quad_goldschmidt", _quad_reference, softmax_2quad_goldschmidt,
                    "SecFormer's 2Quad with Goldschmidt division"),
-    SoftmaxVariant("puma", _puma_reference, softmax_puma, "PUMA's max-shifted (1 + x/256)^256, 0 below -14"),
+    SoftmaxVariant("puma", _puma_reference, softmax_puma, "PUMA's max-shifted (1 + x/256)^256, 0 below -14",
+                   _puma_parts),
 )}
 
 
@@ -196,43 +228,69 @@ def _power_of_two_exponent(value: float) -> int | None:
 async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
                softmax="exact"):
     """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
-    Beaver matmuls for q k^T and p v, the scaling, the named softmax variant
-    with masked entries excluded. An additive float mask is split into its
-    excluding part (-inf, finfo.min: a keep mask) and the rest (added).
-    A scale 2^-j (head size 4^j, e.g. 64) joins the matmul's truncation (a
-    shift by f + j, no round of its own); other scales are one more
-    truncation with a 24-bit encoded scalar.
+    Beaver matmuls for q k^T and p v (``bilinear``: 16-bit openings of wires),
+    the scaling, the named softmax variant with masked entries excluded. An
+    additive float mask is split into its excluding part (-inf, finfo.min: a
+    keep mask) and the rest (added). A scale 2^-j (head size 4^j, e.g. 64)
+    joins the matmul's truncation (a shift by f + j, no round of its own);
+    other scales are one more truncation with a 24-bit encoded scalar.
+
+    A variant with ``parts`` is not divided before v: its numerators multiply v
+    (beside the division's bracket and Newton steps) and the rows of the result
+    are scaled by 1/sum, so the division's truncation and the probabilities'
+    opening leave the critical path (2 rounds) and n/d of the bytes (deferred
+    normalisation, as in FlashAttention). 2Quad's scores carry f // 2 bits
+    (``_quad_scores_bits``): its square needs no truncation.
 
     Domain: |q k^T| < 2^(62-2f) and, for a scale that is not a power of two,
     < 2^(62-f) / round(scale 2^24); the scores as for the softmax variant;
-    |p v| < 2^(62-2f).
+    |numerators @ v| < 2^(62-2f) and |p v| < 2^(62-3f).
     """
+    f = ctx.frac_bits
+    variant = SOFTMAX_VARIANTS[softmax]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-    product = await beaver(ctx, query, key.transpose(-1, -2), ctx.backend.matmul)
     shift = _power_of_two_exponent(scale)
+    frac = f if shift is None or variant.scores_bits is None else variant.scores_bits(f)
+    product_2f = await bilinear(ctx, query, _moved(key, -1, -2), ctx.backend.matmul)
     if shift is not None:   # a wire: the 2Quad square needs no opening
-        scores = await truncate(ctx, product, ctx.frac_bits + shift)
+        scores = await truncate(ctx, product_2f, 2 * f - frac + shift)
     else:
-        scores = await mul_scalar(ctx, await trunc(ctx, product), scale)
+        scores = await mul_scalar(ctx, await trunc(ctx, product_2f), scale)
     shape = tuple(scores.shape)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
         finite = _finite_part(attn_mask)
         if ctx.meta or bool(finite.abs().max() > 0):
-            added = encode(ctx, finite.expand(shape).to(torch.float64), "real")
+            added = encode(ctx, finite.expand(shape).to(torch.float64), "real") >> (f - frac)
             scores = scores.plus(added) if isinstance(scores, Wire) else add_public(ctx, scores, added)
     keep = attention_mask(attn_mask, is_causal, shape, scores.device)
-    probs = await SOFTMAX_VARIANTS[softmax].protocol(ctx, scores, None if keep is None else keep.to(torch.int64))
-    product = await beaver(ctx, probs, value, ctx.backend.matmul)
-    return await trunc(ctx, product)
+    keep = None if keep is None else keep.to(torch.int64)
+    if variant.parts is None:
+        probs = await variant.protocol(ctx, scores, keep)
+        return await truncate(ctx, await bilinear(ctx, probs, value, ctx.backend.matmul), f)
+    numerators, total, low, high = await variant.parts(ctx, scores, keep, frac)
+    (y, s), weighted = await ctx.gather(reciprocal_parts(ctx, total, low, high), _times(ctx, numerators, value))
+    return await truncate(ctx, product(ctx, weighted, product(ctx, y, s)), 2 * f)   # y s: 1/sum with 2f bits
+
+
+async def _times(ctx, numerators, value) -> Wire:
+    """numerators @ v, truncated to f bits (a wire)."""
+    return await truncate(ctx, await bilinear(ctx, numerators, value, ctx.backend.matmul), ctx.frac_bits)
+
+
+def _moved(x, source: int, destination: int):
+    """x with axis ``source`` moved to ``destination`` (a wire stays one)."""
+    if isinstance(x, Wire):
+        return x.relaid(functools.partial(torch.movedim, source=source, destination=destination))
+    return x.movedim(source, destination)
 
 
 async def _softmax_op(ctx, x, dim, variant="exact"):
-    out = await SOFTMAX_VARIANTS[variant].protocol(ctx, x.movedim(dim, -1), None)
-    return out.movedim(-1, dim)
+    out = await SOFTMAX_VARIANTS[variant].protocol(ctx, _moved(x, dim, -1), None)
+    return _moved(out, -1, dim)
 
 
-def _mpc(name, params, reference, doc, protocol):
-    return define(name, params, reference, doc, "mpc", protocol=protocol)
+def _mpc(name, params, reference, doc, protocol):   # softmax ops take and return wires
+    return define(name, params, reference, doc, "mpc", protocol=protocol, wires=True)
 
 
 _mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, division)",

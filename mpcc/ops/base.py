@@ -46,6 +46,8 @@ class OpDef:
             (``mpcc.runtime.cost``), so the three cannot disagree.
         wires: the protocol takes wires (``ops/wire.py``) for its shared
             operands and may return one; other protocols get plain shares.
+        defaults: trailing params that a call site may leave out (neither
+            attribute nor operand), with the value they then take.
     """
     name: str
     params: tuple[str, ...]
@@ -56,6 +58,7 @@ class OpDef:
     source: bool = False
     protocol: Callable[..., Any] | None = None
     wires: bool = False
+    defaults: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict, compare=False)
 
     def bind(self, operands: list, attrs: dict[str, Any]) -> list:
@@ -112,6 +115,8 @@ def bind_arguments(op: OpDef, operands: list, attrs: dict[str, Any]) -> list:
             if isinstance(value, (list, tuple)) and MARK in value:
                 value = [queue.pop(0) if item == MARK else item for item in value]
             args.append(value)
+        elif not queue and param in op.defaults:
+            args.append(op.defaults[param])
         else:
             if not queue:
                 raise TypeError(f"{op.name}: missing operand for {param!r}")

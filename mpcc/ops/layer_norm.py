@@ -12,9 +12,10 @@ Values are kept as wires (``wire.py``) so that products need no opening:
    bracket's bits come out of the B2A as wires, so S s^2 (s = 2^(-j/2)) and
    the bracket's line (``bracket_lines``) are local;
 4. y = 1/sqrt(S s^2) from the line and one Newton step of two rounds;
-   beside them (x - mean) gamma times s sqrt(n) (s sqrt(n) encoded with 2f
-   bits: precise however small);
-5. one truncated product by y, plus beta.
+5. the row's factor y s sqrt(n) = sqrt(n / S) (s sqrt(n) encoded with 2f
+   bits: precise however small), one truncation of a value a row;
+6. one truncated product of (x - mean) gamma by the factor, plus beta: two
+   truncations of the whole tensor in all (gamma's and this one).
 """
 from __future__ import annotations
 
@@ -22,17 +23,18 @@ import math
 
 import torch
 
-from .arith import add_public, linear_server, server_ring
+from .arith import add_public, server_product, server_ring
 from .base import define
 from .nonlinear import (LAYER_NORM_FLOOR_LOG4, SCALAR_FRAC, _public, bracket_lines, bracket_thresholds, encode_scaled,
                         threshold_bits, times_bracket, weighted)
-from .wire import mask, product, share_of, truncate
+from .wire import MAX_CROSS_TERMS, Wire, cross_terms, mask, product, share_of, truncate
 
 __all__ = ["layer_norm", "LN_BRACKETS_LOG2", "LN_NEWTON_STEPS", "GOLDSCHMIDT_RSQRT_STEPS"]
 
 LN_BRACKETS_LOG2 = (-16, 30)   # S in [2^-16, 2^30): above, S's truncation wraps (f = 16)
 LN_NEWTON_STEPS = 1            # from a line on each quarter octave: relative error 2.9e-3 -> 1.3e-5
 GOLDSCHMIDT_RSQRT_STEPS = 7    # SecFormer's count in the model (8 in its op benchmark)
+FACTOR_EXTRA_BITS = 8          # the row's factor sqrt(n / S) carries f + 8 fractional bits
 
 
 async def _bracket(ctx, x, floor: float | None):
@@ -49,9 +51,15 @@ async def _bracket(ctx, x, floor: float | None):
 
 
 def scale_bits(f: int, n: int) -> int:
-    """Fractional bits of s sqrt(n): 2f, or fewer where (x - mean) s sqrt(n), below
-    2 sqrt(n), would pass 2^61 with f + 2f bits (large f and n)."""
-    return min(2 * f, 61 - f - math.ceil(math.log2(2 * math.sqrt(n))))
+    """Fractional bits of s sqrt(n) and of the row's factor y s sqrt(n): f + 8 (the
+    factor is at least sqrt(n) 2^-15 on LN_BRACKETS_LOG2: 14 significant bits at
+    n = 768, relative error 6e-5 at the largest variances, 2^-24 at var <= 1),
+    or fewer where y s sqrt(n) (y < 1.01 after Newton, s <= 2^8) would pass
+    2^62 with f more bits (large f and n). The output's truncation by as many
+    bits leaves a wire whose readers send 64 - (f + 8) = 40 bits... of which a
+    linear sends 24 (f + 8) an element."""
+    largest = 1.01 * 2.0 ** (-LN_BRACKETS_LOG2[0] / 2) * math.sqrt(n)
+    return min(f + FACTOR_EXTRA_BITS, 62 - f - math.ceil(math.log2(largest)))
 
 
 async def _newton_rsqrt(ctx, z, guess):
@@ -87,13 +95,21 @@ async def _goldschmidt_rsqrt(ctx, z, guess=None):
 
 
 async def _scaled_by_gamma(ctx, centered, weight):
-    """(x - mean) gamma as a wire (f bits): the server's gamma by ``linear_server`` (the
-    client's one message), truncated; without gamma, x - mean itself."""
+    """(x - mean) gamma as a wire (f bits): the server's gamma by ``server_product`` (x's
+    mask and the mean's integer parts need no message; the mean's wrap term is one
+    16-bit word a row), truncated; without gamma, x - mean itself."""
     if weight is None and "weight" not in ctx.operand_types:
         return centered
-    out = await linear_server(ctx, centered.share(ctx), server_ring(ctx, "weight", weight),
-                              ctx.operand_types["weight"].shape, ctx.operand_names["weight"], torch.mul)
+    out = await server_product(ctx, centered, server_ring(ctx, "weight", weight),
+                               ctx.operand_types["weight"].shape, ctx.operand_names["weight"], torch.mul)
     return await truncate(ctx, out, ctx.frac_bits)
+
+
+def _centered_cross_terms(x) -> int:
+    """The cross terms of (x - mean)^2 for a wire x: x's own, x's parts times the mean's
+    two (a truncation by SCALAR_FRAC: twos 0 and 64 - SCALAR_FRAC), the mean's two."""
+    mean_twos = (0, 64 - SCALAR_FRAC)
+    return cross_terms(x, x) + sum(1 for part in x.parts for twos in mean_twos if part.twos + twos < 64) + 2
 
 
 async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_rsqrt):
@@ -105,16 +121,19 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
     (the sum of untruncated squares is truncated: var < 2^30 / n); S in
     [2^-16, 2^30), and the overflow check flags var + eps below 4^-7;
     |(x - mean) gamma| < 2^(62-2f); |normalised * gamma| < 2^(62-3f)
-    ((x - mean) gamma s sqrt(n) carries 3f bits); without gamma,
+    ((x - mean) gamma times the row's factor carries 3f bits); without gamma,
     |normalised| < 2^(62-3f) likewise.
     Rounds: 1 (mean, x's mask) + 4 (the bracket; S's truncation, gamma's
     message and truncation beside it) + 1 (x' and the guess) + 2 (Newton;
-    s sqrt(n)'s mask and product beside it) + 1 = 9.
+    s sqrt(n)'s mask beside it) + 1 (the row's factor) + 1 = 10; bytes: two
+    64-bit truncations an element (and x's mask where x is not a wire).
     """
     if len(normalized_shape) != 1:
         raise NotImplementedError("layer_norm over more than one axis")
     f = ctx.frac_bits
     n = normalized_shape[0]
+    if isinstance(x, Wire) and _centered_cross_terms(x) > MAX_CROSS_TERMS:
+        x = share_of(ctx, x)   # a sum of many wires: masked whole
     mean, x_wire = await ctx.gather(truncate(ctx, share_of(ctx, x).sum(-1, keepdim=True) *
                                              round(2 ** SCALAR_FRAC / n), SCALAR_FRAC), mask(ctx, x))
     centered = x_wire - mean
@@ -133,16 +152,15 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
         weighted(ctx, bits.share(ctx), [alpha for _, alpha, _ in lines], 3 * f)
     s_n_bits = scale_bits(f, n)
 
-    async def scaled():   # (x - mean) gamma s sqrt(n), about the normalised value times gamma, beside the solve
-        s_n = weighted(ctx, bits.share(ctx), [math.sqrt(n) * 2.0 ** (-octave / 2) for octave, _, _ in lines],
-                       s_n_bits)
-        return await truncate(ctx, product(ctx, times_gamma, await mask(ctx, s_n)), s_n_bits)
-    normalised, y = await ctx.gather(scaled(), solve(ctx, z, guess))
+    s_n = weighted(ctx, bits.share(ctx), [math.sqrt(n) * 2.0 ** (-octave / 2) for octave, _, _ in lines],
+                   s_n_bits)   # s sqrt(n), one a row: masked beside the solve
+    s_n, y = await ctx.gather(mask(ctx, s_n), solve(ctx, z, guess))
     y = await mask(ctx, y)   # a wire already from Newton; Goldschmidt's share is masked
-    out = product(ctx, normalised, y).share(ctx)   # 2f bits: the server's beta joins before the truncation
+    factor = await truncate(ctx, product(ctx, y, s_n), f)   # y s sqrt(n) = sqrt(n / S), s_n_bits bits, a row
+    out = product(ctx, times_gamma, factor).share(ctx)   # the server's beta joins before the truncation
     if bias is not None and ctx.party == 1:
-        out = out + (server_ring(ctx, "bias", bias) << f)
-    return await truncate(ctx, out, f)
+        out = out + (server_ring(ctx, "bias", bias) << s_n_bits)
+    return await truncate(ctx, out, s_n_bits)
 
 
 def _reference(x, w, b, shape, eps):
@@ -150,7 +168,7 @@ def _reference(x, w, b, shape, eps):
 
 
 define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
-       "LayerNorm (bracketed Newton rsqrt on wires: 9 rounds)", "mpc", protocol=layer_norm, wires=True)
+       "LayerNorm (bracketed Newton rsqrt on wires: 10 rounds)", "mpc", protocol=layer_norm, wires=True)
 define("layer_norm_goldschmidt", ("input", "normalized_shape", "weight", "bias", "eps"),
        lambda x, shape, w=None, b=None, eps=1e-5: _reference(x, w, b, shape, eps),
        "LayerNorm computed with SecFormer's Goldschmidt rsqrt (a substitute: the same function)", "nn")

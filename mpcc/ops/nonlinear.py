@@ -18,7 +18,7 @@ from .compare import WIDE_CMP_BITS, b2a_wire, lt_public, ltz_bits, max_last, not
 from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401
                       fourier_segments, gelu, tanh)
 
-__all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "fourier_segments", "gelu", "tanh",
+__all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "softmax_parts", "fourier_segments", "gelu", "tanh",
            "mul_scalar", "encode_scaled", "MASK_FILL"]
 
 EXP_SPAN_LOG2 = 4           # exp masks the exponent modulo 16
@@ -262,8 +262,9 @@ async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
 
     1/x = y s (``reciprocal_parts``) is formed with 2f fractional bits as a wire
     (y s is exact there: s = 2^-m, m <= f); the numerators (a wire, or masked
-    beside the bracket) multiply it locally, and one truncation by 2f ends it:
-    precise however small 1/x is. Rounds: the reciprocal's, then 1.
+    beside the bracket) multiply it locally, and one truncation by 2f ends it
+    (the result is its wire): precise however small 1/x is. Rounds: the
+    reciprocal's, then 1.
     Quarter-octave brackets (one Newton step fewer) when the range spans at
     most QUARTER_OCTAVES_UP_TO octaves: on a BERT-base layer the softmax's
     [1, 2^8) adds 0.7 MB for a round, 2Quad's [2^-8, 2^16) would add 2 MB (a
@@ -274,7 +275,7 @@ async def divide(ctx, numerators, x, low_log2: int = 0, high_log2: int = 12):
         raise ValueError(f"divide: 2^{high_log2} is past 2^(f+1); s = 2^-m would not be exact")
     numerators, (y, s) = await ctx.gather(mask(ctx, numerators), reciprocal_parts(ctx, x, low_log2, high_log2))
     inverse = product(ctx, y, s)   # 2f fractional bits
-    return (await truncate(ctx, product(ctx, numerators, inverse), 2 * ctx.frac_bits)).share(ctx)
+    return await truncate(ctx, product(ctx, numerators, inverse), 2 * ctx.frac_bits)
 
 
 async def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int | None = None):
@@ -303,7 +304,15 @@ async def rsqrt(ctx, x, low_log4: int = -8, high_log4: int = 11, floor_log4: int
 
 
 async def softmax_masked(ctx, x, mask):
-    """softmax over the last axis, masked positions (mask == 0) get exactly 0.
+    """softmax over the last axis, masked positions (mask == 0) get exactly 0:
+    ``softmax_parts`` divided (``divide``)."""
+    return await divide(ctx, *await softmax_parts(ctx, x, mask))
+
+
+async def softmax_parts(ctx, x, mask, frac: int | None = None):
+    """The softmax's numerators e^(x - max) (a wire), their row sums and the sums'
+    range [2^low, 2^high), for a caller that divides: ``softmax_masked``, or
+    attention, which multiplies v first (``attention.sdpa``). x carries f bits.
 
     Max-shift (tournament), exp, sum, reciprocal on [1, n], one product. The
     mask is public (0/1 integers); ``None`` means no mask. Absolute error ~1e-4.
@@ -324,7 +333,7 @@ async def softmax_masked(ctx, x, mask):
         e = e.masked(mask.to(torch.int64))
     total = e.share(ctx).sum(-1, keepdim=True)
     n = x.shape[-1]
-    return await divide(ctx, e, total, 0, max(2, math.ceil(math.log2(n)) + 1))
+    return e, total, 0, max(2, math.ceil(math.log2(n)) + 1)
 
 
 async def _rsqrt_op(ctx, x):

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .arith import add_public
+from .arith import DEFERRED_ACTIVATIONS, DeferredActivation, add_public
 from .base import define
 from .compare import b2a_wire, ltz_bits, not_bit
 from .fourier import SEGMENT_FUZZ
@@ -40,6 +40,19 @@ async def gelu_quad(ctx, x):
     f = ctx.frac_bits
     x = await mask(ctx, x)
     return (await truncate(ctx, product(ctx, x, x) + x.scaled(2 << f), f + 3)).plus(_public(ctx, 0.5, x))
+
+
+async def gelu_quad_deferred(ctx, x):
+    """8 gelu_quad(x) = x^2 + 2x + 4 with 2f fractional bits (f + 3 more than gelu_quad),
+    untruncated: the linear that absorbs it truncates once for both. No round
+    of its own (0 bytes when x is a wire)."""
+    f = ctx.frac_bits
+    x = await mask(ctx, x)
+    quad = (product(ctx, x, x) + x.scaled(2 << f)).plus(_public(ctx, 4.0, x) << f)
+    return quad.share(ctx), f + 3
+
+
+DEFERRED_ACTIVATIONS["gelu_quad"] = DeferredActivation(_gelu_quad_reference, gelu_quad_deferred, lambda f: f + 3)
 
 
 def _erf_secformer(u):

@@ -24,12 +24,13 @@ cross terms.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Wire", "Part", "ClientShare", "mask", "product", "truncate", "public_wire", "dealt", "share_of",
-           "MAX_CROSS_TERMS"]
+__all__ = ["Wire", "Part", "ClientShare", "mask", "narrowed", "bilinear", "client_input", "part_shape", "cross_terms", "product", "truncate", "public_wire",
+           "dealt", "share_of", "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
 MAX_CROSS_TERMS = 16   # a product with more cross terms than this is a bug in the caller, not a plan
@@ -186,6 +187,99 @@ async def mask(ctx, x) -> Wire:
     a = ctx.rand(x.shape)
     e = await ctx.open(x - a)
     return Wire(e, (Part(1, a, 0),))
+
+
+async def client_input(ctx, x, shape) -> Wire:
+    """A value the client holds whole (its input; the server passes None), as a wire:
+    the client sends e = x - a for a fresh a of its own, which the dealer can
+    regenerate (it made it), so x = e + a with the server's share of a 0. Every
+    reader then multiplies or takes a linear of x with no message of its own.
+    Rounds 1; 8 bytes an element, client to server only."""
+    a = ctx.rand(shape, holder="client")   # None for the server: its share of a is 0
+    own = a if a is not None else torch.zeros(shape, dtype=torch.int64, device="meta" if ctx.meta else ctx.device)
+    if ctx.party == 0:
+        opened = x - own
+        await ctx.transfer(opened, sender=0)
+    else:
+        (opened,) = await ctx.transfer(own, sender=0)
+    return Wire(opened, (Part(1, own, 0),))
+
+
+async def narrowed(ctx, x) -> Wire:
+    """x as a wire whose coefficients are all integers (the dealer knows every part
+    then): each part c R with a coefficient tensor c, a multiple of 2^t (a
+    truncation's wrap term), is opened as e = (c / 2^t) R - A mod 2^(64-t) for a
+    fresh dealt A, so that c R = 2^t e + 2^t A. A share is masked in full (``mask``),
+    and so is a wire whose parts would send more than a share's 64 bits.
+    Rounds 1 (0 when every coefficient is an integer already); 64 - t bits an
+    element each way, 16 after a truncation by f = 16 (a 64-bit mask: 64)."""
+    x = await mask(ctx, x)
+    sent = [part for part in x.parts if not isinstance(part.coef, int)]
+    if not sent:
+        return x
+    if sum((64 - part.twos) * math.prod(part_shape(part)) for part in sent) >= 64 * math.prod(x.shape):
+        return await mask(ctx, x.share(ctx))   # (a product's wire: its public part times a dealt one)
+    unshifted = [(part.coef >> part.twos) * _viewed(part.handle, part.view) for part in sent]
+    masks = []
+    for message in unshifted:   # (a loop, not a comprehension: the view tests find draws by their protocol's frame)
+        masks.append(ctx.rand(message.shape))
+    messages = [u - a for u, a in zip(unshifted, masks)]
+    peers = await ctx.exchange(*messages, bits=[64 - part.twos for part in sent])
+    public = x.public
+    for part, message, peer in zip(sent, messages, peers):
+        public = public + ((message + peer) << part.twos)
+    kept = tuple(part for part in x.parts if isinstance(part.coef, int))
+    return Wire(public, kept + tuple(Part(1 << part.twos, a, part.twos) for part, a in zip(sent, masks)), x.zero)
+
+
+def part_shape(part: Part) -> tuple[int, ...]:
+    """The shape of a part's value before it broadcasts into the wire's (a row's mean: one per row)."""
+    coef_shape = tuple(part.coef.shape) if isinstance(part.coef, torch.Tensor) else ()
+    return tuple(torch.broadcast_shapes(coef_shape, tuple(_viewed(part.handle, part.view).shape)))
+
+
+def _dealt_sum(coefs, views, *handles):
+    """sum c_j R_j for integer coefficients: a wire's dealt part, as the dealer computes it."""
+    return sum(c * _viewed(h, v) for c, h, v in zip(coefs, handles, views))
+
+
+async def bilinear(ctx, x, y, fn) -> torch.Tensor:
+    """fn(x, y) for a bilinear fn (a matmul), untruncated, as a share: both operands
+    ``narrowed`` (together), so x = P + M and y = Q + N with M, N dealt; then
+    fn(P, Q) + fn(P, N) + fn(M, Q) are local and the dealer deals fn(M, N).
+    Beaver's product with the masks taken from the wires: after truncations it
+    opens 16 bits an element of each operand, not 64. Rounds 1 (0 when both
+    are narrow already)."""
+    x, y = await ctx.gather(narrowed(ctx, x), narrowed(ctx, y))
+    shape = tuple(fn(torch.empty(x.shape, dtype=torch.int64, device="meta"),
+                     torch.empty(y.shape, dtype=torch.int64, device="meta")).shape)
+    left, right = _dealt_share(x), _dealt_share(y)   # this party's shares of M and N
+    cross = ctx.derive(functools.partial(_dealt_matmul, fn, [p.coef for p in x.parts], [p.view for p in x.parts],
+                                         [p.coef for p in y.parts], [p.view for p in y.parts], len(x.parts)),
+                       *[p.handle for p in x.parts], *[p.handle for p in y.parts], shape=shape)
+    out = cross + fn(x.public, right) + fn(left, y.public)
+    return out + fn(x.public, y.public) if ctx.party == 0 else out
+
+
+def _dealt_matmul(fn, left_coefs, left_views, right_coefs, right_views, split, *handles):
+    """The dealer's fn(M, N) from the two wires' dealt parts."""
+    return fn(_dealt_sum(left_coefs, left_views, *handles[:split]),
+              _dealt_sum(right_coefs, right_views, *handles[split:]))
+
+
+def _dealt_share(x: Wire) -> torch.Tensor:
+    """This party's share of the wire's dealt part sum c_j R_j (no public part)."""
+    out = torch.zeros_like(x.public)
+    for part in x.parts:
+        out = out + part.value()
+    return out
+
+
+def cross_terms(x: Wire, y: Wire) -> int:
+    """How many dealt cross terms ``product(x, y)`` makes (pairs of parts whose
+    coefficients do not multiply to a multiple of 2^64, a pair over the same values once)."""
+    return len({tuple(sorted((left.key(), right.key()), key=repr)) for left in x.parts for right in y.parts
+                if left.twos + right.twos < 64})
 
 
 def product(ctx, x: Wire, y: Wire) -> Wire:

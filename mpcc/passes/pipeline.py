@@ -25,6 +25,9 @@ SECURE_PIPELINE = DEFAULT_PIPELINE + (
     "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
     "lower_to_mpc",              # every shared value's op gets its protocol
     "fuse_scaled_matmul",        # q k^T / 2^j: the scaling joins the product's truncation
+    "fuse_activation_linear",    # Quad GeLU -> linear: one truncation for both
+    "fuse_eager_attention",      # matmul, softmax, matmul -> sdpa (its protocol defers the division)
+    "mask_client_inputs",        # a client's input that linears read: masked once, not once per linear
 )
 
 

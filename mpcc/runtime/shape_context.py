@@ -206,6 +206,8 @@ class Replay:
                         self.kept_client[index] = a
                 else:
                     values[index] = self._draw(owner, label, shape, scope)
+                    if owner == 0 and (index in self.exported or index in client_read):
+                        self.kept_client[index] = values[index]   # the client's own: its share is the value
                 own.add(index)
                 continue
             real = fn(*[values[ref] if how == "slot" else self._client_share(ref) if how == "client share"

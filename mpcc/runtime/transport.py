@@ -34,6 +34,7 @@ class LinkStats:
     bytes_sent: int = 0
     setup_bytes_sent: int = 0
     rounds: int = 0
+    setup_rounds: int = 0   # steps that carry only once-per-deployment data (a first run's weights opening)
     messages: int = 0
     wait_seconds: float = 0.0   # time blocked waiting for the peer
 
@@ -47,18 +48,23 @@ class Endpoint:
     stats: LinkStats = field(default_factory=LinkStats)
     record: list | None = None  # (tensor, bit width) of every received message, kept when a test asks
 
-    def step(self, tensors: list[torch.Tensor], bits: list, setup: list, expected: list) -> list[torch.Tensor]:
+    def step(self, tensors: list[torch.Tensor], bits: list, setup: list, expected: list,
+             setup_only: bool = False) -> list[torch.Tensor]:
         """One communication step: send this party's ``tensors`` (possibly none) as one
         message, receive the peer's, check it against ``expected`` (shapes and dtypes).
         Both are sent before either is read, so large messages cannot deadlock.
-        A step is one round for both parties; ``setup`` tensors count apart."""
+        A step is one round for both parties; ``setup`` tensors count apart, and so
+        does a step that carries nothing else (``setup_only``, both parties agree)."""
         for tensor, width, once in zip(tensors, bits, setup):
             size = message_bytes([tensor], [width])
             if once:
                 self.stats.setup_bytes_sent += size
             else:
                 self.stats.bytes_sent += size
-        self.stats.rounds += 1
+        if setup_only:
+            self.stats.setup_rounds += 1
+        else:
+            self.stats.rounds += 1
         self.stats.messages += 1
         self.outbox.put(([t.detach() for t in tensors], list(bits)))
         received = self._get()
