@@ -19,6 +19,7 @@ Besides the table, every shared real value must lie in the ring,
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
 from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
 from .ops.layer_norm import LN_BRACKETS_LOG2
 from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
+from .ops.power import (CENTRE_LIMIT_LOG2, LN_NEWTON_LOG2, LN_OUT_BITS, POWER_P, POWER_SUM_LOG2,
+                        gelu_quartic_bound, power_row_sums)
 
 __all__ = ["Domain", "Check", "DOMAIN_RULES", "MissingDomainRule", "domains_of", "default_input_ranges",
            "check_ranges", "RangeReport", "RangeProblem", "comparison_bound", "product_bound"]
@@ -154,8 +157,17 @@ def _linear(node, types, f):
     extra = 0 if activation is None else DEFERRED_ACTIVATIONS[activation].extra_bits(f)
     probe = lambda a, out: _linear_reference(a["input"], a["weight"], None, a["transpose"], activation)  # noqa: E731
     what = "x @ W^T" if node.attrs.get("transpose") else "x @ W"
-    return [Check(_symmetric(product_bound(f) / 2.0 ** extra, what if activation is None else f"{activation}(x) {what[2:]}",
-                             "the truncation range"), probe)]
+    what = what if activation is None else f"{activation}(x) {what[2:]}"
+    checks = [Check(_symmetric(product_bound(f) / 2.0 ** extra, what, "the truncation range"), probe)]
+    if activation is not None:   # the activation's own domain, on the linear's input
+        for check in DOMAIN_RULES[f"mpc.{activation}"](node, {"self": types["input"]}, f):
+            checks.append(Check(check.domain, functools.partial(_on_input, check.probe)))
+    return checks
+
+
+def _on_input(probe, a, out):
+    """An absorbed activation's probe, on the linear's input."""
+    return probe({"self": a["input"]}, None)
 
 
 def _trunc(node, types, f):
@@ -263,11 +275,13 @@ def _sdpa(node, types, f):
     scale = 1.0 / math.sqrt(types["query"].shape[-1]) if scale is None else scale
     scaled = _scalar_bound(f, scale)
     bound = product_bound(f) if scaled is None else min(product_bound(f), scaled)
+    def scores(a):
+        unmasked = _masked_scores(a, fill=False)
+        return unmasked[1], unmasked[2]
     if node.attrs.get("softmax", "exact") in ("2quad", "2quad_goldschmidt"):
-        def scores(a):
-            unmasked = _masked_scores(a, fill=False)
-            return unmasked[1], unmasked[2]
         softmax_checks = _quad_checks(f, scores)
+    elif node.attrs.get("softmax") == "power":
+        softmax_checks = _power_checks(POWER_P, scores)
     else:
         softmax_checks = [Check(Domain(0.0, comparison_bound(f), f"score spread (max - min per row, masked at "
                                                                  f"{MASK_FILL:g})", "the comparison domain"),
@@ -275,6 +289,39 @@ def _sdpa(node, types, f):
     return [Check(_symmetric(bound, "q @ k^T", "the truncation range"), lambda a, out: _masked_scores(a)[0]),
             *softmax_checks,
             Check(_symmetric(product_bound(f), "probabilities @ v", "the truncation range"), _out)]
+
+
+def _power_checks(p, rows_of):
+    """power-softmax (``ops/power.py``): the centring's truncation takes |x| < 2^10; each
+    row's sum of t = (1 + (x - mean)/p)^p over 2^ceil(log2 n_kept) is in the division's
+    [1/2, 2^12) (at least 1/2 always, by Jensen)."""
+    return [Check(_symmetric(2.0 ** CENTRE_LIMIT_LOG2, "scores", "the power-softmax centring's truncation range"),
+                  lambda a, out: rows_of(a)[0]),
+            Check(Domain(0.5, 2.0 ** POWER_SUM_LOG2, f"sum of (1 + (x - mean)/{p})^{p} per row / 2^ceil(log2 n)",
+                         "the power-softmax division's domain"), lambda a, out: power_row_sums(*rows_of(a), p)[1])]
+
+
+def _softmax_power(node, types, f):
+    return _power_checks(node.attrs.get("p", POWER_P), lambda a: (a["self"].movedim(a["dim"], -1), None))
+
+
+def _layer_norm_newton(node, types, f):
+    """``ops/power.py``: var + eps in the Newton schedule's [2^-11, 2^8); n (x - mean) times a
+    28-bit factor is truncated; (x - mean) gamma and the output (f + 22 bits) likewise."""
+    def centred(a, out):
+        return a["input"] - a["input"].mean(-1, keepdim=True)
+    checks = [Check(Domain(2.0 ** LN_NEWTON_LOG2[0], 2.0 ** LN_NEWTON_LOG2[1], "variance + eps",
+                           "the Newton rsqrt's domain"),
+                    lambda a, out: centred(a, out).square().mean(-1) + a["eps"]),
+              Check(_symmetric(2.0 ** (RING_SHIFT_LIMIT - f - 28) / math.sqrt(2), "x - mean",
+                               "the centring's truncation range"), centred)]
+    if node.attrs.get("weight", "operand") is not None:
+        checks.append(Check(_symmetric(product_bound(f), "(x - mean) * weight", "the truncation range"),
+                            lambda a, out: centred(a, out) * a["weight"]))
+    checks.append(Check(_symmetric(2.0 ** (RING_SHIFT_LIMIT - f - LN_OUT_BITS), "normalised values * weight",
+                                   "the truncation range (f + 22 fractional bits)"),
+                        lambda a, out: out if a.get("bias") is None else out - a["bias"]))
+    return checks
 
 
 Rule = Callable[[Node, dict, int], list]
@@ -316,6 +363,10 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.gelu_secformer": _segments,
     "mpc.gelu_puma": _segments,
     "mpc.softmax_puma": _tournament,
+    "mpc.softmax_power": _softmax_power,
+    "mpc.gelu_quartic": lambda node, types, f: [Check(_symmetric(gelu_quartic_bound(f), "input",
+                                                                 "the quartic's truncation range"), _arg("self"))],
+    "mpc.layer_norm_newton": _layer_norm_newton,
 }
 
 

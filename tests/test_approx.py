@@ -31,7 +31,7 @@ def test_presets_and_overrides_resolve_to_a_choice_per_family():
 
 @pytest.mark.parametrize("approx, message", [
     ("mpcformr", r"no approximation preset 'mpcformr'; presets are \['exact', 'mpcformer'"),
-    ({"softmax": "3quad"}, r"no softmax substitute '3quad'; softmax substitutes are \['2quad', '2quad_goldschmidt', 'exact', 'puma'\]"),
+    ({"softmax": "3quad"}, r"no softmax substitute '3quad'; softmax substitutes are \['2quad', '2quad_goldschmidt', 'exact', 'power', 'puma'\]"),
     ({"sigmoid": "exact"}, r"no op family 'sigmoid'; families are \['gelu', 'layer_norm', 'softmax'\]"),
     ({"preset": "nope"}, r"no approximation preset 'nope'"),
     ("preset=" * 3000 + "exact", r"no approximation preset 'preset="),

@@ -27,6 +27,20 @@ def test_emulation_matches_the_secure_run(tiny_bert, approx):
     assert (emulated[0] - plaintext[0]).abs().max() < 1e-2
 
 
+@pytest.mark.parametrize("approx", ["exact", "mpcformer"])
+def test_emulation_of_a_layer_on_real_client_inputs(approx):
+    """Eager attention fused into sdpa and the client's input masked once (a wire whose
+    server share is 0): the emulator's parties hold what the real ones do."""
+    from mpcc.bench import bert_layer
+    layer = bert_layer(hidden=32, heads=4, ffn=64)
+    inputs = {"hidden_states": torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))}
+    plan = mpcc.compile(layer, inputs, approx=approx)
+    assert any(n.attrs.get("masked") for n in plan.graph.nodes if n.op == "mpc.share")
+    secure, _ = mpcc.run(plan, inputs, layer.state_dict(), progress=False)
+    emulated = mpcc.emulate(plan, inputs, layer.state_dict())
+    assert (emulated[0] - secure[0]).abs().max() < TRUNCATION_NOISE
+
+
 def test_emulation_follows_the_fixed_point_arithmetic_not_the_plaintext():
     """A product below one ulp vanishes in fixed point: emulation shows it, as a secure run would."""
     class Tiny(torch.nn.Module):

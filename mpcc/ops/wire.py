@@ -195,8 +195,9 @@ async def client_input(ctx, x, shape) -> Wire:
     regenerate (it made it), so x = e + a with the server's share of a 0. Every
     reader then multiplies or takes a linear of x with no message of its own.
     Rounds 1; 8 bytes an element, client to server only."""
-    a = ctx.rand(shape, holder="client")   # None for the server: its share of a is 0
-    own = a if a is not None else torch.zeros(shape, dtype=torch.int64, device="meta" if ctx.meta else ctx.device)
+    a = ctx.rand(shape, holder="client")   # the server's share of a is 0 (it gets None, or a shape)
+    theirs = a is None or (a.is_meta and not ctx.meta)
+    own = torch.zeros(shape, dtype=torch.int64, device="meta" if ctx.meta else ctx.device) if theirs else a
     if ctx.party == 0:
         opened = x - own
         await ctx.transfer(opened, sender=0)

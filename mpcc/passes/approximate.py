@@ -27,9 +27,10 @@ __all__ = ["SUBSTITUTES", "PRESETS", "register_preset", "resolve_approx", "appro
 # family -> substitute name -> the op that replaces the family's op (None: the op itself)
 SUBSTITUTES: dict[str, dict[str, str | None]] = {
     "softmax": {"exact": None, "2quad": "softmax_2quad", "2quad_goldschmidt": "softmax_2quad_goldschmidt",
-                "puma": "softmax_puma"},
-    "gelu": {"exact": None, "quad": "gelu_quad", "secformer": "gelu_secformer", "puma": "gelu_puma"},
-    "layer_norm": {"exact": None, "goldschmidt": "layer_norm_goldschmidt"},
+                "puma": "softmax_puma", "power": "softmax_power"},
+    "gelu": {"exact": None, "quad": "gelu_quad", "secformer": "gelu_secformer", "puma": "gelu_puma",
+             "quartic": "gelu_quartic"},
+    "layer_norm": {"exact": None, "goldschmidt": "layer_norm_goldschmidt", "newton": "layer_norm_newton"},
 }
 PRESETS: dict[str, dict[str, str]] = {}
 PRESET_DOCS: dict[str, str] = {}
