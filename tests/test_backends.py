@@ -90,3 +90,12 @@ def test_cuda_matmul_matches_cpu():
     ring = get_backend("cuda")
     a, b = ring_tensor(1, 64, 512), ring_tensor(2, 512, 32)
     assert torch.equal(ring.matmul(a.cuda(), b.cuda()).cpu(), a @ b)
+
+
+@pytest.mark.parametrize("shape", [((3, 1100), (1100, 5)), ((2, 3, 2049), (2049, 4)), ((2, 3, 1500), (2, 1500, 2))])
+def test_cpu_matmul_in_inner_slices_is_the_same_product(shape):
+    """Past 2 INNER_CHUNK on the inner axis the CPU ring sums slices' products: bit-exact mod 2^64."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-2**63, 2**63 - 1, shape[0], generator=g)
+    b = torch.randint(-2**63, 2**63 - 1, shape[1], generator=g)
+    assert torch.equal(get_backend("cpu").matmul(a, b), torch.matmul(a, b))

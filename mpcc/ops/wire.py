@@ -45,7 +45,10 @@ class Part:
 
     def value(self) -> torch.Tensor:
         """coef times the (viewed) handle: this part of a party's share."""
-        return self.coef * _viewed(self.handle, self.view)
+        viewed = _viewed(self.handle, self.view)
+        if isinstance(self.coef, int) and self.coef in (1, -1):   # (most parts: no product to make)
+            return viewed if self.coef == 1 else -viewed
+        return self.coef * viewed
 
     def key(self) -> tuple:
         return (id(self.handle), self.view)
@@ -72,9 +75,9 @@ class Wire:
 
     def share(self, ctx) -> torch.Tensor:
         """This party's additive share of v (party 0 carries the public part)."""
-        out = self.public if ctx.party == 0 else torch.zeros_like(self.public)
+        out = self.public.clone() if ctx.party == 0 else torch.zeros_like(self.public)
         for part in self.parts:
-            out = out + part.value()
+            out += part.value()   # (in place: one tensor for the sum, not one per part)
         return out
 
     @property
@@ -272,7 +275,7 @@ def _dealt_share(x: Wire) -> torch.Tensor:
     """This party's share of the wire's dealt part sum c_j R_j (no public part)."""
     out = torch.zeros_like(x.public)
     for part in x.parts:
-        out = out + part.value()
+        out += part.value()
     return out
 
 
