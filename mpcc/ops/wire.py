@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Wire", "Part", "ClientShare", "mask", "narrowed", "bilinear", "client_input", "part_shape", "cross_terms", "product", "truncate", "public_wire",
+__all__ = ["Wire", "Part", "ClientShare", "mask", "narrowed", "bilinear", "client_input", "part_shape", "broadcast", "cross_terms", "product", "truncate", "public_wire",
            "dealt", "share_of", "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
@@ -239,7 +239,20 @@ async def narrowed(ctx, x) -> Wire:
 def part_shape(part: Part) -> tuple[int, ...]:
     """The shape of a part's value before it broadcasts into the wire's (a row's mean: one per row)."""
     coef_shape = tuple(part.coef.shape) if isinstance(part.coef, torch.Tensor) else ()
-    return tuple(torch.broadcast_shapes(coef_shape, tuple(_viewed(part.handle, part.view).shape)))
+    return broadcast(coef_shape, tuple(_viewed(part.handle, part.view).shape))
+
+
+def broadcast(*shapes: tuple) -> tuple[int, ...]:
+    """The broadcast of int shapes (``torch.broadcast_shapes`` without its symbolic-shape
+    machinery, a tenth of a second a BERT-base run); raises on shapes that do not broadcast."""
+    rank = max(len(shape) for shape in shapes)
+    out = []
+    for axis in range(-rank, 0):
+        sides = {shape[axis] for shape in shapes if len(shape) >= -axis} - {1}
+        if len(sides) > 1:
+            raise RuntimeError(f"shapes {shapes} do not broadcast")
+        out.append(sides.pop() if sides else 1)
+    return tuple(out)
 
 
 def _dealt_sum(coefs, views, *handles):
@@ -290,7 +303,7 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
     """x * y (elementwise, broadcasting), untruncated, with no message: the cross
     terms R_i R'_j are dealt (stored), one per pair of parts whose coefficients
     do not multiply to a multiple of 2^64."""
-    shape = tuple(torch.broadcast_shapes(x.shape, y.shape))
+    shape = broadcast(x.shape, y.shape)
     parts = [] if x.zero else [Part(x.public * p.coef, p.handle, p.twos, p.view) for p in y.parts]
     parts += [] if y.zero else [Part(y.public * p.coef, p.handle, p.twos, p.view) for p in x.parts]
     cross: dict[tuple, Part] = {}
@@ -307,8 +320,8 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
                 continue
             if len(cross) == MAX_CROSS_TERMS:
                 raise ValueError(f"wire product with more than {MAX_CROSS_TERMS} cross terms: mask an operand")
-            dealt_shape = tuple(torch.broadcast_shapes(_viewed(left.handle, left.view).shape,
-                                                       _viewed(right.handle, right.view).shape))
+            dealt_shape = broadcast(tuple(_viewed(left.handle, left.view).shape),
+                                    tuple(_viewed(right.handle, right.view).shape))
             # the views bound now: the dealer calls the function later, after this loop has moved on
             term = ctx.derive(functools.partial(_viewed_product, left.view, right.view),
                               left.handle, right.handle, shape=dealt_shape)
