@@ -558,14 +558,14 @@ def _layer_norm_check(got, want, case):
     assert_close("mpc.layer_norm", got, want, bound, 0.0, case)
 
 
-def case_layer_norm(draw):
-    """rsqrt's domain bounds the variance: var + eps in [4^-8, 4^11)."""
+def layer_norm_case(draw, spreads, epsilons):
+    """Rows of 2..8 whose first and last entries are +-spread (variance >= spread^2 / n),
+    with gamma and beta each present or not."""
     rows, n = draw(shapes(1, 2, 3)), draw(st.integers(2, 8))
-    spread = draw(st.sampled_from([0.05, 1.0, 100.0, 1000.0]))
+    spread = draw(st.sampled_from(spreads))
     x = reals(draw, (*rows, n), -spread, spread, [0.0, spread, -spread])
-    eps = draw(st.sampled_from([1e-5, 1e-3, 1e-12]))
-    x[..., 0], x[..., -1] = spread, -spread      # variance >= spread^2 / n, in rsqrt's range
-    args, attrs = {"input": Arg(x)}, {"normalized_shape": [n], "eps": eps}
+    x[..., 0], x[..., -1] = spread, -spread
+    args, attrs = {"input": Arg(x)}, {"normalized_shape": [n], "eps": draw(st.sampled_from(epsilons))}
     for key, values in (("weight", (-2.0, 2.0)), ("bias", (-5.0, 5.0))):
         if draw(st.booleans()):
             value = reals(draw, (n,), *values, [0.0, 1.0])
@@ -573,6 +573,11 @@ def case_layer_norm(draw):
         else:
             attrs[key] = None
     return Case(args, attrs, check=_layer_norm_check)
+
+
+def case_layer_norm(draw):
+    """rsqrt's domain bounds the variance: var + eps in [4^-8, 4^11)."""
+    return layer_norm_case(draw, [0.05, 1.0, 100.0, 1000.0], [1e-5, 1e-3, 1e-12])
 
 
 def _sdpa_check(got, want, case):
@@ -648,19 +653,8 @@ def case_gelu_quartic(draw):
 
 
 def case_layer_norm_newton(draw):
-    """Rows whose variance lies in [2^-11, 2^8): the first and last entries are +-spread."""
-    rows, n = draw(shapes(1, 2, 3)), draw(st.integers(2, 8))
-    spread = draw(st.sampled_from([0.1, 1.0, 10.0, 15.0]))
-    x = reals(draw, (*rows, n), -spread, spread, [0.0, spread, -spread])
-    x[..., 0], x[..., -1] = spread, -spread
-    args, attrs = {"input": Arg(x)}, {"normalized_shape": [n], "eps": draw(st.sampled_from([1e-5, 1e-12]))}
-    for key, values in (("weight", (-2.0, 2.0)), ("bias", (-5.0, 5.0))):
-        if draw(st.booleans()):
-            value = reals(draw, (n,), *values, [0.0, 1.0])
-            args[key] = weight_arg(value) if key == "weight" else server_arg(draw, value)
-        else:
-            attrs[key] = None
-    return Case(args, attrs, check=_layer_norm_check)
+    """The power preset's LayerNorm: var + eps in [2^-11, 2^8)."""
+    return layer_norm_case(draw, [0.1, 1.0, 10.0, 15.0], [1e-5, 1e-12])
 
 
 CASES: dict[str, Callable] = {
