@@ -839,3 +839,23 @@ def test_client_input_opens_a_uniform_value():
         await ctx.transfer(x if ctx.party == 0 else torch.zeros_like(x), sender=0)
         return a
     assert server_sees(run_protocol(dropped, x, integer=True, record=True))
+
+
+def test_layer_norm_masks_a_sum_of_many_wires(monkeypatch):
+    """LayerNorm on a sum of three truncations' wires: (x - mean)^2 would need 26 cross terms,
+    past MAX_CROSS_TERMS, so x is masked whole first; without that guard the product refuses."""
+    from mpcc.ops import layer_norm as ln
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+
+    async def protocol(ctx, a, b, c):
+        ctx.operand_types = {}   # no gamma, no beta
+        wires = await ctx.gather(*(truncate(ctx, v, F) for v in (a, b, c)))
+        return await ln.layer_norm(ctx, wires[0] + wires[1] + wires[2], None, None, [8], 1e-5)
+    scaled = [x * 2.0 ** F for x in xs]   # 2f fractional bits: each truncation leaves f
+    run = run_protocol(protocol, *scaled)
+    check_counts(run)
+    assert (run.decoded - torch.nn.functional.layer_norm(sum(xs), [8], eps=1e-5)).abs().max() < 1e-3
+    monkeypatch.setattr(ln, "_centered_cross_terms", lambda x: 0)   # the guard planted away
+    with pytest.raises(Exception, match="cross terms"):
+        run_protocol(protocol, *scaled)
