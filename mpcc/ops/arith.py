@@ -21,8 +21,8 @@ import torch
 
 from .base import define
 # RING_SHIFT_LIMIT: re-exported (ranges, interpreter)
-from .wire import (RING_SHIFT_LIMIT, ClientShare, Wire, _viewed, bilinear, client_input, part_shape,  # noqa: F401
-                   share_of, truncate)
+from .wire import (RING_SHIFT_LIMIT, ClientShare, Wire, bilinear, client_input, dealt_sum, part_shape,  # noqa: F401
+                   sent_bits, share_of, truncate)
 __all__ = ["shape_of", "encode", "trunc", "beaver", "mul", "square", "matmul_shares", "linear_server", "server_ring",
            "server_product",
            "add_public", "mul_public", "reveal", "DeferredActivation", "DEFERRED_ACTIVATIONS"]
@@ -163,8 +163,7 @@ def _client_part(shape, device, coefs, views, handles, shifts, masks):
     """What stands for the client's share of a wire in ``linear_server_wire``:
     sum c_j R_j0 over its integer parts plus sum 2^t A_j for its sent parts. The
     client computes it from its shares, the dealer from the values it made."""
-    left = torch.zeros(shape, dtype=torch.int64, device=device)
-    left = left + sum(c * _viewed(h, v) for c, h, v in zip(coefs, handles, views))
+    left = torch.zeros(shape, dtype=torch.int64, device=device) + dealt_sum(coefs, views, *handles)
     return left + sum(k * a for k, a in zip(shifts, masks))
 
 
@@ -185,8 +184,7 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
     """
     like_w = torch.empty(weight_shape, dtype=torch.int64, device="meta")
     out_shape = shape_of(fn, torch.empty(x.shape, dtype=torch.int64, device="meta"), like_w)
-    fixed = [part for part in x.parts if isinstance(part.coef, int)]
-    sent = [part for part in x.parts if not isinstance(part.coef, int)]
+    fixed, sent = x.split_parts()
     masks = []
     for part in sent:   # (a loop, not a comprehension: the view tests find draws by their protocol's frame)
         masks.append(ctx.rand(part_shape(part), holder="client"))
@@ -201,7 +199,7 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
     # u_j: the part's share without its power of two. The client sends u_j - A_j; the server joins the
     # message with its own u_j in the views, so the opened value is (c_j / 2^t) R_j - A_j, uniform only
     # while A_j masks it
-    unshifted = [(part.coef >> part.twos) * _viewed(part.handle, part.view) for part in sent]
+    unshifted = [part.unshifted() for part in sent]
     messages = [u - a for u, a in zip(unshifted, masks)] if ctx.party == 0 else unshifted
     deploy = _weight_minus_mask(ctx, key, weight, mask_b, like_w)
     if sent:
@@ -218,10 +216,7 @@ async def linear_server_wire(ctx, x: Wire, weight, weight_shape, key: str, fn):
 def _wire_is_cheaper(x) -> bool:
     """Whether ``linear_server_wire`` sends fewer bits than one 64-bit share (a truncation's
     wire: 16 an element; a sum of two, less a row's mean: 32 and a few)."""
-    if not isinstance(x, Wire):
-        return False
-    sent = sum((64 - p.twos) * math.prod(part_shape(p)) for p in x.parts if not isinstance(p.coef, int))
-    return sent < 64 * math.prod(x.shape)
+    return isinstance(x, Wire) and sent_bits(x) < 64 * math.prod(x.shape)
 
 
 async def server_product(ctx, x, weight, weight_shape, key: str, fn):

@@ -37,19 +37,22 @@ async def gelu_quad(ctx, x):
     fractional bits, 2x added at the same scale, one truncation by f + 3.
     Rounds 2, bytes 16 per element both; 1 and 8 when x is a wire (a linear's
     output). Domain: x^2 < 2^(62-2f) (|x| < 32768 at f = 16)."""
-    f = ctx.frac_bits
-    x = await mask(ctx, x)
-    return (await truncate(ctx, product(ctx, x, x) + x.scaled(2 << f), f + 3)).plus(_public(ctx, 0.5, x))
+    x, quad = await _quad_numerator(ctx, x)
+    return (await truncate(ctx, quad, ctx.frac_bits + 3)).plus(_public(ctx, 0.5, x))
 
 
 async def gelu_quad_deferred(ctx, x):
     """8 gelu_quad(x) = x^2 + 2x + 4 with 2f fractional bits (f + 3 more than gelu_quad),
     untruncated: the linear that absorbs it truncates once for both. No round
     of its own (0 bytes when x is a wire)."""
-    f = ctx.frac_bits
+    x, quad = await _quad_numerator(ctx, x)
+    return quad.plus(_public(ctx, 4.0, x) << ctx.frac_bits).share(ctx), ctx.frac_bits + 3
+
+
+async def _quad_numerator(ctx, x):
+    """(x as a wire, x^2 + 2x with 2f fractional bits): the square local, 2x at its scale."""
     x = await mask(ctx, x)
-    quad = (product(ctx, x, x) + x.scaled(2 << f)).plus(_public(ctx, 4.0, x) << f)
-    return quad.share(ctx), f + 3
+    return x, product(ctx, x, x) + x.scaled(2 << ctx.frac_bits)
 
 
 DEFERRED_ACTIVATIONS["gelu_quad"] = DeferredActivation(_gelu_quad_reference, gelu_quad_deferred, lambda f: f + 3)

@@ -14,8 +14,10 @@ stored dealt tensor per cross term (offline bytes).
 masks, Patra et al. 2021, and Turbospeedz; here the masks come for free from
 the truncation's opening.)
 
-Elementwise (broadcasting) only: a matmul's cross terms would need the
-dealer to know the public coefficients, which only the run learns.
+Products are elementwise (broadcasting): a matmul's cross terms would need
+the dealer to know the public coefficients, which only the run learns, so a
+matmul first opens its operands' tensor-coefficient parts (``narrowed``, a
+few bits an element) and then deals one product of what is left (``bilinear``).
 Security: a wire adds no message; every cross term is a fresh dealt sharing
 (docs/security.md, "Wires"). Ops flagged ``wires=True`` pass wires between
 nodes: the dealer keeps the values of wires a node returns, for later nodes'
@@ -29,8 +31,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Wire", "Part", "ClientShare", "mask", "narrowed", "bilinear", "client_input", "part_shape", "broadcast", "cross_terms", "product", "truncate", "public_wire",
-           "dealt", "share_of", "MAX_CROSS_TERMS"]
+__all__ = ["Wire", "Part", "ClientShare", "mask", "narrowed", "bilinear", "client_input", "part_shape", "broadcast",
+           "cross_terms", "product", "truncate", "public_wire", "dealt", "dealt_sum", "share_of", "sent_bits",
+           "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
 MAX_CROSS_TERMS = 16   # a product with more cross terms than this is a bug in the caller, not a plan
@@ -52,6 +55,11 @@ class Part:
 
     def key(self) -> tuple:
         return (id(self.handle), self.view)
+
+    def unshifted(self) -> torch.Tensor:
+        """coef / 2^twos times the (viewed) handle: what opening a tensor-coefficient part
+        sends, on 64 - twos bits (the 2^twos comes back when the opening is used)."""
+        return (self.coef >> self.twos) * _viewed(self.handle, self.view)
 
 
 def _viewed_product(left_view: tuple, right_view: tuple, left, right):
@@ -75,10 +83,23 @@ class Wire:
 
     def share(self, ctx) -> torch.Tensor:
         """This party's additive share of v (party 0 carries the public part)."""
-        out = self.public.clone() if ctx.party == 0 else torch.zeros_like(self.public)
+        out = self.dealt_share()
+        if ctx.party == 0:
+            out += self.public
+        return out
+
+    def dealt_share(self) -> torch.Tensor:
+        """This party's share of the dealt part sum c_j R_j alone (no public part)."""
+        out = torch.zeros_like(self.public)
         for part in self.parts:
             out += part.value()   # (in place: one tensor for the sum, not one per part)
         return out
+
+    def split_parts(self) -> tuple[list[Part], list[Part]]:
+        """(parts with integer coefficients, which the dealer knows whole; parts with
+        coefficient tensors, which only the run knows)."""
+        fixed = [part for part in self.parts if isinstance(part.coef, int)]
+        return fixed, [part for part in self.parts if not isinstance(part.coef, int)]
 
     @property
     def device(self) -> torch.device:
@@ -218,12 +239,12 @@ async def narrowed(ctx, x) -> Wire:
     Rounds 1 (0 when every coefficient is an integer already); 64 - t bits an
     element each way, 16 after a truncation by f = 16 (a 64-bit mask: 64)."""
     x = await mask(ctx, x)
-    sent = [part for part in x.parts if not isinstance(part.coef, int)]
+    kept, sent = x.split_parts()
     if not sent:
         return x
-    if sum((64 - part.twos) * math.prod(part_shape(part)) for part in sent) >= 64 * math.prod(x.shape):
+    if sent_bits(x) >= 64 * math.prod(x.shape):
         return await mask(ctx, x.share(ctx))   # (a product's wire: its public part times a dealt one)
-    unshifted = [(part.coef >> part.twos) * _viewed(part.handle, part.view) for part in sent]
+    unshifted = [part.unshifted() for part in sent]
     masks = []
     for message in unshifted:   # (a loop, not a comprehension: the view tests find draws by their protocol's frame)
         masks.append(ctx.rand(message.shape))
@@ -232,8 +253,14 @@ async def narrowed(ctx, x) -> Wire:
     public = x.public
     for part, message, peer in zip(sent, messages, peers):
         public = public + ((message + peer) << part.twos)
-    kept = tuple(part for part in x.parts if isinstance(part.coef, int))
-    return Wire(public, kept + tuple(Part(1 << part.twos, a, part.twos) for part, a in zip(sent, masks)), x.zero)
+    return Wire(public, tuple(kept) + tuple(Part(1 << part.twos, a, part.twos) for part, a in zip(sent, masks)),
+                x.zero)
+
+
+def sent_bits(x: Wire) -> int:
+    """Bits that opening x's tensor-coefficient parts sends per party (``narrowed``,
+    ``arith.linear_server_wire``): 64 - twos an element of each, at the part's own shape."""
+    return sum((64 - part.twos) * math.prod(part_shape(part)) for part in x.split_parts()[1])
 
 
 def part_shape(part: Part) -> tuple[int, ...]:
@@ -255,8 +282,10 @@ def broadcast(*shapes: tuple) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _dealt_sum(coefs, views, *handles):
-    """sum c_j R_j for integer coefficients: a wire's dealt part, as the dealer computes it."""
+def dealt_sum(coefs, views, *handles):
+    """sum c_j R_j for integer coefficients and handles under their views: a wire's dealt
+    part as the dealer computes it from the values it made (or the client from its shares);
+    0 for no parts."""
     return sum(c * _viewed(h, v) for c, h, v in zip(coefs, handles, views))
 
 
@@ -270,7 +299,7 @@ async def bilinear(ctx, x, y, fn) -> torch.Tensor:
     x, y = await ctx.gather(narrowed(ctx, x), narrowed(ctx, y))
     shape = tuple(fn(torch.empty(x.shape, dtype=torch.int64, device="meta"),
                      torch.empty(y.shape, dtype=torch.int64, device="meta")).shape)
-    left, right = _dealt_share(x), _dealt_share(y)   # this party's shares of M and N
+    left, right = x.dealt_share(), y.dealt_share()   # this party's shares of M and N
     cross = ctx.derive(functools.partial(_dealt_matmul, fn, [p.coef for p in x.parts], [p.view for p in x.parts],
                                          [p.coef for p in y.parts], [p.view for p in y.parts], len(x.parts)),
                        *[p.handle for p in x.parts], *[p.handle for p in y.parts], shape=shape)
@@ -280,23 +309,19 @@ async def bilinear(ctx, x, y, fn) -> torch.Tensor:
 
 def _dealt_matmul(fn, left_coefs, left_views, right_coefs, right_views, split, *handles):
     """The dealer's fn(M, N) from the two wires' dealt parts."""
-    return fn(_dealt_sum(left_coefs, left_views, *handles[:split]),
-              _dealt_sum(right_coefs, right_views, *handles[split:]))
+    return fn(dealt_sum(left_coefs, left_views, *handles[:split]),
+              dealt_sum(right_coefs, right_views, *handles[split:]))
 
 
-def _dealt_share(x: Wire) -> torch.Tensor:
-    """This party's share of the wire's dealt part sum c_j R_j (no public part)."""
-    out = torch.zeros_like(x.public)
-    for part in x.parts:
-        out += part.value()
-    return out
+def _pair_key(left: Part, right: Part) -> tuple:
+    """One key for the cross term of two parts, whichever comes first."""
+    return tuple(sorted((left.key(), right.key()), key=repr))
 
 
 def cross_terms(x: Wire, y: Wire) -> int:
     """How many dealt cross terms ``product(x, y)`` makes (pairs of parts whose
     coefficients do not multiply to a multiple of 2^64, a pair over the same values once)."""
-    return len({tuple(sorted((left.key(), right.key()), key=repr)) for left in x.parts for right in y.parts
-                if left.twos + right.twos < 64})
+    return len({_pair_key(left, right) for left in x.parts for right in y.parts if left.twos + right.twos < 64})
 
 
 def product(ctx, x: Wire, y: Wire) -> Wire:
@@ -312,7 +337,7 @@ def product(ctx, x: Wire, y: Wire) -> Wire:
             twos = left.twos + right.twos
             if twos >= 64:
                 continue
-            key = tuple(sorted((left.key(), right.key()), key=repr))
+            key = _pair_key(left, right)
             coef = _ring(left.coef * right.coef)
             if key in cross:
                 seen = cross[key]
