@@ -183,6 +183,13 @@ class Graph:
     def replace_nodes(self, nodes: Iterable[Node], outputs: Iterable[str] | None = None) -> "Graph":
         return Graph(tuple(nodes), tuple(self.outputs if outputs is None else outputs))
 
+    def fused(self, dropped: Iterable[str], replacements: dict[str, tuple[Node, ...]]) -> "Graph":
+        """A fusion's rebuild: the ``dropped`` nodes gone, each node named in
+        ``replacements`` replaced, where it stood, by its nodes."""
+        dropped = set(dropped)
+        return self.replace_nodes(new for node in self.nodes if node.name not in dropped
+                                  for new in replacements.get(node.name, (node,)))
+
     def summary(self) -> dict[str, dict[str, int]]:
         """Counts of ops by name and of values by visibility."""
         ops: dict[str, int] = {}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..ir import Graph
+from ..ir import Graph, Node
 from ..ops.arith import DEFERRED_ACTIVATIONS
 from .registry import register_pass
 
@@ -36,14 +36,11 @@ def fuse_activation_linear(graph: Graph) -> Graph:
         if linear.op == "mpc.linear_server" and linear.operands[0] == node.name \
                 and node.name not in linear.operands[1:] and "activation" not in linear.attrs:
             absorbed[linear.name] = node.name
-    gone = set(absorbed.values())
-    nodes = []
-    for node in graph.nodes:
-        if node.name in gone:
-            continue
-        if node.name in absorbed:
-            activation = graph[absorbed[node.name]]
-            node = replace(node, operands=activation.operands[:1] + node.operands[1:],
-                           attrs={**node.attrs, "activation": activation.op.removeprefix("mpc.")})
-        nodes.append(node)
-    return Graph(tuple(nodes), graph.outputs)
+    return graph.fused(absorbed.values(), {name: (_absorbing(graph[name], graph[activation]),)
+                                           for name, activation in absorbed.items()})
+
+
+def _absorbing(linear: Node, activation: Node) -> Node:
+    """The linear reading the activation's input, the activation named in its attributes."""
+    return replace(linear, operands=activation.operands[:1] + linear.operands[1:],
+                   attrs={**linear.attrs, "activation": activation.op.removeprefix("mpc.")})

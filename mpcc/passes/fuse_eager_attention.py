@@ -57,22 +57,19 @@ def fuse_eager_attention(graph: Graph) -> Graph:
             continue
         fused[out.name] = chain + (softmax,)
     gone = {node.name for chain in fused.values() for node in chain}
-    nodes = []
-    for node in graph.nodes:
-        if node.name in gone:
-            continue
-        if node.name in fused:
-            scores, *scaling, softmax = fused[node.name]
-            scale = scaling[0].attrs["value"] if scaling else 2.0 ** -scores.attrs.get("shift", 0)
-            query, key_t = scores.operands
-            key_type = graph[key_t].type
-            key_shape = key_type.shape[:-2] + (key_type.shape[-1], key_type.shape[-2])
-            key = Node(f"{node.name}_key", "transpose", (key_t,), {"dim0": -2, "dim1": -1},
-                       TensorType(key_shape, key_type.kind, key_type.vis), node.origin)
-            nodes.append(key)
-            node = replace(node, op="mpc.sdpa", operands=(query, key.name, node.operands[1]),
-                           attrs={"attn_mask": None, "dropout_p": 0.0, "is_causal": False,
-                                  "scale": float(scale), "enable_gqa": False,
-                                  "softmax": variants[softmax.op]})
-        nodes.append(node)
-    return Graph(tuple(nodes), graph.outputs)
+    return graph.fused(gone, {name: _as_sdpa(graph, graph[name], chain, variants[chain[-1].op])
+                              for name, chain in fused.items()})
+
+
+def _as_sdpa(graph: Graph, out: Node, chain: tuple[Node, ...], variant: str) -> tuple[Node, Node]:
+    """The key (k^T transposed back) and the ``mpc.sdpa`` that stands for the chain ending at ``out``."""
+    scores, *scaling, _ = chain
+    scale = scaling[0].attrs["value"] if scaling else 2.0 ** -scores.attrs.get("shift", 0)
+    query, key_t = scores.operands
+    key_type = graph[key_t].type
+    key_shape = key_type.shape[:-2] + (key_type.shape[-1], key_type.shape[-2])
+    key = Node(f"{out.name}_key", "transpose", (key_t,), {"dim0": -2, "dim1": -1},
+               TensorType(key_shape, key_type.kind, key_type.vis), out.origin)
+    return key, replace(out, op="mpc.sdpa", operands=(query, key.name, out.operands[1]),
+                        attrs={"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": float(scale),
+                               "enable_gqa": False, "softmax": variant})

@@ -39,14 +39,9 @@ def fuse_scaled_matmul(graph: Graph) -> Graph:
         if producer.op == "mpc.matmul" and not producer.attrs.get("shift") and users.get(source) == [node.name] \
                 and source not in graph.outputs:
             fused[node.name] = source
-    absorbed = set(fused.values())
-    nodes = []
-    for node in graph.nodes:
-        if node.name in absorbed:
-            continue
-        if node.name in fused:
-            matmul = graph[fused[node.name]]
-            node = replace(matmul, name=node.name, attrs={**matmul.attrs, "shift": power_of_two_shift(
-                node.attrs["value"])}, type=node.type, origin=node.origin)
-        nodes.append(node)
-    return Graph(tuple(nodes), graph.outputs)
+    replacements = {}
+    for name, source in fused.items():
+        node, matmul = graph[name], graph[source]
+        replacements[name] = (replace(matmul, name=name, attrs={**matmul.attrs, "shift": power_of_two_shift(
+            node.attrs["value"])}, type=node.type, origin=node.origin),)
+    return graph.fused(fused.values(), replacements)
