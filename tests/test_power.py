@@ -17,7 +17,7 @@ from mpcc.bench import bert_layer
 from mpcc.depth import DEPTH_RULES, MissingDepthRule, NotComparisonFree, depths, multiplicative_depth
 from mpcc.ir import Graph, Node, TensorType
 from mpcc.ops import borrow_tree, compare
-from mpcc.ops import power
+from mpcc.ops import power, scaled_newton
 from mpcc.passes.approximate import approx_label, resolve_approx
 from tests.conftest import token_ids
 from tests.test_op_registry import ULP, Arg, Case, _layer_norm_check, check_case, weight_arg
@@ -84,7 +84,7 @@ def test_scaled_steps_narrow_the_interval_faster_than_newton():
     """From 2^-19 a plain Newton step for 1/sqrt (z -> z (3 - z)^2 / 4) multiplies the low end
     by 2.25; the minimax step by about 6.75."""
     first = power.RSQRT_STEPS[1]
-    low, high = power._image(first.a, first.b, 2, first.low, first.high)
+    low, high = scaled_newton.image(first.a, first.b, 2, first.low, first.high)
     assert low / high > 6 * first.low / first.high
 
 
@@ -98,7 +98,7 @@ def test_a_dropped_coupled_step_fails_the_softmax_test(monkeypatch):
 
 def test_a_wrong_newton_coefficient_fails_the_layer_norm_test(monkeypatch):
     steps = list(power.RSQRT_STEPS)
-    steps[-2] = power.NewtonStep(steps[-2].a, steps[-2].b + 2.0 ** -power.COEF_BITS, steps[-2].low, steps[-2].high)
+    steps[-2] = scaled_newton.NewtonStep(steps[-2].a, steps[-2].b + 2.0 ** -power.COEF_BITS, steps[-2].low, steps[-2].high)
     monkeypatch.setattr(power, "RSQRT_STEPS", tuple(steps))
     with pytest.raises(AssertionError, match="differs"):
         check_op("mpc.layer_norm_newton", **PLANTED_SEARCH)

@@ -16,31 +16,23 @@ each op's, from the same chains and schedules the protocols run).
 - ``layer_norm_newton``: LayerNorm, its 1/sqrt(var + eps) by scaled Newton
   steps from a fixed start over the public domain var + eps in [2^-11, 2^8).
 
-The divisions use scaled Newton: for z = w y^q (q = 1: 1/w, q = 2: 1/sqrt w)
-in a known interval [lo, hi], the step y <- y (a - b z) whose map
-z -> z (a - b z)^q takes equal values at lo and hi (minimax: the zero
-r = a/b is lo + hi for q = 1, lo + sqrt(lo hi) + hi for q = 2) narrows the
-interval's ratio by about 4 (q = 1) or 6.75 (q = 2) per step when it is wide,
-and converges quadratically near 1, where it is Newton's step (cf. scaled
-Newton for the polar decomposition, Byers and Xu 2008, and its minimax form,
-Amsel et al. 2025, "The Polar Express"). ``scaled_newton`` computes each
-step's coefficients on a grid and the interval they leave, so the errors
-stated below are those of the coefficients the protocols use.
+The divisions use scaled Newton steps (``scaled_newton.py``) with fixed
+coefficients over a public domain, so the errors stated below are those of
+the coefficients the protocols use.
 """
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
 
 import torch
 
 from .arith import DEFERRED_ACTIVATIONS, DeferredActivation, add_public, encode, server_product, server_ring
-from .attention import SOFTMAX_VARIANTS, SoftmaxVariant
+from .attention import SOFTMAX_VARIANTS, SoftmaxVariant, _moved
 from .base import define
+from .scaled_newton import NewtonStep, grid, scaled_newton
 from .wire import Wire, mask, product, share_of, truncate
 
-__all__ = ["POWER_P", "POWER_SUM_LOG2", "GELU_QUARTIC", "LN_NEWTON_LOG2", "NewtonStep", "scaled_newton",
+__all__ = ["POWER_P", "POWER_SUM_LOG2", "GELU_QUARTIC", "LN_NEWTON_LOG2",
            "RECIPROCAL_STEPS", "RSQRT_STEPS", "power_chain", "softmax_power", "gelu_quartic", "layer_norm_newton",
            "softmax_depth", "GELU_DEPTH", "LAYER_NORM_DEPTH", "power_reference", "power_row_sums",
            "gelu_quartic_reference", "gelu_quartic_bound", "CENTRE_LIMIT_LOG2", "LN_OUT_BITS", "LN_SCALE",
@@ -67,47 +59,7 @@ GELU_QUARTIC = {"c0": 0.0853852024711046, "alpha": 89186 / 2 ** GELU_ALPHA_BITS,
                 "beta": 11080 / 2 ** GELU_BETA_BITS, "fit": (-4.0, 4.0), "error": 0.08539}
 
 
-# ----------------------------------------------------------------------------- scaled Newton schedules
-@dataclass(frozen=True)
-class NewtonStep:
-    """y <- y (a - b z) for z = w y^q in [low, high] before the step."""
-    a: float
-    b: float
-    low: float
-    high: float
-
-
-def _image(a: float, b: float, q: int, low: float, high: float) -> tuple[float, float]:
-    """(min, max) of h(z) = z (a - b z)^q on [low, high] (ends and the critical point a / ((q + 1) b))."""
-    points = [low, high]
-    critical = a / ((q + 1) * b)
-    if low < critical < high:
-        points.append(critical)
-    values = [z * (a - b * z) ** q for z in points]
-    return min(values), max(values)
-
-
-def scaled_newton(q: int, low: float, steps: int, bits: list[tuple[int, int]]) -> tuple[tuple[NewtonStep, ...],
-                                                                                      tuple[float, float]]:
-    """The minimax steps for w^(-1/q) from z = w y^q in [low, 1], each (a, b) rounded to its
-    ``bits`` = (bits of a, bits of b) (the last pair repeats), b = 0 bits: an integer. Returns
-    the steps and the interval [low, high] of z after them: y w^(1/q) = z^(1/q) lies in
-    [low^(1/q), high^(1/q)]."""
-    out, high = [], 1.0
-    for index in range(steps):
-        a_bits, b_bits = bits[min(index, len(bits) - 1)]
-        zero = low + high if q == 1 else low + math.sqrt(low * high) + high
-        top = _image(zero, 1.0, q, low, high)[1]
-        b = max(1, round(top ** (-1.0 / q) * 2 ** b_bits)) / 2 ** b_bits   # the image's top about 1
-        a = math.ceil(b * zero * 2 ** a_bits) / 2 ** a_bits                  # the zero never moves left
-        new_low, new_high = _image(a, b, q, low, high)
-        if not (a / b > high and new_low > 0):
-            raise AssertionError(f"scaled Newton step {index} leaves the interval: {a}, {b} on [{low}, {high}]")
-        out.append(NewtonStep(a, b, low, high))
-        low, high = new_low, new_high
-    return tuple(out), (low, high)
-
-
+# ----------------------------------------------------------------------------- the schedules (``scaled_newton``)
 # 1/z for z = (row sum / 2^ceil(log2 n)) / 2^12 in [2^-13, 1): coupled steps, the last one self-correcting
 RECIPROCAL_STEPS, RECIPROCAL_LEFT = scaled_newton(1, 2.0 ** (-POWER_SUM_LOG2 - 1), RECIPROCAL_STEPS_COUNT,
                                                   [(COEF_BITS, COEF_BITS)])
@@ -119,13 +71,6 @@ RSQRT_STEPS, RSQRT_LEFT = scaled_newton(2, 2.0 ** (LN_NEWTON_LOG2[0] - LN_NEWTON
 # 1/sqrt of the interval's middle, so y LN_SCALE is within RSQRT_ERROR of 1/sqrt(v)
 LN_SCALE = 2 / (math.sqrt(RSQRT_LEFT[0]) + math.sqrt(RSQRT_LEFT[1]))
 RSQRT_ERROR = max(abs(LN_SCALE * math.sqrt(z) - 1) for z in RSQRT_LEFT)
-
-
-def _grid(value: float, bits: int) -> int:
-    scaled = value * 2 ** bits
-    if scaled != round(scaled):
-        raise AssertionError(f"{value} is not on the 2^-{bits} grid")
-    return int(round(scaled))
 
 
 # ----------------------------------------------------------------------------- power-softmax
@@ -259,18 +204,12 @@ async def softmax_power(ctx, x, keep, p: int = POWER_P):
 
 def _line(z: Wire, step: NewtonStep, frac: int) -> Wire:
     """a - b z with frac + COEF_BITS fractional bits, for z with frac (a, b on the 2^-6 grid)."""
-    return _times(z, -_grid(step.b, COEF_BITS)).plus(_const(z.public, _grid(step.a, COEF_BITS) << frac))
+    return _times(z, -grid(step.b, COEF_BITS)).plus(_const(z.public, grid(step.a, COEF_BITS) << frac))
 
 
 SOFTMAX_VARIANTS["power"] = SoftmaxVariant(
     "power", power_reference, softmax_power,
     f"power-softmax (1 + (x - mean)/{POWER_P})^{POWER_P} / sum, comparison-free (scaled Newton division)")
-
-
-def _moved(x, source: int, destination: int):
-    if isinstance(x, Wire):
-        return x.relaid(functools.partial(torch.movedim, source=source, destination=destination))
-    return x.movedim(source, destination)
 
 
 async def _softmax_op(ctx, x, dim, p=POWER_P):
@@ -310,8 +249,8 @@ async def _quartic(ctx, x) -> tuple[Wire, int]:
     f = ctx.frac_bits
     bits = _quartic_bits(f)
     x = await mask(ctx, x)
-    alpha = _grid(GELU_QUARTIC["alpha"], GELU_ALPHA_BITS)
-    beta = _grid(GELU_QUARTIC["beta"], GELU_BETA_BITS)
+    alpha = grid(GELU_QUARTIC["alpha"], GELU_ALPHA_BITS)
+    beta = grid(GELU_QUARTIC["beta"], GELU_BETA_BITS)
     q = await truncate(ctx, product(ctx, x, x).scaled(alpha), f + GELU_ALPHA_BITS)
     acc = product(ctx, q, q).scaled(-(1 << (bits - 2 * f))) + q.scaled(beta << (bits - f - GELU_BETA_BITS)) + \
         x.scaled(1 << (bits - f - 1))
@@ -418,14 +357,14 @@ async def layer_norm_newton(ctx, x, weight, bias, normalized_shape, eps):
     async def rsqrt():   # 1/sqrt(var + eps): v and y_1 from the sum of squares, then the steps
         first = RSQRT_STEPS[0]
         shift = 2 * f + log_n - 3 * LN_START_LOG2 - F_L      # y_1 = a_0 y_0 - b_0 y_0^3 v, y_0 = 2^-4
-        start = add_public(ctx, -total * _grid(first.b, 0),
+        start = add_public(ctx, -total * grid(first.b, 0),
                            _const(total, round(first.a * 2.0 ** (shift + F_L + LN_START_LOG2))))
         v, y = await ctx.gather(truncate(ctx, total, 2 * f + log_n - F_V), truncate(ctx, start, shift))
         for step in RSQRT_STEPS[1:]:   # z = v y^2 afresh: P = v y, Q = y^2, then y (a - b z) = a y - b P Q
             p_wire, q_wire = await ctx.gather(truncate(ctx, product(ctx, v, y), F_V),
                                               truncate(ctx, product(ctx, y, y), F_L))
-            acc = y.scaled(_grid(step.a, COEF_BITS) << F_L) - \
-                product(ctx, p_wire, q_wire).scaled(_grid(step.b, COEF_BITS))
+            acc = y.scaled(grid(step.a, COEF_BITS) << F_L) - \
+                product(ctx, p_wire, q_wire).scaled(grid(step.b, COEF_BITS))
             y = await truncate(ctx, acc, F_L + COEF_BITS)
         return y
     if with_gamma:   # gamma's message and truncation beside the steps
