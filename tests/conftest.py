@@ -12,6 +12,23 @@ settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# MPCC_TEST_BACKEND=cuda (or limb) runs the protocol and session tests on that backend: the GPU check.
+# These modules build their own CPU shares or public values inside protocols: not run on the GPU.
+TEST_BACKEND = os.environ.get("MPCC_TEST_BACKEND")
+CPU_ONLY_MODULES = {"test_protocols.py", "test_wire.py", "test_overflow.py"}
+if TEST_BACKEND:
+    from mpcc.runtime import Session, harness
+    harness.run_protocol.__kwdefaults__["backend"] = TEST_BACKEND
+    Session.__init__.__kwdefaults__["backend"] = TEST_BACKEND
+
+
+def pytest_collection_modifyitems(config, items):
+    if TEST_BACKEND == "cuda":
+        skip = pytest.mark.skip(reason=f"builds CPU shares itself; not run under MPCC_TEST_BACKEND={TEST_BACKEND}")
+        for item in items:
+            if item.path.name in CPU_ONLY_MODULES:
+                item.add_marker(skip)
+
 
 def _seeded(builder):
     torch.manual_seed(0)

@@ -137,7 +137,7 @@ def _bit_frequencies(messages):
     counts, totals = torch.zeros(64), torch.zeros(64)
     for tensor, width in messages:
         width = width or 64
-        words = tensor.reshape(-1, 1)
+        words = tensor.reshape(-1, 1).cpu()
         bits = (words >> torch.arange(width)) & 1
         counts[:width] += bits.sum(0).double().float()
         totals[:width] += words.shape[0]
@@ -156,8 +156,9 @@ def _indistinguishable(a, b):
 async def _layer(ctx, a):
     w = torch.linspace(-1, 1, 64).reshape(8, 8)
     w_ring = torch.round(w * 2**16).to(torch.int64)
-    weight = None if ctx.party == 0 else (torch.empty(8, 8, dtype=torch.int64, device="meta") if ctx.meta else w_ring)
-    h = await arith.trunc(ctx, await arith.linear_server(ctx, a, weight, (8, 8), "w", lambda p, q: p @ q))
+    weight = None if ctx.party == 0 else (torch.empty(8, 8, dtype=torch.int64, device="meta") if ctx.meta
+                                          else w_ring.to(ctx.device))
+    h = await arith.trunc(ctx, await arith.linear_server(ctx, a, weight, (8, 8), "w", ctx.backend.matmul))
     h = await nl.gelu(ctx, h)
     return await nl.softmax_masked(ctx, h, None)
 
@@ -209,8 +210,8 @@ def _layer_with(weight_values):
     async def protocol(ctx, a):
         w_ring = torch.round(weight_values * 2**16).to(torch.int64)
         weight = None if ctx.party == 0 else (
-            torch.empty(8, 8, dtype=torch.int64, device="meta") if ctx.meta else w_ring)
-        h = await arith.trunc(ctx, await arith.linear_server(ctx, a, weight, (8, 8), "w", lambda p, q: p @ q))
+            torch.empty(8, 8, dtype=torch.int64, device="meta") if ctx.meta else w_ring.to(ctx.device))
+        h = await arith.trunc(ctx, await arith.linear_server(ctx, a, weight, (8, 8), "w", ctx.backend.matmul))
         return await nl.gelu(ctx, h)
     return protocol
 

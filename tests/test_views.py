@@ -272,7 +272,7 @@ def test_no_label_is_drawn_twice_and_scoped_draws_mask_server_statics(model, mon
     assert repeated == {}
     scoped = {key[2] for key in draws if key[2].startswith("deploy/")}
     assert scoped, "the plan has server linears: their weight masks are deployment-scoped"
-    tape = plan.__dict__["_dealer_tapes"][("cpu", plan.frac_bits)][0]
+    tape = plan.__dict__["_dealer_tapes"][(session.backend.name, plan.frac_bits)][0]
     static = session.states[1].static
     for node, label, op, shape, kind, holder, scope, fn, args in tape:
         if scope:   # the one allowed use: B masks a value fixed for the deployment, and only the server holds B

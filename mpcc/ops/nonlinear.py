@@ -109,10 +109,10 @@ async def exp(ctx, x):
 
 def encode_scaled(ctx, value, frac: int):
     """A public real known to be in range, as an integer with ``frac`` fractional bits
-    (no range check: for values the protocol itself bounds)."""
+    (no range check: for values the protocol itself bounds), on the backend's device."""
     if ctx.meta:
         return torch.empty(tuple(value.shape), dtype=torch.int64, device="meta")
-    return (value * 2.0 ** frac).round_().to(torch.int64)
+    return (value.to(ctx.device) * 2.0 ** frac).round_().to(torch.int64)
 
 
 async def _bracket_bits(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):

@@ -44,10 +44,11 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
     generator = torch.Generator().manual_seed(seed)
     shares = ([], [])
     for value in values:
-        encoded = value.to(torch.int64) if integer else ring.encode(value, frac_bits)
-        mask = torch.randint(-2**63, 2**63 - 1, tuple(value.shape), dtype=torch.int64, generator=generator)
-        shares[0].append(ring.to_device(mask))
-        shares[1].append(ring.to_device(encoded - mask))
+        encoded = ring.to_device(value.to(torch.int64)) if integer else ring.encode(value, frac_bits)
+        mask = ring.to_device(torch.randint(-2**63, 2**63 - 1, tuple(value.shape), dtype=torch.int64,
+                                            generator=generator))
+        shares[0].append(mask)
+        shares[1].append(encoded - mask)
     metas = [torch.empty(v.shape, dtype=torch.int64, device="meta") for v in values]
     seeds = (new_seed(), new_seed())
     dealer = DealerContext(ring, frac_bits)
