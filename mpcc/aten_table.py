@@ -17,7 +17,7 @@ IDENTITY_OPS = {
 ASSERT_OPS = {"_assert_tensor_metadata.default", "_assert_scalar.default", "sym_constrain_range_for_size.default",
               "_assert_async.msg"}
 # Conversions: a cast when the element kind changes, otherwise the identity.
-CAST_OPS = {"to.dtype", "to.dtype_layout", "_to_copy.default", "to.device", "to.prim_dtype"}
+CAST_OPS = {"to.dtype", "to.dtype_layout", "_to_copy.default", "to.device", "to.prim_dtype", "type_as.default"}
 MULTI_OUTPUT_OPS = {"split.Tensor", "split_with_sizes.default", "unbind.int", "chunk.default"}
 # Schema arguments that do not change values on CPU at inference.
 DROPPED_ARGS = {"layout", "device", "pin_memory", "memory_format", "non_blocking", "copy", "cudnn_enable", "half_to_float"}
@@ -61,8 +61,11 @@ _map("pow", "pow.Tensor_Scalar", "pow.Tensor_Tensor")
 for _name in ("neg", "sqrt", "rsqrt", "exp", "log", "tanh", "sigmoid", "erf", "abs", "relu", "silu",
               "logical_not", "bitwise_not"):
     _map(_name, f"{_name}.default")
-_map("maximum", "maximum.default")
-_map("minimum", "minimum.default")
+_map("maximum", "maximum.default", "max.other")
+_map("minimum", "minimum.default", "min.other")
+# math that Hugging Face applies to public values only (rotary tables, position buckets): folded, never run in MPC
+for _name in ("cos", "sin", "sign", "ceil", "floor", "round", "trunc", "reciprocal", "log1p", "log2", "frac"):
+    _map(_name, f"{_name}.default")
 _map("clamp", "clamp.default", "clamp.Tensor")
 _map("clamp", "clamp_min.default", fixed={"max": None})
 _map("clamp", "clamp_max.default", fixed={"min": None})
@@ -100,6 +103,7 @@ _map("new_full", "new_ones.default", fixed={"fill_value": 1})
 _map("new_full", "new_zeros.default", fixed={"fill_value": 0})
 
 _map("linear", "linear.default")
+_map("conv2d", "conv2d.default")
 _map("addmm", "addmm.default")
 _map("mm", "mm.default")
 _map("bmm", "bmm.default")

@@ -20,7 +20,8 @@ from .aten_table import (ASSERT_OPS, ATEN_TO_IR, CAST_OPS, DROPPED_ARGS, IDENTIT
 from .ir import Graph, IRError, Node, TensorType, kind_of_dtype
 from .ops import MARK, get_op
 
-__all__ = ["trace", "import_exported", "reference_outputs", "UnsupportedOpError", "TraceError", "module_path"]
+__all__ = ["trace", "import_exported", "reference_outputs", "UnsupportedOpError", "UnsupportedOpsError", "TraceError",
+           "module_path"]
 
 OWNERS = ("client", "server", "public")
 
@@ -33,10 +34,26 @@ class UnsupportedOpError(TraceError):
     """The model uses an ATen op (or an argument of one) that mpcc cannot import."""
 
     def __init__(self, op: str, module: str, node: str, detail: str = ""):
-        self.op, self.module, self.node = op, module, node
+        self.op, self.module, self.node, self.detail = op, module, node, detail
         where = module or "<top-level module>"
         super().__init__(f"unsupported op {op} in {where} (node {node}){': ' + detail if detail else ''}. "
                          f"mpcc imports {len(supported_aten_ops())} ATen ops; see docs/ir.md")
+
+
+class UnsupportedOpsError(UnsupportedOpError):
+    """Every unsupported op of a model at once: each with its count and first place."""
+
+    def __init__(self, by_op: Mapping[str, list[UnsupportedOpError]]):
+        first = next(iter(by_op.values()))[0]
+        self.op, self.module, self.node = first.op, first.module, first.node
+        self.by_op = dict(by_op)
+        if len(by_op) == 1 and len(first_list := next(iter(by_op.values()))) == 1:
+            TraceError.__init__(self, str(first_list[0]))
+            return
+        parts = [f"{op} x{len(errors)} (first in {errors[0].module or '<top-level module>'}, node {errors[0].node}"
+                 f"{': ' + errors[0].detail if errors[0].detail else ''})" for op, errors in by_op.items()]
+        TraceError.__init__(self, f"{len(by_op)} unsupported op(s): {'; '.join(parts)}. mpcc imports "
+                                  f"{len(supported_aten_ops())} ATen ops; see docs/ir.md")
 
 
 def module_path(fx_node: torch.fx.Node) -> str:
@@ -78,7 +95,23 @@ def trace(model: torch.nn.Module, example_inputs, *, owners: Mapping[str, str] |
                          f"{str(error).splitlines()[0] if str(error) else ''}") from error
     finally:
         model.train(was_training)
-    return import_exported(exported, owners or {})
+    return import_exported(_functional(exported), owners or {})
+
+
+def _in_place(target) -> bool:
+    """``aten.add_.Tensor``, ``aten.detach_.default``: an op that writes into its first argument."""
+    packet = getattr(target, "_schema", None)
+    return packet is not None and any(a.alias_info is not None and a.alias_info.is_write for a in packet.arguments)
+
+
+def _functional(exported: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """The program without in-place ops (Hugging Face's ``masked_fill_``, ``add_``, ``detach_``):
+    torch's functionalization rewrites each into its functional form and threads the new
+    value to later readers. Done only when needed: it costs a re-trace."""
+    if not any(n.op == "call_function" and _in_place(n.target) for n in exported.graph.nodes):
+        return exported
+    with torch.no_grad():
+        return exported.run_decompositions({})
 
 
 def _unaliased(args, kwargs):
@@ -177,12 +210,26 @@ class _Importer:
 
     def run(self) -> Graph:
         user_inputs = set()
+        unsupported: dict[str, list[UnsupportedOpError]] = {}   # op -> each place it occurs
+        failed: set[str] = set()       # fx nodes not imported: those that read them are skipped, not reported
         for fx_node in self.exported.graph.nodes:
             if fx_node.op == "placeholder":
                 user_inputs |= self.placeholder(fx_node)
             elif fx_node.op == "call_function":
-                self.call(fx_node)
+                if any(arg.name in failed for arg in fx_node.all_input_nodes):   # reads an op not imported
+                    failed.add(fx_node.name)
+                    if not _known(fx_node.target):
+                        unsupported.setdefault(str(fx_node.target), []).append(
+                            UnsupportedOpError(str(fx_node.target), module_path(fx_node), fx_node.name))
+                    continue
+                try:
+                    self.call(fx_node)
+                except UnsupportedOpError as error:   # keep going: report every unsupported op at once
+                    unsupported.setdefault(error.op, []).append(error)
+                    failed.add(fx_node.name)
             elif fx_node.op == "output":
+                if unsupported:
+                    raise UnsupportedOpsError(unsupported)
                 outputs = [self.value(n, fx_node) for n in fx_node.args[0] if isinstance(n, torch.fx.Node)]
             else:
                 raise UnsupportedOpError(fx_node.op, module_path(fx_node), fx_node.name, "unexpected FX node kind")
@@ -314,6 +361,14 @@ class _Importer:
             node = Node(fx_node.name, "slice", (source,), {"dim": dim, "start": start, "end": end, "step": 1},
                         _tensor_type(fx_node), origin)
         self.add(node)
+
+
+def _known(target) -> bool:
+    """Whether the importer has a rule for this call target (its arguments may still be refused)."""
+    if target is operator.getitem:
+        return True
+    overload = _overload_name(target)
+    return any(overload in table for table in (ATEN_TO_IR, IDENTITY_OPS, ASSERT_OPS, CAST_OPS, MULTI_OUTPUT_OPS))
 
 
 def _overload_name(target) -> str:

@@ -17,6 +17,7 @@ import torch
 
 import mpcc
 from mpcc.backends.prg import Prg
+from mpcc.frontend import reference_outputs
 from mpcc.passes.approximate import PRESETS
 from mpcc.runtime import Session
 from mpcc.runtime.context import Context
@@ -289,3 +290,33 @@ def test_the_tape_check_catches_a_repeated_label(model, monkeypatch):
     session.run(inputs)
     session.run(inputs)
     assert any(n > 1 for n in draws.values())
+
+
+class _TiedEmbeddings(torch.nn.Module):
+    """One table read by two lookups that start in the same step (BART's shared embedding)."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = torch.nn.Embedding(20, 8)
+        self.out = torch.nn.Linear(8, 8)
+
+    def forward(self, a, b):
+        return self.out(self.table(a)), self.table(b) * 2
+
+
+def test_a_weight_read_twice_in_one_step_is_sent_once():
+    """D = W - B is made in B's memory: a second reader in the same step used to make it again
+    from D and send B, the weight's mask, so the client held both D and B, hence W, and
+    computed with B in place of D (wrong outputs). One message per weight, shared by both."""
+    torch.manual_seed(0)
+    module = _TiedEmbeddings().eval()
+    inputs = {"a": token_ids(6, 20, 1), "b": token_ids(4, 20, 2)}
+    plan = mpcc.compile(module, inputs)
+    session = Session(plan, module.state_dict(), progress=False, timeout=30)
+    session.record_views = True
+    outputs, stats = session.run(inputs)
+    for got, want in zip(outputs, reference_outputs(module, inputs)):
+        assert (got - want).abs().max() < 1e-3
+    table_setups = [o for o in session.views[0] if o.setup and tuple(o.received.shape) == (20, 8)]
+    assert len(table_setups) == 1
+    assert stats.setup_bytes == plan.cost().setup_bytes

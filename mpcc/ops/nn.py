@@ -18,6 +18,9 @@ def _op(name, params, reference, doc, family="nn", **extra):
 
 
 _op("linear", ("input", "weight", "bias"), F.linear, "x @ W.T + b (W as nn.Linear stores it)", "matmul")
+_op("conv2d", ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+    lambda x, w, b=None, stride=1, padding=0, dilation=1, groups=1: F.conv2d(x, w, b, stride, padding, dilation, groups),
+    "2-D convolution (a linear over patches: see decompose_conv2d)", "matmul")
 _op("addmm", ("self", "mat1", "mat2", "beta", "alpha"),
     lambda b, x, w, beta=1, alpha=1: torch.addmm(b, x, w, beta=beta, alpha=alpha), "beta*b + alpha*(x @ w)", "matmul")
 _op("mm", ("self", "mat2"), torch.mm, "matrix product", "matmul")

@@ -8,12 +8,22 @@ import torch
 
 from .base import KIND_DTYPES, define
 
-__all__ = ["dtype_arg"]
+__all__ = ["dtype_arg", "patches"]
 
 
 def dtype_arg(kind):
     """An IR dtype attribute (``real``/``int``/``bool`` or None) as a torch dtype."""
     return None if kind is None else KIND_DTYPES[kind]
+
+
+def patches(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """F.unfold(x).transpose(1, 2) for any dtype (int64 shares too): the rows a convolution's
+    weight, reshaped to (out, C*kh*kw), multiplies. Stride equal to kernel is a pure reshaping."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(v) for v in (kernel_size, stride, padding, dilation))
+    x = torch.nn.functional.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+    windows = x.unfold(2, (kh - 1) * dh + 1, sh).unfold(3, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
+    n, c, rows, cols = windows.shape[:4]
+    return windows.permute(0, 2, 3, 1, 4, 5).reshape(n, rows * cols, c * kh * kw)
 
 
 def _op(name, params, reference, doc, family="elementwise", **extra):
@@ -42,6 +52,9 @@ _op("select", ("self", "dim", "index"), lambda x, dim, index: x.select(dim, inde
 _op("cat", ("tensors", "dim"), lambda tensors, dim=0: torch.cat(tensors, dim), "concatenate", "shape")
 _op("flatten", ("self", "start_dim", "end_dim"), lambda x, s=0, e=-1: x.flatten(s, e), "flatten axes", "shape")
 _op("repeat", ("self", "repeats"), lambda x, repeats: x.repeat(repeats), "tile", "shape")
+_op("patches", ("self", "kernel_size", "stride", "padding", "dilation"), lambda x, k, s, p, d: patches(x, k, s, p, d),
+    "the (N, positions, C*kh*kw) patches a 2-D convolution reads (zero padded); moves and copies elements only",
+    "shape")
 _op("cast", ("self", "dtype"), lambda x, dtype: x.to(dtype_arg(dtype)), "change element kind", "shape")
 _op("index", ("self", "indices"), lambda x, indices: x[tuple(indices)], "advanced indexing (indices must be public)",
     "shape", index_params=("indices",))
@@ -66,6 +79,9 @@ _op("tanh", ("self",), torch.tanh, "hyperbolic tangent")
 _op("sigmoid", ("self",), torch.sigmoid, "logistic function")
 _op("erf", ("self",), torch.erf, "error function")
 _op("abs", ("self",), torch.abs, "|x|")
+_op("reciprocal", ("self",), torch.reciprocal, "1 / x")
+for _name in ("cos", "sin", "sign", "ceil", "floor", "round", "trunc", "log1p", "log2", "frac"):
+    _op(_name, ("self",), getattr(torch, _name), f"elementwise {_name} (public values only: folded, no protocol)")
 _op("relu", ("self",), torch.relu, "max(x, 0)")
 _op("maximum", ("self", "other"), torch.maximum, "elementwise max")
 _op("minimum", ("self", "other"), torch.minimum, "elementwise min")

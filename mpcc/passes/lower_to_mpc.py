@@ -18,7 +18,8 @@ from .registry import register_pass
 __all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES", "LOWERING_RULES", "register_lowering"]
 
 LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "expand", "slice",
-                   "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat"}
+                   "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat",
+                   "patches"}
 NOT_VALUES = {"condition", "mask", "attn_mask"}   # operands read as 0/1 or as a mask, never as reals
 SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "relu": "mpc.relu", "exp": "mpc.exp", "rsqrt": "mpc.rsqrt",
           "neg": "mpc.neg", "reciprocal": "mpc.reciprocal", "softmax": "mpc.softmax"}

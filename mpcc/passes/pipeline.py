@@ -21,6 +21,7 @@ DEFAULT_PIPELINE = (
 # What `mpcc.compile` runs (``secure_pipeline``): the analysis pipeline, fusions, the approximation
 # preset's substitutes, then lowering to MPC ops.
 SECURE_PIPELINE = DEFAULT_PIPELINE + (
+    "decompose_conv2d",          # a convolution: a linear over its input's patches
     "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
     "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
     "lower_to_mpc",              # every shared value's op gets its protocol

@@ -90,6 +90,18 @@ class Material:
     stored: bool   # True: the dealer must store/send it; False: regenerated from a seed
 
 
+def setup_message(ctx, key, make, like, sender) -> Message:
+    """The one setup message of ``key`` in this run. Two nodes that read the same weight
+    and start in the same step await the same message (each step sends it once): a
+    second ``make()`` would run on the first's output (D = W - B is made in B's memory)
+    and send B itself, the weight's mask."""
+    pending = ctx.session.pending_setup
+    if key not in pending:
+        tensors = (make(),) if ctx.party == sender else (like,)
+        pending[key] = Message(ctx.node, "setup", tensors, [None], ["add"], sender)
+    return pending[key]
+
+
 @dataclass
 class SessionState:
     """What outlives one inference: values opened once per deployment, masks
@@ -100,6 +112,8 @@ class SessionState:
     encoded: dict[str, torch.Tensor] = field(default_factory=dict)
     plain: dict[str, torch.Tensor | None] = field(default_factory=dict)   # this party's static values, as run
     static: frozenset = frozenset()   # names of values that depend only on weights and constants
+    # setup messages in flight, by key: readers of one weight that start in the same step share one
+    pending_setup: dict = field(default_factory=dict)
 
     def fork(self) -> "SessionState":
         """A working copy for one run, committed only if the whole run succeeds on
@@ -341,11 +355,8 @@ class PartyContext(Context):
 
     async def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
-            if self.party == sender:
-                await Message(self.node, "setup", (make(),), [None], ["add"], sender)
-                self.session.deployment[key] = None   # sent; the sender needs neither it nor its masks again
+            result = await setup_message(self, key, make, like, sender)
+            self.session.deployment[key] = None if self.party == sender else result[0]
+            if self.party == sender:   # sent; the sender needs neither it nor its masks again
                 self.session.scoped_masks.pop(f"deploy/{key}", None)
-            else:
-                (received,) = await Message(self.node, "setup", (like,), [None], ["add"], sender)
-                self.session.deployment[key] = received
         return self.session.deployment[key] if self.party != sender else None

@@ -17,7 +17,7 @@ import torch
 
 from ..backends import get_backend
 from ..ops.wire import ClientShare
-from .context import HOLDERS, Context, SessionState
+from .context import HOLDERS, Context, SessionState, setup_message
 from ..interpreter import check_inputs, check_weights, normalize_weights
 from .executor import execute_steps
 from .session import RunError, inputs_as_dict, split_inputs
@@ -94,9 +94,7 @@ class _EmulatedParty(Context):
 
     async def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
-            from .schedule import Message
-            tensors = (make(),) if self.party == sender else (like,)
-            received = await Message(self.node, "setup", tensors, [None], ["add"], sender)
+            received = await setup_message(self, key, make, like, sender)
             self.session.deployment[key] = None if self.party == sender else received[0]
         return self.session.deployment[key] if self.party != sender else None
 

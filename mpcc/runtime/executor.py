@@ -17,7 +17,7 @@ import torch
 from ..ir import Graph, Node, dtype_of_kind
 from ..ops import get_op
 from ..ops.wire import Wire, share_of
-from .schedule import Flow
+from .schedule import Flow, unique
 
 __all__ = ["execute", "execute_steps", "ExecutionError", "RangeOverflowError", "OWNER_PARTY", "OVERFLOW_NODE"]
 
@@ -142,7 +142,7 @@ class _Run:
 
     def _step(self, flows, ready):
         """One communication step for every running flow."""
-        messages = [message for flow in flows.values() for message in flow.pending()]
+        messages = unique([message for flow in flows.values() for message in flow.pending()])
         if not messages:
             raise ExecutionError(f"party {self.ctx.party}: nodes {sorted(flows)} wait but send nothing")
         yield messages
@@ -263,7 +263,7 @@ class _Run:
             value = _run(node, self.graph, self.env, node_ctx, self.inputs, self.weights)
             flows[node.name] = Flow.start(value, node_ctx)
         while any(not flow.done for flow in flows.values()):
-            yield [m for flow in flows.values() for m in flow.pending()]
+            yield unique([m for flow in flows.values() for m in flow.pending()])
             self.steps += 1
             for flow in flows.values():
                 flow.resume()

@@ -53,6 +53,12 @@ class Message:
         return self.kind == "exchange" or self.sender != party
 
 
+def unique(messages: list) -> list:
+    """Each message once, in order: strands that await one shared message (a weight's
+    setup, ``setup_message``) send and receive it once."""
+    return list({id(m): m for m in messages}.values())
+
+
 @dataclass(eq=False)
 class Gather:
     """Await several awaitables at once; their messages share steps."""
@@ -151,7 +157,7 @@ class Flow:
         self.root.pending(out)
         for strand in list(self.background):
             strand.pending(out)
-        return out
+        return unique(out)
 
     def resume(self) -> None:
         self.steps += 1
