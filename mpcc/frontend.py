@@ -289,13 +289,13 @@ class _Importer:
         if overload not in ATEN_TO_IR:
             raise UnsupportedOpError(*where)
         ir_name, renames, fixed = ATEN_TO_IR[overload]
-        operands, attrs = self.bind(fx_node, target._schema, renames, fixed, get_op(ir_name).params, where)
+        operands, attrs = self.bind(fx_node, target._schema, renames, fixed, get_op(ir_name), where)
         self.add(Node(fx_node.name, ir_name, tuple(operands), attrs, _tensor_type(fx_node), where[1]))
 
     def kind_of(self, name: str) -> str:
         return next(n.type.kind for n in reversed(self.nodes) if n.name == name)
 
-    def bind(self, fx_node, schema, renames, fixed, params, where):
+    def bind(self, fx_node, schema, renames, fixed, op, where):
         bound: dict[str, Any] = {}
         for position, argument in enumerate(schema.arguments):
             if position < len(fx_node.args) and not argument.kwarg_only:
@@ -311,6 +311,7 @@ class _Importer:
             bound[renames.get(argument.name, argument.name)] = value
         for key, value in fixed.items():
             bound.setdefault(key, value)
+        params = [p for p in op.params if p in bound or p not in op.defaults]   # optional trailing params left out
         missing = [p for p in params if p not in bound]
         extra = [p for p in bound if p not in params]
         if missing or extra:

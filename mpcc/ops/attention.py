@@ -202,10 +202,15 @@ def _finite_part(mask):
 
 
 def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
-                        softmax="exact"):
-    """softmax(q k^T * scale + mask) v in plaintext, with the named softmax variant."""
+                        softmax="exact", bias=None):
+    """softmax(q k^T * scale + mask + bias) v in plaintext, with the named softmax variant.
+    ``bias``: an additive term that is not public (T5's learned position bias, the server's)."""
     if dropout_p:
         raise ValueError("attention dropout must be 0 at inference")
+    if bias is not None:   # one additive float mask: the bias where the mask keeps, -inf where it excludes
+        keep = attention_mask(attn_mask, False, tuple(bias.shape), bias.device)
+        finite = bias if attn_mask is None or attn_mask.dtype == torch.bool else bias + _finite_part(attn_mask)
+        attn_mask = finite if keep is None else finite.masked_fill(~keep, -torch.inf)
     if softmax == "exact":
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale,
                                                                 enable_gqa=enable_gqa)
@@ -226,7 +231,7 @@ def _power_of_two_exponent(value: float) -> int | None:
 
 
 async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
-               softmax="exact"):
+               softmax="exact", bias=None):
     """softmax(q k^T * scale + mask) v for shared q, k, v and a public mask:
     Beaver matmuls for q k^T and p v (``bilinear``: 16-bit openings of wires),
     the scaling, the named softmax variant with masked entries excluded. An
@@ -242,6 +247,9 @@ async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     normalisation, as in FlashAttention). 2Quad's scores carry f // 2 bits
     (``_quad_scores_bits``): its square needs no truncation.
 
+    A shared ``bias`` (T5's position bias) is added to the scores' shares (with f
+    fractional bits: 2Quad then keeps f bits and truncates its square).
+
     Domain: |q k^T| < 2^(62-2f) and, for a scale that is not a power of two,
     < 2^(62-f) / round(scale 2^24); the scores as for the softmax variant;
     |numerators @ v| < 2^(62-2f) and |p v| < 2^(62-3f).
@@ -250,7 +258,7 @@ async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     variant = SOFTMAX_VARIANTS[softmax]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     shift = _power_of_two_exponent(scale)
-    frac = f if shift is None or variant.scores_bits is None else variant.scores_bits(f)
+    frac = f if shift is None or variant.scores_bits is None or bias is not None else variant.scores_bits(f)
     product_2f = await bilinear(ctx, query, _moved(key, -1, -2), ctx.backend.matmul)
     if shift is not None:   # a wire: the 2Quad square needs no opening
         scores = await truncate(ctx, product_2f, 2 * f - frac + shift)
@@ -262,6 +270,8 @@ async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         if ctx.meta or bool(finite.abs().max() > 0):
             added = encode(ctx, finite.expand(shape).to(torch.float64), "real") >> (f - frac)
             scores = scores.plus(added) if isinstance(scores, Wire) else add_public(ctx, scores, added)
+    if bias is not None:
+        scores = share_of(ctx, scores) + share_of(ctx, bias).expand(shape)
     keep = attention_mask(attn_mask, is_causal, shape, scores.device)
     keep = None if keep is None else keep.to(torch.int64)
     if variant.parts is None:
@@ -289,8 +299,8 @@ async def _softmax_op(ctx, x, dim, variant="exact"):
     return _moved(out, -1, dim)
 
 
-def _mpc(name, params, reference, doc, protocol):   # softmax ops take and return wires
-    return define(name, params, reference, doc, "mpc", protocol=protocol, wires=True)
+def _mpc(name, params, reference, doc, protocol, **extra):   # softmax ops take and return wires
+    return define(name, params, reference, doc, "mpc", protocol=protocol, wires=True, **extra)
 
 
 _mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, division)",
@@ -311,5 +321,7 @@ define("softmax_puma", ("self", "dim"), lambda x, dim: _puma_reference(x.movedim
 _mpc("mpc.softmax_puma", ("self", "dim"), lambda x, dim: _puma_reference(x.movedim(dim, -1), None).movedim(-1, dim),
      "PUMA's softmax (tournament max, squarings, cut-off, division)",
      lambda ctx, x, dim: _softmax_op(ctx, x, dim, "puma"))
-_mpc("mpc.sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax"),
-     attention_reference, "attention: matmuls, the softmax variant named by softmax, masked entries excluded", sdpa)
+_mpc("mpc.sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax",
+                  "bias"),
+     attention_reference, "attention: matmuls, the softmax variant named by softmax, masked entries excluded", sdpa,
+     defaults={"bias": None})

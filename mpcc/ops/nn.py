@@ -40,5 +40,6 @@ _op("embedding", ("weight", "indices", "padding_idx", "scale_grad_by_freq", "spa
     "rows of a table (indices must be public, or be replaced by a one-hot product)", index_params=("indices",))
 _op("one_hot", ("self", "num_classes"), lambda idx, num_classes: F.one_hot(idx.long(), num_classes).to(torch.float64),
     "one-hot rows of the owner's indices (a local op of the index owner)", index_params=("self",))
-_op("sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax"),
-    attention_reference, "softmax(q k^T * scale + mask) v, all heads at once (softmax: the variant, see approx)")
+_op("sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax", "bias"),
+    attention_reference, "softmax(q k^T * scale + mask + bias) v, all heads at once (softmax: the variant, see "
+    "approx; bias: an additive term that is not public)", defaults={"bias": None})

@@ -55,6 +55,15 @@ _op("repeat", ("self", "repeats"), lambda x, repeats: x.repeat(repeats), "tile",
 _op("patches", ("self", "kernel_size", "stride", "padding", "dilation"), lambda x, k, s, p, d: patches(x, k, s, p, d),
     "the (N, positions, C*kh*kw) patches a 2-D convolution reads (zero padded); moves and copies elements only",
     "shape")
+# the functional forms of in-place writes (``x[..., -1] = v``, ``copy_``): they only move elements
+_op("copy", ("self", "src"), lambda x, src: src.to(x.dtype).expand(x.shape).clone(),
+    "src in x's shape (the functional copy_)", "shape")
+_op("select_scatter", ("self", "src", "dim", "index"),
+    lambda x, src, dim, index: torch.select_scatter(x, src.to(x.dtype), dim, index), "x with one index replaced",
+    "shape")
+_op("slice_scatter", ("self", "src", "dim", "start", "end", "step"),
+    lambda x, src, dim=0, start=None, end=None, step=1: torch.slice_scatter(x, src.to(x.dtype), dim, start, end, step),
+    "x with a strided range replaced", "shape")
 _op("cast", ("self", "dtype"), lambda x, dtype: x.to(dtype_arg(dtype)), "change element kind", "shape")
 _op("index", ("self", "indices"), lambda x, indices: x[tuple(indices)], "advanced indexing (indices must be public)",
     "shape", index_params=("indices",))

@@ -10,8 +10,12 @@ Operands that an MPC op needs as shares get an explicit ``mpc.share``
 """
 from __future__ import annotations
 
+import torch
+
 from ..ir import Graph, IRError, Node, TensorType
 from ..ops import get_op
+from .eliminate_dead_code import eliminate_dead_code
+from .fuse_masked_attention import EXCLUDED
 from .names import fresh_name
 from .registry import register_pass
 
@@ -19,7 +23,7 @@ __all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES", "LOWERING_RULES",
 
 LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "expand", "slice",
                    "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat",
-                   "patches"}
+                   "patches", "copy", "select_scatter", "slice_scatter"}
 NOT_VALUES = {"condition", "mask", "attn_mask"}   # operands read as 0/1 or as a mask, never as reals
 SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "relu": "mpc.relu", "exp": "mpc.exp", "rsqrt": "mpc.rsqrt",
           "neg": "mpc.neg", "reciprocal": "mpc.reciprocal", "softmax": "mpc.softmax"}
@@ -113,9 +117,27 @@ class _Lowering:
         make(target, [share(node.operands[0])], {k: v for k, v in node.attrs.items() if k in params})
 
     def lower_div(self, node, make, share):
-        if len(node.operands) != 1 or node.attrs.get("rounding_mode"):
-            self.fail(node, "division by a secret is not supported yet; only by public scalars")
-        make("mpc.mul_scalar", [share(node.operands[0])], {"value": 1.0 / node.attrs["other"]})
+        """x / y for a public y (a scalar, or a tensor such as DeBERTa's 0-d sqrt): x times 1/y."""
+        if node.attrs.get("rounding_mode"):
+            self.fail(node, f"division with rounding_mode={node.attrs['rounding_mode']!r} on a secret")
+        if len(node.operands) == 1:
+            make("mpc.mul_scalar", [share(node.operands[0])], {"value": 1.0 / node.attrs["other"]})
+            return
+        x, y = node.operands
+        if self.vis(y) != "public":
+            self.fail(node, f"division by a {self.vis(y)} value (%{y}): only division by public values has a "
+                            "protocol")
+        divisor = self.graph[y]
+        kind = "real"   # 1/y of an integer y is a real
+        inverse = fresh_name(f"{y}_inverse", self.taken)
+        if divisor.op == "const":   # folded here: a constant's inverse is a constant
+            value = 1.0 / divisor.attrs["value"].to(torch.float64)
+            self.emit(Node(inverse, "const", (), {"value": value}, TensorType(divisor.type.shape, kind, "public"),
+                           node.origin))
+        else:
+            self.emit(Node(inverse, "reciprocal", (y,), {}, TensorType(divisor.type.shape, kind, "public"),
+                           node.origin))
+        make("mpc.mul_public", [share(x), inverse], {"truncate": True})
 
     def lower_pow(self, node, make, share):
         if node.attrs.get("exponent") != 2:
@@ -124,13 +146,35 @@ class _Lowering:
 
     def lower_sdpa(self, node, make, share):
         a = node.attrs
-        q, k, v, *mask = node.operands
-        if mask and self.vis(mask[0]) != "public":
-            self.fail(node, f"the attention mask is {self.vis(mask[0])}, it must be public: declare the mask "
-                            "input public (owners={'attention_mask': 'public'}), which reveals the padding")
-        attrs = {key: a[key] for key in ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa", "softmax")
-                 if key in a}
-        make("mpc.sdpa", [share(q), share(k), share(v)] + mask, attrs)
+        named = dict(zip(get_op("sdpa").operand_params(a), node.operands))
+        q, k, v = (named[p] for p in ("query", "key", "value"))
+        mask, bias = named.get("attn_mask"), named.get("bias")
+        if mask is not None and self.vis(mask) != "public":
+            if bias is not None:
+                self.fail(node, "an attention with both a bias and a mask that is not public")
+            mask, bias = self.split_mask(node, mask)
+        attrs = {key: a[key] for key in ("dropout_p", "is_causal", "scale", "enable_gqa", "softmax") if key in a}
+        attrs.update({"attn_mask": None} if mask is None else {})
+        make("mpc.sdpa", [share(q), share(k), share(v)] + ([mask] if mask else []) + ([share(bias)] if bias else []),
+             attrs)
+
+    def split_mask(self, node, mask: str) -> tuple[str | None, str]:
+        """A mask that is not public as (public keep mask, additive bias): T5's
+        ``where(public_keep, position_bias, finfo.min)`` becomes the keep mask's
+        exclusions and the server's bias; any other is all bias."""
+        source = self.graph[mask]
+        other = source.attrs.get("other")
+        if source.op == "where" and len(source.operands) == 2 and isinstance(other, (int, float)) \
+                and other <= EXCLUDED and self.graph[source.operands[0]].op == "const":
+            keep = self.graph[source.operands[0]].attrs["value"].bool()
+            additive = torch.zeros(keep.shape, dtype=torch.float64).masked_fill(~keep, -torch.inf)
+            name = self.emit(Node(fresh_name(f"{node.name}_mask", self.taken), "const", (), {"value": additive},
+                                  TensorType(tuple(keep.shape), "real", "public"), node.origin))
+            return name, source.operands[1]
+        if self.vis(mask) == "client":
+            self.fail(node, "the attention mask is the client's, it must be public: declare the mask input public "
+                            "(owners={'attention_mask': 'public'}), which reveals the padding")
+        return None, mask
 
     def lower_mean(self, node, make, share):
         a = node.attrs
@@ -294,4 +338,4 @@ def lower_to_mpc(graph: Graph) -> Graph:
         source = graph[name].type
         outputs.append(lowering.emit(Node(fresh_name(f"{name}_revealed", lowering.taken), "mpc.reveal", (shared,),
                                           {"to": "client"}, TensorType(source.shape, source.kind, "client"))))
-    return Graph(tuple(lowering.nodes), tuple(outputs))
+    return eliminate_dead_code(Graph(tuple(lowering.nodes), tuple(outputs)))   # a divisor replaced by its inverse

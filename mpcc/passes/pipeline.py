@@ -22,6 +22,7 @@ DEFAULT_PIPELINE = (
 # preset's substitutes, then lowering to MPC ops.
 SECURE_PIPELINE = DEFAULT_PIPELINE + (
     "decompose_conv2d",          # a convolution: a linear over its input's patches
+    "fuse_masked_attention",     # eager attention with masks -> sdpa whose mask excludes (no finfo.min numbers)
     "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
     "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
     "lower_to_mpc",              # every shared value's op gets its protocol

@@ -330,7 +330,8 @@ def _run(node: Node, graph: Graph, env, ctx, inputs, weights):
     if node.op == "const":
         return node.attrs["value"]
     operands = [env[name] for name in node.operands]
-    if vis != "shared":
+    if vis != "shared":   # plaintext: a float32 weight (kept as given for encoding) joins float64 values
+        operands = [v.double() if isinstance(v, torch.Tensor) and v.dtype == torch.float32 else v for v in operands]
         return op.evaluate(operands, node.attrs).to(dtype_of_kind(node.type.kind))
     params = op.operand_params(node.attrs)
     ctx.operand_types = {p: graph[name].type for p, name in zip(params, node.operands)}

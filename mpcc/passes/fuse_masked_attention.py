@@ -1,0 +1,138 @@
+"""Eager attention with its masks written out becomes one ``sdpa`` with one public
+additive mask, before lowering: the masks' ``finfo.min`` and ``-inf`` entries
+then exclude scores (the softmax skips them) instead of being encoded as numbers
+fixed point cannot hold (GPT-Neo, eager GPT-2-style code).
+
+    %s = matmul(%q, %k_t)  %w = where(%causal, %s, %min)  %a = add(%w, %pad)
+    %p = softmax(%a, dim=-1)  %o = matmul(%p, %v)
+      ->  %o_key = transpose(%k_t, dim0=-2, dim1=-1)
+          %o_mask = const(value=<where(causal, 0, -inf) + pad>)
+          %o = sdpa(%q, %o_key, %v, %o_mask, scale=1.0)
+
+A replacement ``where(C, s, E)`` or ``masked_fill(s, C, E)`` joins only when every
+E is an exclusion (at most -1e4, as ``attention_mask`` reads additive masks);
+masks must be compile-time constants; scalings by public positive scalars (``mul``,
+``div``) anywhere in the chain join as sdpa's ``scale`` (a mask added before one is
+scaled with the scores).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir import Graph, Node, TensorType
+from .names import fresh_name
+from .registry import register_pass
+
+__all__ = ["fuse_masked_attention", "EXCLUDED"]
+
+EXCLUDED = -1e4   # an additive mask entry at or below this excludes its score (``attention_mask``)
+
+
+def _const(graph: Graph, name: str) -> torch.Tensor | None:
+    node = graph[name]
+    return node.attrs["value"] if node.op == "const" and node.type.vis == "public" else None
+
+
+def _mask_of(graph: Graph, node: Node, scores: str) -> torch.Tensor | None:
+    """The additive mask (float64, excluded entries -inf) that ``node`` applies to ``scores``, or None."""
+    attrs, operands = node.attrs, node.operands
+    if node.op == "add" and len(operands) == 2 and attrs.get("alpha", 1) == 1 and scores in operands:
+        other = operands[1] if operands[0] == scores else operands[0]
+        mask = _const(graph, other)
+        return None if mask is None or other == scores else mask.to(torch.float64)
+    if node.op == "where" and operands[:2] == (operands[0], scores) and len(operands) in (2, 3):
+        condition = _const(graph, operands[0])
+        fill = _const(graph, operands[2]) if len(operands) == 3 else torch.tensor(attrs.get("other"))
+        if condition is None or fill is None or not isinstance(fill, torch.Tensor) or fill.dtype == torch.bool \
+                or bool((fill.to(torch.float64) > EXCLUDED).any()):
+            return None
+        return torch.where(condition.bool(), 0.0, -torch.inf).to(torch.float64)
+    if node.op == "masked_fill" and operands[0] == scores and len(operands) == 2:
+        condition = _const(graph, operands[1])
+        value = attrs.get("value")
+        if condition is None or not isinstance(value, (int, float)) or value > EXCLUDED:
+            return None
+        return torch.where(condition.bool(), -torch.inf, 0.0).to(torch.float64)
+    return None
+
+
+def _scale_of(node: Node) -> float | None:
+    value = node.attrs.get("other")
+    if len(node.operands) != 1 or not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        return None
+    return float(value) if node.op == "mul" else 1.0 / float(value) if node.op == "div" and \
+        node.attrs.get("rounding_mode") is None else None
+
+
+def _match(graph: Graph, users: dict, product: Node):
+    """(scale, masks, softmax, output matmul, the nodes to drop) of the chain from ``product``, or None."""
+    def sole_reader(name):
+        readers = users.get(name, [])
+        return graph[readers[0]] if len(readers) == 1 and name not in graph.outputs else None
+    scale, masks, chain, current = 1.0, [], [product], product
+    step = sole_reader(product.name)
+    while step is not None and step.op in ("mul", "div", "add", "where", "masked_fill"):
+        factor = _scale_of(step) if step.op in ("mul", "div") else None
+        if factor is not None:   # later scalings scale the masks added before them
+            scale *= factor
+            masks = [(mask, applied * factor) for mask, applied in masks]
+        else:
+            mask = _mask_of(graph, step, current.name)
+            if mask is None:
+                return None
+            masks.append((mask, 1.0))
+        chain.append(step)
+        current, step = step, sole_reader(step.name)
+    if not masks or step is None or step.op != "softmax" or step.operands[0] != current.name \
+            or step.attrs.get("dim") not in (-1, len(step.type.shape) - 1):
+        return None
+    out = sole_reader(step.name)
+    if out is None or out.op != "matmul" or out.operands[0] != step.name or step.name in out.operands[1:]:
+        return None
+    return scale, masks, out, chain + [step]
+
+
+def _combined(masks: list[tuple[torch.Tensor, float]], shape: tuple) -> torch.Tensor:
+    """One additive mask from (mask, the scaling applied after it): excluded entries -inf."""
+    total = torch.zeros(())
+    excluded = torch.zeros((), dtype=torch.bool)
+    for mask, factor in masks:
+        excluded = excluded | (mask <= EXCLUDED)
+        total = total + torch.where(mask <= EXCLUDED, 0.0, mask) * factor
+    total = torch.where(excluded, -torch.inf, total.to(torch.float64))
+    while total.dim() > len(shape):
+        total = total.squeeze(0)
+    return total
+
+
+@register_pass("fuse_masked_attention")
+def fuse_masked_attention(graph: Graph) -> Graph:
+    users = graph.users()
+    taken = {n.name for n in graph.nodes}
+    replacements: dict[str, tuple[Node, ...]] = {}
+    dropped: set[str] = set()
+    for product in graph.nodes:
+        if product.op != "matmul" or product.type.vis != "shared" or len(product.type.shape) < 2:
+            continue
+        found = _match(graph, users, product)
+        if found is None:
+            continue
+        scale, masks, out, chain = found
+        query, key_t = product.operands
+        origin = out.origin
+        key_type = graph[key_t].type
+        key_shape = key_type.shape[:-2] + (key_type.shape[-1], key_type.shape[-2])
+        key = Node(fresh_name(f"{out.name}_key", taken), "transpose", (key_t,), {"dim0": -2, "dim1": -1},
+                   TensorType(key_shape, key_type.kind, key_type.vis), origin)
+        mask_value = _combined(masks, product.type.shape)
+        mask = Node(fresh_name(f"{out.name}_mask", taken), "const", (), {"value": mask_value},
+                    TensorType(tuple(mask_value.shape), "real", "public"), origin)
+        sdpa = out.with_(op="sdpa", operands=(query, key.name, out.operands[1], mask.name),
+                         attrs={"dropout_p": 0.0, "is_causal": False, "scale": scale, "enable_gqa": False,
+                                "softmax": "exact"})
+        replacements[out.name] = (key, mask, sdpa)
+        dropped.update(node.name for node in chain)
+    if not replacements:
+        return graph
+    from .eliminate_dead_code import eliminate_dead_code
+    return eliminate_dead_code(graph.fused(dropped, replacements))   # masks and conditions nothing else reads
