@@ -33,7 +33,7 @@ from .ir import Graph, Node, TensorType
 from .ops import get_op
 from .ops.arith import DEFERRED_ACTIVATIONS, RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
-from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ
+from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ, SILU_HALF_RANGE
 from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
 from .ops.layer_norm import LN_BRACKETS_LOG2
 from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
@@ -199,10 +199,11 @@ def _bracketed(domain, name):
     return rule
 
 
-def _segments(node, types, f):
+def _segments(node, types, f, half_range: float = FOURIER_HALF_RANGE):
     """The segment tests compare x + 4 and 4 - x by an LTZ that skips the low f - 1
-    bits, exact only for |.| <= 2^15 - 1/2: so |x| <= 2^15 - 4.5 (stated one ulp narrower)."""
-    bound = comparison_bound(f) - FOURIER_HALF_RANGE - 2.0 ** -SEGMENT_FUZZ
+    bits, exact only for |.| <= 2^15 - 1/2: so |x| <= 2^15 - 4.5 (stated one ulp narrower).
+    SiLU's segments end at +-12: |x| <= 2^15 - 12.5."""
+    bound = comparison_bound(f) - half_range - 2.0 ** -SEGMENT_FUZZ
     return [Check(_symmetric(bound, "input", "the comparison domain"), _arg("self"))]
 
 
@@ -240,6 +241,8 @@ def _masked_scores(a, fill=True):
     scale = a["scale"] if a["scale"] is not None else 1.0 / math.sqrt(q.shape[-1])
     product = q @ k.transpose(-1, -2)
     scores = product * scale
+    if a.get("bias") is not None:
+        scores = scores + a["bias"]
     mask = a["attn_mask"]
     if mask is not None and mask.dtype != torch.bool:
         scores = scores + torch.where(mask > -1e4, mask, torch.zeros_like(mask)).to(scores.dtype)
@@ -354,6 +357,7 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.rsqrt": _bracketed(RSQRT_DOMAIN, "rsqrt"),
     "mpc.gelu": _segments,
     "mpc.tanh": _segments,
+    "mpc.silu": functools.partial(_segments, half_range=SILU_HALF_RANGE),
     "mpc.layer_norm": _layer_norm,
     "mpc.layer_norm_goldschmidt": _layer_norm,
     "mpc.sdpa": _sdpa,

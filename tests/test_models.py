@@ -9,7 +9,7 @@ import mpcc
 from mpcc.frontend import reference_outputs
 from mpcc.zoo import FAMILIES, build
 
-NOT_YET = {name: "silu has no protocol yet" for name in ("llama", "qwen2", "mistral")}   # family -> why it does not run yet (strict xfail: fixing one fails here until it is removed)
+NOT_YET: dict[str, str] = {}   # family -> why it does not run yet (strict xfail: fixing one fails here until it is removed)
 
 
 @pytest.mark.parametrize("family", [pytest.param(name, marks=pytest.mark.xfail(reason=NOT_YET[name], strict=True))

@@ -540,6 +540,16 @@ def case_tanh(draw):
     return Case({"self": Arg(with_edges(draw, -(CMP_LIMIT - 5), CMP_LIMIT - 5, SEGMENT_EDGES))}, atol=3e-3)
 
 
+SILU_EDGES = [0.0, ULP, -ULP, 12.0, -12.0, 11.5, -11.5, 12.5, -12.5, 12 - ULP, -12 + ULP, 4.0, -4.0, 40.0, -40.0,
+              CMP_LIMIT - 13, -(CMP_LIMIT - 13)]
+
+
+def case_silu(draw):
+    """Within SILU_MAX_ERROR (5e-4) on all reals in range (the segment tests compare x +- 12)."""
+    x = with_edges(draw, -(CMP_LIMIT - 13), CMP_LIMIT - 13, SILU_EDGES)
+    return Case({"self": Arg(x)}, atol=nl.SILU_MAX_ERROR)
+
+
 def _layer_norm_check(got, want, case):
     """No bound is documented; this one follows from the steps. The centered value is off by
     dc (the mean: 2 ulps and the 24-bit 1/n), the variance by dv (the squares' truncations
@@ -668,6 +678,7 @@ CASES: dict[str, Callable] = {
     "mpc.where_public": case_where_public, "mpc.ltz": case_ltz, "mpc.relu": case_relu, "mpc.where": case_where,
     "mpc.amax": case_amax, "mpc.argmax": case_argmax, "mpc.exp": case_exp, "mpc.reciprocal": case_reciprocal,
     "mpc.rsqrt": case_rsqrt, "mpc.softmax": case_softmax, "mpc.gelu": case_gelu, "mpc.tanh": case_tanh,
+    "mpc.silu": case_silu,
     "mpc.layer_norm": case_layer_norm, "mpc.sdpa": case_sdpa, "mpc.mul_scalar": case_mul_scalar,
     "mpc.softmax_2quad": case_softmax_2quad, "mpc.gelu_quad": case_gelu_quad,
     "mpc.softmax_2quad_goldschmidt": case_softmax_2quad_goldschmidt, "mpc.gelu_secformer": case_gelu_secformer,

@@ -1,6 +1,7 @@
-"""GeLU and tanh by a segmented Fourier series (SecFormer's private sine): the
-series on [-4, 4] from one masked opening, the function's asymptotes outside,
-joined by fuzzy segment comparisons. ``nonlinear.py`` registers the ops."""
+"""GeLU, tanh and SiLU by a segmented Fourier series (SecFormer's private sine):
+the series on [-H, H] (H = 4; 12 for SiLU, whose asymptotes are reached later)
+from one masked opening, the function's asymptotes outside, joined by fuzzy
+segment comparisons. ``nonlinear.py`` registers the ops."""
 from __future__ import annotations
 
 import math
@@ -12,8 +13,8 @@ from .arith import add_public, encode
 from .compare import b2a_wire, ltz_bits
 from .wire import mask, product, public_wire, share_of, truncate
 
-__all__ = ["fourier_segments", "gelu", "tanh", "GELU_FIT_ERROR", "TANH_FIT_ERROR", "FOURIER_HALF_RANGE",
-           "SEGMENT_FUZZ"]
+__all__ = ["fourier_segments", "gelu", "tanh", "silu", "GELU_FIT_ERROR", "TANH_FIT_ERROR", "SILU_FIT_ERROR",
+           "SILU_MAX_ERROR", "FOURIER_HALF_RANGE", "SILU_HALF_RANGE", "SEGMENT_FUZZ"]
 
 FOURIER_PERIOD_LOG2 = 4     # period 16: t is uniform mod 2^(f+4), so x - t hides x exactly
 FOURIER_HALF_RANGE = 4.0    # segments: the series on [-4, 4], the function's asymptote outside
@@ -22,6 +23,13 @@ SEGMENT_FUZZ = 1            # segment tests may err within 2^-SEGMENT_FUZZ (0.5)
 GELU_TERMS = 8             # fit error 3.5e-5 on [-4.5, 4.5]
 TANH_TERMS = 9             # fit error 1e-3 (ridge keeps coefficients small, so rounding stays small)
 SERIES_CHUNK = 1 << 16      # elements per slice of the local series evaluation
+# SiLU nears its asymptotes (0, x) only as |x| e^-|x|: 0.07 at 4, 4e-3 at 7.5, 1.2e-4 at 11.5. So its series
+# covers [-12, 12] (fit on [-12.5, 12.5]), which needs period 32, one more bit in the opening
+SILU_HALF_RANGE = 12.0
+SILU_PERIOD_LOG2 = 5
+SILU_TERMS = 14             # fit error 1.8e-4 on [-12.5, 12.5]; coefficients small unregularised (sum |a_k| < 4)
+SILU_MAX_ERROR = 5e-4       # documented: the fit's 1.8e-4 (the asymptotes' 1.2e-4 near +-12 is less) plus the
+                            # series' rounding (28 public terms rounded to an ulp, float32 angles); 2.3e-4 seen
 
 
 def _public(ctx, value, like):
@@ -29,9 +37,10 @@ def _public(ctx, value, like):
     return encode(ctx, torch.full(tuple(like.shape), float(value), dtype=torch.float64), "real")
 
 
-def _fit(function, odd: bool, terms: int, ridge: float):
-    grid = np.linspace(-FOURIER_FIT_RANGE, FOURIER_FIT_RANGE, 4001)
-    half_period = 2.0 ** FOURIER_PERIOD_LOG2 / 2
+def _fit(function, odd: bool, terms: int, ridge: float, fit_range: float = FOURIER_FIT_RANGE,
+         period_log2: int = FOURIER_PERIOD_LOG2):
+    grid = np.linspace(-fit_range, fit_range, 4001)
+    half_period = 2.0 ** period_log2 / 2
     basis = [np.sin(k * np.pi * grid / half_period) if odd else np.cos(k * np.pi * grid / half_period)
              for k in range(1, terms + 1)]
     if not odd:
@@ -45,47 +54,53 @@ _erf = np.vectorize(math.erf)
 # GeLU(x) = x/2 + g(x) with g even; tanh odd. Fits are least squares on [-4, 4].
 GELU_EVEN_COEFFS, GELU_FIT_ERROR = _fit(lambda x: 0.5 * x * _erf(x / math.sqrt(2)), False, GELU_TERMS, 1e-12)
 TANH_ODD_COEFFS, TANH_FIT_ERROR = _fit(np.tanh, True, TANH_TERMS, 1e-5)
+# SiLU(x) = x/2 + (x/2) tanh(x/2), the second even
+SILU_EVEN_COEFFS, SILU_FIT_ERROR = _fit(lambda x: 0.5 * x * np.tanh(0.5 * x), False, SILU_TERMS, 1e-12,
+                                        SILU_HALF_RANGE + 2.0 ** -SEGMENT_FUZZ, SILU_PERIOD_LOG2)
 
 
-async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high):
-    """f(x) = constant + linear x + sum_k (a_k cos(k pi x/8) + b_k sin(k pi x/8)) on
-    [-4, 4]; below -4 ``low``, above 4 ``high``: each a public constant or "x"
-    (the identity) (SecFormer's private sine).
+async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low, high,
+                           half_range: float = FOURIER_HALF_RANGE, period_log2: int = FOURIER_PERIOD_LOG2):
+    """f(x) = constant + linear x + sum_k (a_k cos(2 pi k x/P) + b_k sin(2 pi k x/P))
+    on [-H, H]; below -H ``low``, above H ``high``: each a public constant or
+    "x" (the identity) (SecFormer's private sine). H = ``half_range`` (4 by
+    default), P = 2^``period_log2`` (16): the series must fit on
+    [-H - 1/2, H + 1/2] (the fuzzy segment tests), so P > 2H + 1.
 
-    Steps: the dealer deals t (seeded, uniform mod 2^(f+4)) and shares of
-    cos(k pi t/8), sin(k pi t/8) (stored, 2K per element). Open
-    delta = x - t mod 2^(f+4) (20 bits each way): perfectly hiding. The
-    angle sums make every term a public coefficient times a dealt share:
-    local, one truncation (the series a wire). In parallel, LTZ on (x + 4,
-    4 - x) gives the segment bits, turned into wires by one B2A (1 bit per
-    element per segment): the segment sum mid + b_low (low - mid) + b_high
-    (high - mid) is local; an "x" segment masks x beside the first opening
-    (8 bytes per element each way).
+    Steps: the dealer deals t (seeded, uniform mod 2^(f+p)) and shares of
+    cos(2 pi k t/P), sin(2 pi k t/P) (stored, 2K per element). Open
+    delta = x - t mod 2^(f+p) (f + p bits each way, 20 for P = 16): perfectly
+    hiding, as t is uniform mod the period. The angle sums make every term a
+    public coefficient times a dealt share: local, one truncation (the series
+    a wire). In parallel, LTZ on (x + H, H - x) gives the segment bits, turned
+    into wires by one B2A (1 bit per element per segment): the segment sum
+    mid + b_low (low - mid) + b_high (high - mid) is local; an "x" segment
+    masks x beside the first opening (8 bytes per element each way).
 
-    Domain: |x| <= 2^(CMP_BITS-1-f) - 4 - 2^-SEGMENT_FUZZ (32763.5 at f = 16).
-    The segment LTZ skips the low f - SEGMENT_FUZZ bits, which makes it exact
-    only up to 2^15 - 1/2 on the positive side (``ltz_bits``), and x + 4 and
-    4 - x must both stay there. Outside, the segment bits are wrong and so is
-    the result (gelu(32765) comes out as 16381).
+    Domain: |x| <= 2^(CMP_BITS-1-f) - H - 2^-SEGMENT_FUZZ (32763.5 at f = 16
+    and H = 4). The segment LTZ skips the low f - SEGMENT_FUZZ bits, which
+    makes it exact only up to 2^15 - 1/2 on the positive side (``ltz_bits``),
+    and x + H and H - x must both stay there. Outside, the segment bits are
+    wrong and so is the result (gelu(32765) comes out as 16381).
     """
     x, x_given = share_of(ctx, x), x   # x's share; a wire x needs no mask for an "x" segment
     f, terms = ctx.frac_bits, len(cos_coeffs)
-    modulus = 1 << (f + FOURIER_PERIOD_LOG2)
-    step = math.pi / (2.0 ** FOURIER_PERIOD_LOG2 / 2)
+    modulus = 1 << (f + period_log2)
+    step = math.pi / (2.0 ** period_log2 / 2)
     # float32 suffices for the trig values (|.| <= 3, wanted to 2^-17) and halves the work
     ks = torch.arange(1, terms + 1, dtype=torch.float32) * step
 
     def angles(value):
         return ((value & (modulus - 1)).to(torch.float32) * 2.0 ** -f).unsqueeze(-1) * ks.to(value.device)
 
-    def dealt(trig):  # cos(k pi t / 8) or sin(...), k = 1..K, with f fractional bits
+    def dealt(trig):  # cos(2 pi k t / P) or sin(...), k = 1..K, with f fractional bits
         return lambda t: trig(angles(t)).mul_(2.0 ** f).round_().to(torch.int64)
 
     t = ctx.rand(x.shape)
     # two items of |x| K words each rather than one of 2K: halves the largest allocation
     cos_t = ctx.derive(dealt(torch.cos), t, shape=tuple(x.shape) + (terms,))
     sin_t = ctx.derive(dealt(torch.sin), t, shape=tuple(x.shape) + (terms,))
-    bound = _public(ctx, FOURIER_HALF_RANGE, x)
+    bound = _public(ctx, half_range, x)
 
     async def segment_bits():
         return await b2a_wire(ctx, await ltz_bits(ctx, torch.stack([add_public(ctx, x, bound),
@@ -96,7 +111,7 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
         return await mask(ctx, x_given) if "x" in (low, high) else None
     # the segment bits do not depend on the series: both openings go in the same steps
     opened, outside, x_wire = await ctx.gather(
-        ctx.open((x - t) & (modulus - 1), bits=f + FOURIER_PERIOD_LOG2), segment_bits(), identity())
+        ctx.open((x - t) & (modulus - 1), bits=f + period_log2), segment_bits(), identity())
     delta = opened & (modulus - 1)
     a = [c * 2.0 ** f for c in cos_coeffs]
     b = [c * 2.0 ** f for c in sin_coeffs]
@@ -110,8 +125,8 @@ async def fourier_segments(ctx, x, cos_coeffs, sin_coeffs, constant, linear, low
             angle = angles(flat_delta[part])
             cos_d, sin_d = torch.cos(angle), torch.sin(angle)
             # cos(k(d + t)) = cos kd cos kt - sin kd sin kt; sin(k(d + t)) = sin kd cos kt + cos kd sin kt
-            on_cos_t = _weighted_sum(a, cos_d, b, sin_d)    # multiplies cos(k pi t / 8); |.| < 8 * 2^f
-            on_sin_t = _weighted_sum(b, cos_d, [-c for c in a], sin_d)   # multiplies sin(k pi t / 8)
+            on_cos_t = _weighted_sum(a, cos_d, b, sin_d)    # multiplies cos(2 pi k t / P); |.| < 8 * 2^f
+            on_sin_t = _weighted_sum(b, cos_d, [-c for c in a], sin_d)   # multiplies sin(2 pi k t / P)
             acc[part] = _dot_last(on_cos_t, flat_cos_t[part]) + _dot_last(on_sin_t, flat_sin_t[part])
         acc = acc.reshape(x.shape)
     if linear:
@@ -164,3 +179,20 @@ async def tanh(ctx, x):
     Domain: ``fourier_segments``', |x| <= 32763.5 at f = 16."""
     return await fourier_segments(ctx, x, [0.0] * len(TANH_ODD_COEFFS), list(TANH_ODD_COEFFS), 0.0, 0.0,
                                   low=-1.0, high=1.0)
+
+
+async def silu(ctx, x):
+    """SiLU x sigmoid(x) within 5e-4 (SILU_MAX_ERROR) on all reals in range: 0
+    below -12, x above 12, x/2 + a 14-term cosine series of the even
+    (x/2) tanh(x/2) between (period 32, fit on [-12.5, 12.5]: error 1.8e-4;
+    the segment tests may err within 0.5 of +-12, where SiLU and its
+    asymptotes differ by |x| sigmoid(-|x|) < 1.2e-4; 2.3e-4 measured with
+    rounding). GeLU's H = 4 would not do: there SiLU is 0.07 from its
+    asymptotes. Rounds 4; ~28.4 bytes per element each way (~20.4 for a
+    wire): one bit more than GeLU's (the period-32 opening); 2 x 14 dealt
+    words per element (16 terms would fit to 5e-5 for 32 bytes more).
+    Domain: ``fourier_segments``' with H = 12, |x| <= 2^15 - 12.5 = 32755.5
+    at f = 16."""
+    coeffs = SILU_EVEN_COEFFS
+    return await fourier_segments(ctx, x, list(coeffs[1:]), [0.0] * (len(coeffs) - 1), float(coeffs[0]), 0.5,
+                                  low=0.0, high="x", half_range=SILU_HALF_RANGE, period_log2=SILU_PERIOD_LOG2)

@@ -1,6 +1,6 @@
 """Non-linear protocols: exp, reciprocal, rsqrt, softmax, LayerNorm and
-attention, composed from the arithmetic and comparison ones; GeLU and tanh
-come from ``fourier.py`` (re-exported here) and are registered here.
+attention, composed from the arithmetic and comparison ones; GeLU, tanh and
+SiLU come from ``fourier.py`` (re-exported here) and are registered here.
 Each docstring states the domain and the error against the exact function;
 outside its domain a protocol returns garbage without an error, so
 ``mpcc.ranges`` keeps the domains as a table and checks models against it.
@@ -15,11 +15,11 @@ from .arith import add_public, beaver, encode, mul, square, trunc
 from .base import define
 from .wire import dealt, mask, product, share_of, truncate
 from .compare import WIDE_CMP_BITS, b2a_wire, lt_public, ltz_bits, max_last, not_bit
-from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, TANH_FIT_ERROR, _public,  # noqa: F401
-                      fourier_segments, gelu, tanh)
+from .fourier import (FOURIER_HALF_RANGE, GELU_FIT_ERROR, SEGMENT_FUZZ, SILU_MAX_ERROR, TANH_FIT_ERROR,  # noqa: F401
+                      _public, fourier_segments, gelu, silu, tanh)
 
 __all__ = ["exp", "reciprocal", "rsqrt", "softmax_masked", "softmax_parts", "fourier_segments", "gelu", "tanh",
-           "mul_scalar", "encode_scaled", "MASK_FILL"]
+           "silu", "mul_scalar", "encode_scaled", "MASK_FILL"]
 
 EXP_SPAN_LOG2 = 4           # exp masks the exponent modulo 16
 EXP_SHARE_FRAC = 40         # dealt e^(-t) values carry 40 fractional bits
@@ -358,5 +358,8 @@ define("mpc.gelu", ("self", "approximate"),
        "(the two forms differ by < 5e-4)", "mpc", protocol=lambda ctx, x, approximate="none": gelu(ctx, x),
        wires=True)
 _mpc("mpc.tanh", ("self",), torch.tanh, "tanh, segmented Fourier (max error 3e-3)", tanh)
+define("mpc.silu", ("self",), torch.nn.functional.silu,
+       f"SiLU x sigmoid(x), segmented Fourier on [-12, 12] (max error {SILU_MAX_ERROR:g})", "mpc", protocol=silu,
+       wires=True)
 _mpc("mpc.mul_scalar", ("self", "value"), lambda x, value: x * value, "times a public real (24-bit encoded)",
      mul_scalar)

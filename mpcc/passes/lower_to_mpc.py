@@ -25,8 +25,8 @@ LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", 
                    "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat",
                    "patches", "copy", "select_scatter", "slice_scatter"}
 NOT_VALUES = {"condition", "mask", "attn_mask"}   # operands read as 0/1 or as a mask, never as reals
-SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "relu": "mpc.relu", "exp": "mpc.exp", "rsqrt": "mpc.rsqrt",
-          "neg": "mpc.neg", "reciprocal": "mpc.reciprocal", "softmax": "mpc.softmax"}
+SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "silu": "mpc.silu", "relu": "mpc.relu", "exp": "mpc.exp",
+          "rsqrt": "mpc.rsqrt", "neg": "mpc.neg", "reciprocal": "mpc.reciprocal", "softmax": "mpc.softmax"}
 
 
 class LoweringError(IRError):
