@@ -95,7 +95,8 @@ DEPTH_RULES: dict[str, Rule] = {
     **{op: _compares for op in ("mpc.ltz", "mpc.relu", "mpc.amax", "mpc.argmax", "mpc.softmax", "mpc.exp",
                                 "mpc.reciprocal", "mpc.rsqrt", "mpc.gelu", "mpc.tanh", "mpc.layer_norm",
                                 "mpc.layer_norm_goldschmidt", "mpc.softmax_2quad", "mpc.softmax_2quad_goldschmidt",
-                                "mpc.gelu_secformer", "mpc.gelu_puma", "mpc.softmax_puma", "mpc.silu")},
+                                "mpc.gelu_secformer", "mpc.gelu_puma", "mpc.softmax_puma", "mpc.silu",
+                                "mpc.rms_norm")},
 }
 
 

@@ -234,6 +234,20 @@ def _layer_norm(node, types, f):
     return checks
 
 
+def _rms_norm(node, types, f):
+    """``ops/layer_norm.py`` with ``center=False``: S = sum x^2 + n eps, truncated and
+    bracketed as LayerNorm's; the weight's product carries 3f bits."""
+    (n,) = node.attrs["normalized_shape"]
+    squares_bound = min(2.0 ** (62 - 2 * f), 2.0 ** LN_BRACKETS_LOG2[1])
+    checks = [Check(Domain(4.0 ** LAYER_NORM_FLOOR_LOG4, squares_bound / n, "mean square + eps",
+                           "RMSNorm's domain (n (mean x^2 + eps) is truncated and bracketed)"),
+                    lambda a, out: a["input"].square().mean(-1) + a["eps"])]
+    if node.attrs.get("weight", "operand") is not None:
+        checks.append(Check(_symmetric(2.0 ** (62 - 3 * f), "normalised values * weight",
+                                       "the truncation range (3f fractional bits)"), lambda a, out: out))
+    return checks
+
+
 def _masked_scores(a, fill=True):
     q, k = a["query"], a["key"]
     if k.shape[-3] != q.shape[-3]:   # grouped-query attention
@@ -360,6 +374,7 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.silu": functools.partial(_segments, half_range=SILU_HALF_RANGE),
     "mpc.layer_norm": _layer_norm,
     "mpc.layer_norm_goldschmidt": _layer_norm,
+    "mpc.rms_norm": _rms_norm,
     "mpc.sdpa": _sdpa,
     "mpc.softmax_2quad": _softmax_2quad,
     "mpc.softmax_2quad_goldschmidt": _softmax_2quad,

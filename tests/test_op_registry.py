@@ -588,6 +588,33 @@ def layer_norm_case(draw, spreads, epsilons):
     return Case(args, attrs, check=_layer_norm_check)
 
 
+def _rms_norm_check(got, want, case):
+    """LayerNorm's bound with no mean: the mean square is off by dv (truncations, scaling),
+    rsqrt adds 2e-4 relative, x gamma is truncated to f bits before the division."""
+    x = case.args["input"].value
+    n = x.shape[-1]
+    r2 = x.square().mean(-1, keepdim=True) + case.attrs["eps"]
+    y = x / r2.sqrt()
+    dv = 4 * ULP + r2 * 2.0 ** -23
+    gamma = case.args["weight"].value.abs() if "weight" in case.args else torch.ones(n, dtype=torch.float64)
+    bound = gamma * (y.abs() * (2e-4 + dv / (2 * r2)) + 4 * ULP) + 4 * ULP + 2 * ULP / r2.sqrt()
+    assert_close("mpc.rms_norm", got, want, bound, 0.0, case)
+
+
+def case_rms_norm(draw):
+    """Rows of 2..8 whose first entry is +-spread (mean square >= spread^2 / n), gamma present or not."""
+    rows, n = draw(shapes(1, 2, 3)), draw(st.integers(2, 8))
+    spread = draw(st.sampled_from([0.05, 1.0, 100.0, 1000.0]))
+    x = reals(draw, (*rows, n), -spread, spread, [0.0, spread, -spread])
+    x[..., 0] = spread * (1 if draw(st.booleans()) else -1)
+    args, attrs = {"input": Arg(x)}, {"normalized_shape": [n], "eps": draw(st.sampled_from([1e-6, 1e-5, 1e-3]))}
+    if draw(st.booleans()):
+        args["weight"] = weight_arg(reals(draw, (n,), -2.0, 2.0, [0.0, 1.0]))
+    else:
+        attrs["weight"] = None
+    return Case(args, attrs, check=_rms_norm_check)
+
+
 def case_layer_norm(draw):
     """rsqrt's domain bounds the variance: var + eps in [4^-8, 4^11)."""
     return layer_norm_case(draw, [0.05, 1.0, 100.0, 1000.0], [1e-5, 1e-3, 1e-12])
@@ -679,7 +706,7 @@ CASES: dict[str, Callable] = {
     "mpc.amax": case_amax, "mpc.argmax": case_argmax, "mpc.exp": case_exp, "mpc.reciprocal": case_reciprocal,
     "mpc.rsqrt": case_rsqrt, "mpc.softmax": case_softmax, "mpc.gelu": case_gelu, "mpc.tanh": case_tanh,
     "mpc.silu": case_silu,
-    "mpc.layer_norm": case_layer_norm, "mpc.sdpa": case_sdpa, "mpc.mul_scalar": case_mul_scalar,
+    "mpc.layer_norm": case_layer_norm, "mpc.rms_norm": case_rms_norm, "mpc.sdpa": case_sdpa, "mpc.mul_scalar": case_mul_scalar,
     "mpc.softmax_2quad": case_softmax_2quad, "mpc.gelu_quad": case_gelu_quad,
     "mpc.softmax_2quad_goldschmidt": case_softmax_2quad_goldschmidt, "mpc.gelu_secformer": case_gelu_secformer,
     "mpc.layer_norm_goldschmidt": case_layer_norm_goldschmidt,

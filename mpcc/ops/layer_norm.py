@@ -112,9 +112,13 @@ def _centered_cross_terms(x) -> int:
     return cross_terms(x, x) + sum(1 for part in x.parts for twos in mean_twos if part.twos + twos < 64) + 2
 
 
-async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_rsqrt):
+async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_rsqrt, center=True):
     """LayerNorm over the last axis (see the module's docstring for the steps);
     ``solve`` finds 1/sqrt(x') on [1, 2) (Newton here, Goldschmidt for SecFormer).
+    ``center=False`` is RMSNorm, x / sqrt(mean(x^2) + eps): no mean, S = sum x^2 + n eps;
+    its x (a mask's wire) reaches gamma as a share (8 bytes an element, in the same step):
+    as a wire it would need no message, and the first run's once-per-deployment step
+    would then reorder the node's dealt material against the dealer's tape.
 
     Domain (n = normalised size, f = 16): |mean| < 2^(62-f) / round(2^24 / n)
     (the sum times the 24-bit 1/n, truncated); S = n (var + eps) < 2^(62-2f)
@@ -132,18 +136,23 @@ async def layer_norm(ctx, x, weight, bias, normalized_shape, eps, solve=_newton_
         raise NotImplementedError("layer_norm over more than one axis")
     f = ctx.frac_bits
     n = normalized_shape[0]
-    if isinstance(x, Wire) and _centered_cross_terms(x) > MAX_CROSS_TERMS:
+    if isinstance(x, Wire) and (not center or _centered_cross_terms(x) > MAX_CROSS_TERMS):
         x = share_of(ctx, x)   # a sum of many wires: masked whole
-    mean, x_wire = await ctx.gather(truncate(ctx, share_of(ctx, x).sum(-1, keepdim=True) *
-                                             round(2 ** SCALAR_FRAC / n), SCALAR_FRAC), mask(ctx, x))
-    centered = x_wire - mean
+    if center:
+        mean, x_wire = await ctx.gather(truncate(ctx, share_of(ctx, x).sum(-1, keepdim=True) *
+                                                 round(2 ** SCALAR_FRAC / n), SCALAR_FRAC), mask(ctx, x))
+        centered = x_wire - mean
+    else:
+        centered = await mask(ctx, x)
     total_2f = product(ctx, centered, centered).share(ctx).sum(-1, keepdim=True)   # S with 2f fractional bits
     total_2f = add_public(ctx, total_2f, encode_scaled(ctx, torch.full(tuple(total_2f.shape), n * eps,
                                                                           dtype=torch.float64), 2 * f))
     ctx.check_range(total_2f, min(LN_BRACKETS_LOG2[1] + 2 * f, 62))   # S's bracket and its truncation
+    gamma = weight is not None or "weight" in ctx.operand_types
     total, bits, times_gamma = await ctx.gather(truncate(ctx, total_2f, f),
                                                 _bracket(ctx, total_2f, n * 4.0 ** LAYER_NORM_FLOOR_LOG4),
-                                                _scaled_by_gamma(ctx, centered, weight))
+                                                _scaled_by_gamma(ctx, centered if center or not gamma else
+                                                                 share_of(ctx, centered), weight))
     # S s^2 in [1, 2) and the bracket's line, 3f fractional bits each (f <= 20: below 2^61)
     lines = bracket_lines(*LN_BRACKETS_LOG2, -0.5)
     times = times_bracket(ctx, total, bits)   # S times the bracket's value, 2f more bits
@@ -169,6 +178,18 @@ def _reference(x, w, b, shape, eps):
 
 define("mpc.layer_norm", ("input", "weight", "bias", "normalized_shape", "eps"), _reference,
        "LayerNorm (bracketed Newton rsqrt on wires: 10 rounds)", "mpc", protocol=layer_norm, wires=True)
+def _rms_reference(x, w, shape, eps):
+    out = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+    return out if w is None else out * w
+
+
+define("rms_norm", ("input", "normalized_shape", "weight", "eps"),
+       lambda x, shape, w=None, eps=1e-6: _rms_reference(x, w, shape, eps),
+       "RMSNorm: x / sqrt(mean(x^2) + eps) * weight (Llama, T5; found by fuse_rms_norm)", "nn")
+define("mpc.rms_norm", ("input", "weight", "normalized_shape", "eps"), _rms_reference,
+       "RMSNorm: LayerNorm's protocol without the mean (bracketed Newton rsqrt on wires)", "mpc",
+       protocol=lambda ctx, x, weight, shape, eps: layer_norm(ctx, x, weight, None, shape, eps, center=False),
+       wires=True)
 define("layer_norm_goldschmidt", ("input", "normalized_shape", "weight", "bias", "eps"),
        lambda x, shape, w=None, b=None, eps=1e-5: _reference(x, w, b, shape, eps),
        "LayerNorm computed with SecFormer's Goldschmidt rsqrt (a substitute: the same function)", "nn")

@@ -285,6 +285,16 @@ class _Lowering:
         else:
             self.fail(node, f"matmul of {self.vis(x)} and {self.vis(w)} operands")
 
+    def lower_rms_norm(self, node, make, share):
+        named = dict(zip(get_op("rms_norm").operand_params(node.attrs), node.operands))
+        weight = named.get("weight")
+        if weight is not None and (self.vis(weight) not in ("server", "public") or
+                                   (self.vis(weight) == "server" and weight not in self.static)):
+            self.fail(node, "rms_norm weight must be a weight of the model or public")
+        attrs = {"normalized_shape": node.attrs["normalized_shape"], "eps": node.attrs["eps"]}
+        attrs.update({"weight": None} if weight is None else {})
+        make("mpc.rms_norm", [share(named["input"])] + ([weight] if weight else []), attrs)
+
     def lower_layer_norm(self, node, make, share, target="mpc.layer_norm"):
         a = node.attrs
         params = get_op("layer_norm").operand_params(a)
@@ -309,6 +319,7 @@ LOWERING_RULES: dict = {
     "mul": _Lowering.lower_mul, "div": _Lowering.lower_div, "pow": _Lowering.lower_pow,
     **{op: _Lowering.lower_matmul for op in ("linear", "addmm", "mm", "matmul", "bmm")},
     "sdpa": _Lowering.lower_sdpa, "layer_norm": _Lowering.lower_layer_norm, "mean": _Lowering.lower_mean,
+    "rms_norm": _Lowering.lower_rms_norm,
     "amax": _Lowering.lower_reduce_max, "argmax": _Lowering.lower_reduce_max,
     "where": _Lowering.lower_where, "masked_fill": _Lowering.lower_masked_fill,
 }

@@ -23,6 +23,7 @@ DEFAULT_PIPELINE = (
 SECURE_PIPELINE = DEFAULT_PIPELINE + (
     "decompose_conv2d",          # a convolution: a linear over its input's patches
     "fuse_masked_attention",     # eager attention with masks -> sdpa whose mask excludes (no finfo.min numbers)
+    "fuse_rms_norm",             # RMSNorm written out -> one rms_norm (LayerNorm's protocol, no mean)
     "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
     "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
     "lower_to_mpc",              # every shared value's op gets its protocol

@@ -59,7 +59,7 @@ def reveal_problems(graph) -> list[str]:
 
 
 ONCE_PER_DEPLOYMENT = {"mpc.linear_server": "weight", "mpc.mul_server": "other", "mpc.layer_norm": "weight",
-                       "mpc.layer_norm_goldschmidt": "weight"}
+                       "mpc.layer_norm_goldschmidt": "weight", "mpc.rms_norm": "weight"}
 
 
 def deployment_operand_problems(graph) -> list[str]:
