@@ -5,6 +5,7 @@ from typing import Mapping, Sequence
 
 import torch
 
+from .const_check import check_constants
 from .frontend import trace
 from .interpreter import interpret
 from .passes import run_pipeline, secure_pipeline
@@ -47,6 +48,7 @@ def compile(model: torch.nn.Module, example_inputs, *, approx: str | Mapping[str
     label = approx_label(approx)   # an unknown name raises, listing the valid ones
     names = tuple(secure_pipeline(approx) if passes is None else passes)
     graph = run_pipeline(trace(model, example_inputs, owners=owners), names)
+    check_constants(graph, frac_bits)   # a constant fixed point cannot hold: refused here, named
     used = {n.attrs["key"] for n in graph.params}
     unused = sorted(set(model.state_dict()) - used)
     from dataclasses import asdict

@@ -9,20 +9,30 @@ import argparse
 import sys
 import time
 
-from .cli_steps import (INTERPRET_TOLERANCE, SECURE_TOLERANCE, CliError, check_backend, compile_model, is_plan,
-                        load_model_and_inputs, load_plan, reference, step, verdict)
+from .cli_steps import (INTERPRET_TOLERANCE, OWNER_CHOICES, SECURE_TOLERANCE, CliError, check_backend, compile_model,
+                        is_plan, load_model_and_inputs, load_plan, parse_owners, reference, step, verdict)
 
 __all__ = ["main", "build_parser"]
 
 
 def _load(args):
-    return load_model_and_inputs(args.model, args.seq, args.input)
+    """The model, its inputs and who holds them (``--owner``)."""
+    owners = parse_owners(args.owner)
+    loaded, inputs = load_model_and_inputs(args.model, args.seq, args.input, owners)
+    return loaded, inputs, owners
 
 
 def _plan_only(args) -> None:
-    if args.seq is not None or args.input is not None:
-        raise CliError(f"--seq and --input choose a model's example inputs, and the plan {args.model} has fixed "
-                       f"shapes; leave them out, or give the model instead of the plan")
+    if args.seq is not None or args.input is not None or args.owner is not None:
+        raise CliError(f"--seq, --input and --owner choose a model's example inputs, and the plan {args.model} has "
+                       f"fixed inputs; leave them out, or give the model instead of the plan")
+
+
+def _describe(inputs) -> str:
+    """``seq 16`` for token ids alone, else every input's shape."""
+    if set(inputs) == {"input_ids"}:
+        return f"seq {inputs['input_ids'].shape[-1]}"
+    return ", ".join(f"{name} {list(value.shape)}" for name, value in inputs.items())
 
 
 def _print_summary(graph, out=None):
@@ -34,13 +44,15 @@ def _print_summary(graph, out=None):
 
 def cmd_compile(args) -> int:
     is_plan(args.model, plans=False)
-    loaded, inputs = _load(args)
+    loaded, inputs, owners = _load(args)
     start = time.perf_counter()
-    plan = compile_model(loaded, inputs, args.approx, args.overflow_check)
+    plan = compile_model(loaded, inputs, args.approx, args.overflow_check, owners)
     seconds = time.perf_counter() - start
-    plan.info.update({"model": args.model, "seq_len": int(inputs["input_ids"].shape[-1])})
+    plan.info["model"] = args.model
+    if "input_ids" in inputs:
+        plan.info["seq_len"] = int(inputs["input_ids"].shape[-1])
     plan.save(args.output)
-    print(f"compiled {args.model} (seq {inputs['input_ids'].shape[-1]}) in {seconds:.2f} s -> {args.output}")
+    print(f"compiled {args.model} ({_describe(inputs)}) in {seconds:.2f} s -> {args.output}")
     _print_summary(plan.graph)
     return 0
 
@@ -58,9 +70,9 @@ def cmd_dump(args) -> int:
         if args.after and args.after not in known:
             extra = " (it is registered but not in the pipeline)" if args.after in PASSES else ""
             raise CliError(f"unknown pass {args.after!r}{extra}; choose one of: {', '.join(known)}")
-        loaded, inputs = _load(args)
+        loaded, inputs, owners = _load(args)
         with step(f"tracing {args.model} with torch.export"):
-            graph = trace(loaded.model, inputs)
+            graph = trace(loaded.model, inputs, owners=owners)
         if args.after != "import":
             names = SECURE_PIPELINE[:SECURE_PIPELINE.index(args.after) + 1] if args.after else SECURE_PIPELINE
             with step(f"running {len(names)} passes"):
@@ -72,13 +84,14 @@ def cmd_dump(args) -> int:
     return 0
 
 
-def _agreement(loaded, inputs) -> list[tuple[str, tuple, float]]:
+def _agreement(loaded, inputs, owners=None) -> list[tuple[str, tuple, float]]:
     """(output name, shape, max abs error) of the float64 interpreter on the analysed graph against torch."""
     import mpcc
     from .frontend import trace
     from .passes import DEFAULT_PIPELINE, run_pipeline
     with step(f"tracing {loaded.name} with torch.export and running the analysis passes"):
-        graph = run_pipeline(trace(loaded.model, inputs), DEFAULT_PIPELINE)   # before fusion and lowering
+        # the analysis passes only: before fusion and lowering
+        graph = run_pipeline(trace(loaded.model, inputs, owners=owners), DEFAULT_PIPELINE)
     expected = reference(loaded, inputs)
     with step("running the float64 interpreter"):
         outputs = mpcc.interpret(graph, inputs, loaded.model.state_dict())
@@ -88,9 +101,9 @@ def _agreement(loaded, inputs) -> list[tuple[str, tuple, float]]:
 
 def cmd_interpret(args) -> int:
     is_plan(args.model, plans=False)
-    loaded, inputs = _load(args)
+    loaded, inputs, owners = _load(args)
     worst = 0.0
-    for name, shape, error in _agreement(loaded, inputs):
+    for name, shape, error in _agreement(loaded, inputs, owners):
         worst = max(worst, error)
         print(f"output %{name} {list(shape)}: max |interpreter - torch| = {error:.2e}")
     return verdict(worst, INTERPRET_TOLERANCE)
@@ -99,15 +112,18 @@ def cmd_interpret(args) -> int:
 def cmd_run(args) -> int:
     import mpcc
     check_backend(args.backend)
-    if is_plan(args.model):  # a compiled plan: weights and example inputs from the model it names
+    if is_plan(args.model):  # a compiled plan: weights from the model it names, inputs with its shapes
         plan = load_plan(args.model)
+        if args.owner is not None:
+            held = ", ".join(f"{name}={owner}" for name, owner in plan.inputs.items())
+            raise CliError(f"the plan {args.model} fixes who holds each input ({held}); --owner needs a model")
         source = args.weights or plan.info.get("model")
         if not source:
             raise CliError(f"{args.model} does not name its model; give --weights PRESET_OR_DIRECTORY")
-        loaded, inputs = load_model_and_inputs(source, args.seq or plan.info.get("seq_len"), args.input)
+        loaded, inputs = load_model_and_inputs(source, args.seq, args.input, plan=plan)
     else:
-        loaded, inputs = _load(args)
-        plan = compile_model(loaded, inputs, args.approx, overflow_check=args.overflow_check)
+        loaded, inputs, owners = _load(args)
+        plan = compile_model(loaded, inputs, args.approx, args.overflow_check, owners)
     outputs, stats = mpcc.run(plan, inputs, loaded.model.state_dict(), backend=args.backend)  # its own progress bar
     worst = _report_secure(loaded, inputs, plan, outputs)
     print(stats.summary())
@@ -152,8 +168,8 @@ def cmd_cost(args) -> int:
         _plan_only(args)
         plan = load_plan(args.model)
     else:
-        loaded, inputs = _load(args)
-        plan = compile_model(loaded, inputs)
+        loaded, inputs, owners = _load(args)
+        plan = compile_model(loaded, inputs, owners=owners)
     cost = plan.cost(network)
     print(cost.summary())
     if args.plot:
@@ -238,6 +254,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .api import APPROXIMATIONS
+    from .inputs import INPUTS, TENSOR_FILES
     from .models import PRESETS
     from .passes import SECURE_PIPELINE
     parser = _Parser(prog="mpcc", description="Compile PyTorch transformers to two-party MPC.",
@@ -256,8 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seq", type=_positive_int, default=None,
                        help="length of random example token ids (default: the preset's, 16 for tiny-bert and "
                             "tiny-gpt2, 128 for the others" + plan_seq + ")")
-        p.add_argument("--input", default=None,
-                       help="text (needs a tokenizer) or token ids like '1 2 3', instead of random ids")
+        p.add_argument("--input", action="append", default=None, metavar="[NAME=]VALUE",
+                       help=f"an input instead of a made-up one, repeatable: NAME is input_ids (the default) or "
+                            f"{', '.join(list(INPUTS)[1:])}, as the model's forward takes them; VALUE is token ids "
+                            f"like '1 2 3', text (needs a tokenizer), 'random' (real inputs) or a "
+                            f"{', '.join(TENSOR_FILES)} file")
+        p.add_argument("--owner", action="append", default=None, metavar="NAME=" + "|".join(OWNER_CHOICES),
+                       help="who holds input NAME, repeatable (default: the client); an input named here and not "
+                            "given is made up" + (" (a plan keeps its own)" if plans else ""))
 
     backends = ["cpu", "limb", "cuda"]
     backend_help = "ring arithmetic: cpu (int64), limb (the GPU algorithm on CPU) or cuda (needs a GPU)"

@@ -1,17 +1,19 @@
 """The steps the ``mpcc`` command shares: what an argument names (preset, model
-directory or plan file), loading, compiling and the float64 reference, each
-shown as a named step on stderr, and the verdict against torch.
+directory or plan file), the ``--input``/``--owner`` values, loading, compiling
+and the float64 reference, each shown as a named step on stderr, and the
+verdict against torch.
 """
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["CliError", "step", "is_plan", "load_model_and_inputs", "load_plan", "compile_model", "reference",
-           "verdict", "check_backend", "INTERPRET_TOLERANCE", "SECURE_TOLERANCE"]
+__all__ = ["CliError", "step", "is_plan", "load_model_and_inputs", "parse_owners", "load_plan", "compile_model",
+           "reference", "verdict", "check_backend", "INTERPRET_TOLERANCE", "SECURE_TOLERANCE", "OWNER_CHOICES"]
 
 INTERPRET_TOLERANCE = 1e-5   # float64 interpreter against float64 torch: only summation order differs
 SECURE_TOLERANCE = 1e-1      # fixed point with 16 fractional bits and the protocols' documented errors
@@ -41,6 +43,19 @@ def step(description: str):
         logging.disable(previous)
 
 
+@contextmanager
+def _no_weight_bars():
+    """Without transformers' "Loading weights" bar: one more line on stderr, which the step replaces."""
+    from transformers.utils import logging as hf_logging
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 def _presets() -> str:
     from .models import PRESETS
     return ", ".join(PRESETS)
@@ -66,12 +81,46 @@ def is_plan(name: str, *, plans: bool = True) -> bool:
     raise CliError(f"{name!r} is not a preset ({_presets()}), {what}")
 
 
-def load_model_and_inputs(name: str, seq: int | None = None, text: str | None = None):
-    """The model (preset or directory) and its example inputs."""
-    from .models import example_inputs, load_model
-    with step(f"loading {name}"):
+_ASSIGNMENT = re.compile(r"([A-Za-z_]\w*)=(.*)", re.S)
+OWNER_CHOICES = ("public", "client", "server")
+
+
+def _by_name(given: list[str] | None, option: str, unnamed: str | None = None) -> dict[str, str]:
+    """``NAME=VALUE`` option values by name; a value without ``NAME=`` is ``unnamed``'s (if any)."""
+    found = {}
+    for text in given or ():
+        match = _ASSIGNMENT.fullmatch(text)
+        if not match and unnamed is None:
+            raise CliError(f"{option} takes NAME={'|'.join(OWNER_CHOICES)}, not {text!r}")
+        name, value = match.groups() if match else (unnamed, text)
+        if name in found:
+            raise CliError(f"{option} gives {name} twice")
+        found[name] = value
+    return found
+
+
+def parse_owners(given: list[str] | None) -> dict[str, str]:
+    """``--owner NAME=public|client|server``, repeated, as ``compile``'s ``owners``."""
+    owners = _by_name(given, "--owner")
+    for name, owner in owners.items():
+        if owner not in OWNER_CHOICES:
+            raise CliError(f"--owner {name}={owner}: the owner must be one of {', '.join(OWNER_CHOICES)}")
+    return owners
+
+
+def load_model_and_inputs(name: str, seq: int | None = None, given: list[str] | None = None,
+                          owners: dict[str, str] | None = None, plan=None):
+    """The model (preset or directory) and its inputs: those ``--input`` gives, the rest made up;
+    each input ``owners`` names is there too. For a plan: exactly its inputs, with its shapes."""
+    from .inputs import example_inputs, plan_inputs
+    from .models import load_model
+    values = _by_name(given, "--input", unnamed="input_ids")
+    with step(f"loading {name}"), _no_weight_bars():
         loaded = load_model(name)
-    return loaded, example_inputs(loaded, seq_len=seq, text=text)
+    if plan is None:
+        return loaded, example_inputs(loaded, values, seq_len=seq, names=owners or ())
+    shapes = {node.name: node.type.shape for node in plan.graph.inputs}
+    return loaded, plan_inputs(loaded, shapes, values, seq_len=seq)
 
 
 def load_plan(path: str):
@@ -80,10 +129,11 @@ def load_plan(path: str):
         return mpcc.load(path)
 
 
-def compile_model(loaded, inputs, approx: str = "exact", overflow_check: bool = False):
+def compile_model(loaded, inputs, approx: str = "exact", overflow_check: bool = False,
+                  owners: dict[str, str] | None = None):
     import mpcc
     with step(f"tracing {loaded.name} with torch.export and compiling it"):
-        return mpcc.compile(loaded.model, inputs, approx=approx, overflow_check=overflow_check)
+        return mpcc.compile(loaded.model, inputs, approx=approx, overflow_check=overflow_check, owners=owners)
 
 
 def reference(loaded, inputs):

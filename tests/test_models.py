@@ -105,3 +105,21 @@ def test_division_by_public_tensors():
     (got,), _ = mpcc.run(plan, (x,), module.state_dict(), progress=False)
     (want,) = reference_outputs(module, (x,))
     assert (got - want).abs().max() < 1e-3
+
+
+class HugeConstant(torch.nn.Module):
+    """finfo.min used as a number (not as a mask before a softmax)."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return torch.where(torch.arange(4) > 1, h, torch.tensor(torch.finfo(torch.float32).min))
+
+
+def test_constants_fixed_point_cannot_hold_are_refused_at_compile_time():
+    from mpcc.const_check import ConstantRangeError
+    with pytest.raises(ConstantRangeError, match=r"constant %\w+ \(magnitude 3.4e\+38\).*below 2\^46"):
+        mpcc.compile(HugeConstant().eval(), (torch.randn(1, 2, 4),))
