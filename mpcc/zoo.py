@@ -103,3 +103,21 @@ def build(name: str, seed: int = 0) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
     model = getattr(transformers, family.model_class)(family.config()).eval()
     return model, family.inputs(torch.Generator().manual_seed(seed))
+
+
+def main(argv=None) -> int:
+    """``python -m mpcc.zoo FAMILY DIRECTORY``: save a family's tiny model as a Hugging Face model
+    directory (``save_pretrained``), to try ``mpcc run DIRECTORY`` on it."""
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m mpcc.zoo", description=main.__doc__.splitlines()[0])
+    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument("directory")
+    args = parser.parse_args(argv)
+    model, _ = build(args.family)
+    model.save_pretrained(args.directory)
+    print(f"saved a tiny random {FAMILIES[args.family].model_class} to {args.directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
