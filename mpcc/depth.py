@@ -96,7 +96,7 @@ DEPTH_RULES: dict[str, Rule] = {
                                 "mpc.reciprocal", "mpc.rsqrt", "mpc.gelu", "mpc.tanh", "mpc.layer_norm",
                                 "mpc.layer_norm_goldschmidt", "mpc.softmax_2quad", "mpc.softmax_2quad_goldschmidt",
                                 "mpc.gelu_secformer", "mpc.gelu_puma", "mpc.softmax_puma", "mpc.silu",
-                                "mpc.rms_norm")},
+                                "mpc.rms_norm", "mpc.softmax_masked")},
 }
 
 

@@ -318,6 +318,25 @@ def _power_checks(p, rows_of):
                          "the power-softmax division's domain"), lambda a, out: power_row_sums(*rows_of(a), p)[1])]
 
 
+def _masked_softmax(node, types, f):
+    """A softmax variant on x + the mask's finite part, over the kept entries only."""
+    def rows(a):
+        mask = a["mask"]
+        scores = a["self"] + torch.where(mask > -1e4, mask, torch.zeros_like(mask)).to(a["self"].dtype)
+        return scores, (mask > -1e4).expand(scores.shape)
+    variant = node.attrs.get("softmax", "exact")
+    if variant in ("2quad", "2quad_goldschmidt"):
+        return _quad_checks(f, rows)
+    if variant == "power":
+        return _power_checks(POWER_P, rows)
+
+    def kept_spread(a, out):
+        scores, keep = rows(a)
+        return scores.masked_fill(~keep, -torch.inf).amax(-1) - scores.masked_fill(~keep, torch.inf).amin(-1)
+    return [Check(Domain(0.0, comparison_bound(f), "spread (max - min) of the kept entries", "the comparison domain"),
+                  kept_spread)]
+
+
 def _softmax_power(node, types, f):
     return _power_checks(node.attrs.get("p", POWER_P), lambda a: (a["self"].movedim(a["dim"], -1), None))
 
@@ -376,6 +395,7 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.layer_norm_goldschmidt": _layer_norm,
     "mpc.rms_norm": _rms_norm,
     "mpc.sdpa": _sdpa,
+    "mpc.softmax_masked": _masked_softmax,
     "mpc.softmax_2quad": _softmax_2quad,
     "mpc.softmax_2quad_goldschmidt": _softmax_2quad,
     "mpc.gelu_quad": _product("x * x", lambda a, out: a["self"] * a["self"]),

@@ -5,7 +5,9 @@ downloaded) and its example inputs. The configs keep each family's defining
 parts: grouped-query attention (Llama, Qwen2, Mistral), a sliding window
 shorter than the sequence (Mistral), partial rotary (Phi), local attention
 (GPT-Neo), relative buckets (T5), disentangled attention (DeBERTa-v2), an
-encoder-decoder (BART) and patch embeddings (ViT).
+encoder-decoder (BART) and patch embeddings (ViT). Further members of the families
+(Qwen3, Gemma, Phi-3, StableLM, Falcon, GPT-J, XLM-RoBERTa, MobileBERT) check that
+mpcc is built for the family, not for the list.
 """
 from __future__ import annotations
 
@@ -82,6 +84,19 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("mistral", "MistralForCausalLM", lambda: _config("MistralConfig", sliding_window=4, **_decoder()),
            _ids),
     Family("phi", "PhiForCausalLM", lambda: _config("PhiConfig", **_decoder()), _ids),
+    Family("qwen3", "Qwen3ForCausalLM", lambda: _config("Qwen3Config", head_dim=HIDDEN // HEADS, **_decoder()), _ids),
+    Family("gemma", "GemmaForCausalLM", lambda: _config("GemmaConfig", head_dim=HIDDEN // HEADS, **_decoder()), _ids),
+    Family("phi3", "Phi3ForCausalLM", lambda: _config("Phi3Config", pad_token_id=None, **_decoder()), _ids),
+    Family("stablelm", "StableLmForCausalLM", lambda: _config("StableLmConfig", **_decoder()), _ids),
+    Family("falcon", "FalconForCausalLM", lambda: _config(
+        "FalconConfig", vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+        bos_token_id=0, eos_token_id=0), _ids),
+    Family("gpt-j", "GPTJForCausalLM", lambda: _config(
+        "GPTJConfig", vocab_size=VOCAB, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS, n_positions=POSITIONS,
+        rotary_dim=4, bos_token_id=0, eos_token_id=0), _ids),
+    Family("xlm-roberta", "XLMRobertaModel", lambda: _config("XLMRobertaConfig", **_common(pad_token_id=1)), _ids),
+    Family("mobilebert", "MobileBertModel", lambda: _config(
+        "MobileBertConfig", embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16, **_common()), _ids),
     Family("t5-encoder", "T5EncoderModel", lambda: _config(
         "T5Config", vocab_size=VOCAB, d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=FFN, num_layers=LAYERS,
         num_heads=HEADS, relative_attention_num_buckets=8, relative_attention_max_distance=16), _ids),

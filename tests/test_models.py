@@ -123,3 +123,28 @@ def test_constants_fixed_point_cannot_hold_are_refused_at_compile_time():
     from mpcc.const_check import ConstantRangeError
     with pytest.raises(ConstantRangeError, match=r"constant %\w+ \(magnitude 3.4e\+38\).*below 2\^46"):
         mpcc.compile(HugeConstant().eval(), (torch.randn(1, 2, 4),))
+
+
+class CappedScores(torch.nn.Module):
+    """Gemma-2's attention: the scores capped by a tanh, then a causal where() with finfo.min."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(8, 24)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).split(8, -1)
+        scores = torch.tanh(q @ k.transpose(-1, -2) / 20.0) * 20.0
+        causal = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+        scores = torch.where(causal, scores, torch.finfo(torch.float32).min)
+        return torch.softmax(scores, -1) @ v
+
+
+def test_a_softmax_behind_masks_with_no_attention_around_it_excludes():
+    torch.manual_seed(0)
+    module, x = CappedScores().eval(), torch.randn(1, 5, 8)
+    plan = mpcc.compile(module, (x,))
+    assert [n.op for n in plan.graph.nodes].count("mpc.softmax_masked") == 1
+    (got,), _ = mpcc.run(plan, (x,), module.state_dict(), progress=False)
+    (want,) = reference_outputs(module, (x,))
+    assert (got - want).abs().max() < 2e-2   # the tanh (3e-3) times the cap

@@ -464,6 +464,18 @@ def case_softmax(draw):
     return Case({"self": Arg(x)}, {"dim": draw(st.integers(-len(shape), len(shape) - 1))}, atol=2e-4)
 
 
+def case_softmax_masked(draw):
+    """Exact softmax of x + a public mask over the last axis: the mask's -inf and finfo.min
+    entries are excluded (each row keeps its first entry), its finite entries added."""
+    shape = draw(shapes(1, 3, 6))
+    x = reals(draw, shape, -100.0, 100.0, [0.0, ULP, 20.0, -20.0])
+    kinds = torch.tensor(draw(st.lists(st.sampled_from([0, 1, 2, 3]), min_size=x.numel(), max_size=x.numel())))
+    table = torch.tensor([0.0, -torch.inf, torch.finfo(torch.float32).min, 3.0], dtype=torch.float64)
+    mask = table[kinds].reshape(shape)
+    mask[..., 0] = 0.0
+    return Case({"self": Arg(x), "mask": Arg(mask, "public", "const")}, {"dim": -1, "softmax": "exact"}, atol=2e-4)
+
+
 def case_softmax_2quad(draw):
     """MPCFormer's 2Quad along ``dim``: rows whose sum of (x + 5)^2 lies in the
     division's [2^-8, 2^16) (x in [-4, 60], at most 6 per row); absolute error ~1e-4 (here 2e-4)."""
@@ -704,7 +716,7 @@ CASES: dict[str, Callable] = {
     "mpc.mul_server": case_mul_server, "mpc.trunc": case_trunc, "mpc.masked_fill_public": case_masked_fill_public,
     "mpc.where_public": case_where_public, "mpc.ltz": case_ltz, "mpc.relu": case_relu, "mpc.where": case_where,
     "mpc.amax": case_amax, "mpc.argmax": case_argmax, "mpc.exp": case_exp, "mpc.reciprocal": case_reciprocal,
-    "mpc.rsqrt": case_rsqrt, "mpc.softmax": case_softmax, "mpc.gelu": case_gelu, "mpc.tanh": case_tanh,
+    "mpc.rsqrt": case_rsqrt, "mpc.softmax": case_softmax, "mpc.softmax_masked": case_softmax_masked, "mpc.gelu": case_gelu, "mpc.tanh": case_tanh,
     "mpc.silu": case_silu,
     "mpc.layer_norm": case_layer_norm, "mpc.rms_norm": case_rms_norm, "mpc.sdpa": case_sdpa, "mpc.mul_scalar": case_mul_scalar,
     "mpc.softmax_2quad": case_softmax_2quad, "mpc.gelu_quad": case_gelu_quad,

@@ -303,6 +303,31 @@ def _mpc(name, params, reference, doc, protocol, **extra):   # softmax ops take 
     return define(name, params, reference, doc, "mpc", protocol=protocol, wires=True, **extra)
 
 
+def masked_softmax_reference(x, mask, dim=-1, softmax="exact"):
+    """The ``softmax`` variant of x + mask's finite part over its last axis, excluded entries
+    (mask <= -1e4: -inf, finfo.min) left out."""
+    scores = x + _finite_part(mask).to(x.dtype)
+    keep = attention_mask(mask, False, tuple(scores.shape), scores.device)
+    if softmax == "exact":
+        return torch.softmax(scores.masked_fill(~keep, -torch.inf), -1)
+    return SOFTMAX_VARIANTS[softmax].reference(scores, keep)
+
+
+async def masked_softmax(ctx, x, mask, dim=-1, softmax="exact"):
+    """A softmax whose input went through exclusion masks that no attention fusion took
+    (Gemma-2's capped scores): the mask's finite part added, its excluded entries a keep
+    mask for the variant's protocol. Rounds and bytes: the variant's."""
+    finite = _finite_part(mask)
+    if ctx.meta or bool(finite.abs().max() > 0):
+        added = encode(ctx, finite.expand(tuple(x.shape)).to(torch.float64), "real")
+        x = x.plus(added) if isinstance(x, Wire) else add_public(ctx, x, added)
+    keep = attention_mask(mask, False, tuple(x.shape), x.device).to(torch.int64)
+    return await SOFTMAX_VARIANTS[softmax].protocol(ctx, x, keep)
+
+
+_mpc("mpc.softmax_masked", ("self", "mask", "dim", "softmax"), masked_softmax_reference,
+     "softmax over the last axis with a public additive mask whose -inf/finfo.min entries are excluded",
+     masked_softmax)
 _mpc("mpc.softmax", ("self", "dim"), lambda x, dim: torch.softmax(x, dim), "exact softmax (max, exp, division)",
      _softmax_op)
 _mpc("mpc.softmax_2quad", ("self", "dim"), lambda x, dim: _quad_reference(x.movedim(dim, -1), None).movedim(-1, dim),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import define
-from .attention import attention_reference
+from .attention import attention_reference, masked_softmax_reference
 from .tensor import dtype_arg
 
 __all__ = []
@@ -23,11 +23,15 @@ _op("conv2d", ("input", "weight", "bias", "stride", "padding", "dilation", "grou
     "2-D convolution (a linear over patches: see decompose_conv2d)", "matmul")
 _op("addmm", ("self", "mat1", "mat2", "beta", "alpha"),
     lambda b, x, w, beta=1, alpha=1: torch.addmm(b, x, w, beta=beta, alpha=alpha), "beta*b + alpha*(x @ w)", "matmul")
+_op("baddbmm", ("self", "batch1", "batch2", "beta", "alpha"),
+    lambda b, x, y, beta=1, alpha=1: torch.baddbmm(b, x, y, beta=beta, alpha=alpha), "beta*b + alpha*(x @ y)", "matmul")
 _op("mm", ("self", "mat2"), torch.mm, "matrix product", "matmul")
 _op("bmm", ("self", "mat2"), torch.bmm, "batched matrix product", "matmul")
 _op("matmul", ("self", "other"), torch.matmul, "broadcasting matrix product", "matmul")
 _op("softmax", ("self", "dim", "dtype"), lambda x, dim, dtype=None: torch.softmax(x, dim, dtype=dtype_arg(dtype)),
     "exp(x) / sum exp(x) along dim")
+_op("masked_softmax", ("self", "mask", "dim", "softmax"), masked_softmax_reference,
+    "softmax(x + mask) over the last axis, mask entries at or below -1e4 excluded (fuse_masked_attention)")
 _op("log_softmax", ("self", "dim", "dtype"), lambda x, dim, dtype=None: torch.log_softmax(x, dim, dtype=dtype_arg(dtype)),
     "x - log sum exp(x) along dim")
 _op("layer_norm", ("input", "normalized_shape", "weight", "bias", "eps"),

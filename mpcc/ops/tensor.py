@@ -55,6 +55,13 @@ _op("repeat", ("self", "repeats"), lambda x, repeats: x.repeat(repeats), "tile",
 _op("patches", ("self", "kernel_size", "stride", "padding", "dilation"), lambda x, k, s, p, d: patches(x, k, s, p, d),
     "the (N, positions, C*kh*kw) patches a 2-D convolution reads (zero padded); moves and copies elements only",
     "shape")
+_op("stack", ("tensors", "dim"), lambda tensors, dim=0: torch.stack(tensors, dim), "stack along a new axis", "shape")
+_op("repeat_interleave", ("self", "repeats", "dim", "output_size"),
+    lambda x, repeats, dim=None, output_size=None: torch.repeat_interleave(x, repeats, dim), "repeat each element",
+    "shape")
+_op("pad", ("self", "pad", "mode", "value"),
+    lambda x, pad, mode="constant", value=None: torch.nn.functional.pad(x, pad, mode, value),
+    "pad the last axes (on shares: constant zeros only)", "shape")
 # the functional forms of in-place writes (``x[..., -1] = v``, ``copy_``): they only move elements
 _op("copy", ("self", "src"), lambda x, src: src.to(x.dtype).expand(x.shape).clone(),
     "src in x's shape (the functional copy_)", "shape")
@@ -65,7 +72,8 @@ _op("slice_scatter", ("self", "src", "dim", "start", "end", "step"),
     lambda x, src, dim=0, start=None, end=None, step=1: torch.slice_scatter(x, src.to(x.dtype), dim, start, end, step),
     "x with a strided range replaced", "shape")
 _op("cast", ("self", "dtype"), lambda x, dtype: x.to(dtype_arg(dtype)), "change element kind", "shape")
-_op("index", ("self", "indices"), lambda x, indices: x[tuple(indices)], "advanced indexing (indices must be public)",
+_op("index", ("self", "indices"), lambda x, indices: torch.ops.aten.index.Tensor(x, list(indices)),
+    "advanced indexing (indices must be public; None keeps an axis whole, as in ATen)",
     "shape", index_params=("indices",))
 _op("gather", ("self", "dim", "index", "sparse_grad"), lambda x, dim, index, sparse_grad=False: torch.gather(x, dim, index),
     "gather along an axis (index must be public)", "shape", index_params=("index",))

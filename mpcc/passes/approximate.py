@@ -116,6 +116,8 @@ _REWRITES = {
     "layer_norm": lambda node, choices: _substitute(node, "layer_norm", choices["layer_norm"]),
     "sdpa": lambda node, choices: node if choices["softmax"] == "exact" else replace(
         node, attrs={**node.attrs, "softmax": choices["softmax"]}),
+    "masked_softmax": lambda node, choices: node if choices["softmax"] == "exact" else replace(
+        node, attrs={**node.attrs, "softmax": choices["softmax"]}),
 }
 
 

@@ -9,6 +9,9 @@ fixed point cannot hold (GPT-Neo, eager GPT-2-style code).
           %o_mask = const(value=<where(causal, 0, -inf) + pad>)
           %o = sdpa(%q, %o_key, %v, %o_mask, scale=1.0)
 
+A softmax behind such masks with no attention around it (Gemma-2 caps its scores with a
+tanh first) becomes one ``masked_softmax`` with the same kind of mask.
+
 A replacement ``where(C, s, E)`` or ``masked_fill(s, C, E)`` joins only when every
 E is an exclusion (at most -1e4, as ``attention_mask`` reads additive masks);
 masks must be compile-time constants; scalings by public positive scalars (``mul``,
@@ -92,6 +95,26 @@ def _match(graph: Graph, users: dict, product: Node):
     return scale, masks, out, chain + [step]
 
 
+def _masks_before(graph: Graph, users: dict, softmax: Node):
+    """(the scores, their masks, the mask nodes) of a softmax whose input only passes through
+    exclusion masks (Gemma-2: capped scores, then the causal ``where``), or None."""
+    masks, chain, current = [], [], softmax.operands[0]
+    while graph[current].op in ("add", "where", "masked_fill") and users.get(current) == [chain[-1].name if chain
+                                                                                         else softmax.name]:
+        node = graph[current]
+        operands = node.operands
+        scores = operands[1] if node.op == "where" else operands[0]
+        if node.op == "add" and len(operands) == 2 and _const(graph, operands[0]) is not None:
+            scores = operands[1]
+        mask = _mask_of(graph, node, scores) if graph[scores].type.vis == "shared" else None
+        if mask is None:
+            break
+        masks.append((mask, 1.0))
+        chain.append(node)
+        current = scores
+    return (current, masks, chain) if masks and current not in graph.outputs else None
+
+
 def _combined(masks: list[tuple[torch.Tensor, float]], shape: tuple) -> torch.Tensor:
     """One additive mask from (mask, the scaling applied after it): excluded entries -inf."""
     total = torch.zeros(())
@@ -131,6 +154,20 @@ def fuse_masked_attention(graph: Graph) -> Graph:
                          attrs={"dropout_p": 0.0, "is_causal": False, "scale": scale, "enable_gqa": False,
                                 "softmax": "exact"})
         replacements[out.name] = (key, mask, sdpa)
+        dropped.update(node.name for node in chain)
+    for softmax in graph.nodes:   # the rest: a softmax behind masks, with no attention around it
+        if softmax.op != "softmax" or softmax.name in dropped or softmax.type.vis != "shared" \
+                or softmax.attrs.get("dim") not in (-1, len(softmax.type.shape) - 1):
+            continue
+        found = _masks_before(graph, users, softmax)
+        if found is None:
+            continue
+        scores, masks, chain = found
+        mask_value = _combined(masks, softmax.type.shape)
+        mask = Node(fresh_name(f"{softmax.name}_mask", taken), "const", (), {"value": mask_value},
+                    TensorType(tuple(mask_value.shape), "real", "public"), softmax.origin)
+        replacements[softmax.name] = (mask, softmax.with_(op="masked_softmax", operands=(scores, mask.name),
+                                                          attrs={"dim": -1, "softmax": "exact"}))
         dropped.update(node.name for node in chain)
     if not replacements:
         return graph

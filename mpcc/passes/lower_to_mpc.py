@@ -23,7 +23,7 @@ __all__ = ["lower_to_mpc", "LoweringError", "LOCAL_ON_SHARES", "LOWERING_RULES",
 
 LOCAL_ON_SHARES = {"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "expand", "slice",
                    "select", "flatten", "repeat", "index", "gather", "index_select", "embedding", "sum", "cat",
-                   "patches", "copy", "select_scatter", "slice_scatter"}
+                   "patches", "copy", "select_scatter", "slice_scatter", "stack", "repeat_interleave"}
 NOT_VALUES = {"condition", "mask", "attn_mask"}   # operands read as 0/1 or as a mask, never as reals
 SIMPLE = {"gelu": "mpc.gelu", "tanh": "mpc.tanh", "silu": "mpc.silu", "relu": "mpc.relu", "exp": "mpc.exp",
           "rsqrt": "mpc.rsqrt", "neg": "mpc.neg", "reciprocal": "mpc.reciprocal", "softmax": "mpc.softmax"}
@@ -285,6 +285,17 @@ class _Lowering:
         else:
             self.fail(node, f"matmul of {self.vis(x)} and {self.vis(w)} operands")
 
+    def lower_masked_softmax(self, node, make, share):
+        x, mask = node.operands
+        make("mpc.softmax_masked", [share(x), mask], dict(node.attrs))
+
+    def lower_pad(self, node, make, share):
+        """Zero padding moves shares only; another value would have to be added by one party."""
+        if node.attrs.get("mode", "constant") != "constant" or node.attrs.get("value") not in (None, 0, 0.0):
+            self.fail(node, f"pad of a secret with mode={node.attrs.get('mode')!r}, value={node.attrs.get('value')!r}:"
+                            " only constant zeros")
+        self.lower_local(node, make, share)
+
     def lower_rms_norm(self, node, make, share):
         named = dict(zip(get_op("rms_norm").operand_params(node.attrs), node.operands))
         weight = named.get("weight")
@@ -319,7 +330,7 @@ LOWERING_RULES: dict = {
     "mul": _Lowering.lower_mul, "div": _Lowering.lower_div, "pow": _Lowering.lower_pow,
     **{op: _Lowering.lower_matmul for op in ("linear", "addmm", "mm", "matmul", "bmm")},
     "sdpa": _Lowering.lower_sdpa, "layer_norm": _Lowering.lower_layer_norm, "mean": _Lowering.lower_mean,
-    "rms_norm": _Lowering.lower_rms_norm,
+    "rms_norm": _Lowering.lower_rms_norm, "pad": _Lowering.lower_pad, "masked_softmax": _Lowering.lower_masked_softmax,
     "amax": _Lowering.lower_reduce_max, "argmax": _Lowering.lower_reduce_max,
     "where": _Lowering.lower_where, "masked_fill": _Lowering.lower_masked_fill,
 }
