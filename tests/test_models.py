@@ -148,3 +148,14 @@ def test_a_softmax_behind_masks_with_no_attention_around_it_excludes():
     (got,), _ = mpcc.run(plan, (x,), module.state_dict(), progress=False)
     (want,) = reference_outputs(module, (x,))
     assert (got - want).abs().max() < 2e-2   # the tanh (3e-3) times the cap
+
+
+def test_bart_makes_its_decoder_inputs_from_the_input_ids():
+    """No decoder_input_ids: BART's shift_tokens_right (new_zeros, slice copy_, fill_, masked_fill_)
+    runs on the client's ids, made functional, as the client's own plaintext."""
+    model, inputs = build("bart")
+    inputs = {"input_ids": inputs["input_ids"]}
+    plan = mpcc.compile(model, inputs)
+    outputs, _ = mpcc.run(plan, inputs, model.state_dict(), progress=False)
+    for got, want in zip(outputs, reference_outputs(model, inputs)):
+        assert float((got - want).abs().max()) <= 1e-2

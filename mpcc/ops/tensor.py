@@ -65,6 +65,8 @@ _op("pad", ("self", "pad", "mode", "value"),
 # the functional forms of in-place writes (``x[..., -1] = v``, ``copy_``): they only move elements
 _op("copy", ("self", "src"), lambda x, src: src.to(x.dtype).expand(x.shape).clone(),
     "src in x's shape (the functional copy_)", "shape")
+_op("fill", ("self", "value"), lambda x, value: torch.as_tensor(value).to(x.dtype).expand(x.shape).clone(),
+    "x's shape filled with one value (the functional fill_; plaintext only)")
 _op("select_scatter", ("self", "src", "dim", "index"),
     lambda x, src, dim, index: torch.select_scatter(x, src.to(x.dtype), dim, index), "x with one index replaced",
     "shape")
