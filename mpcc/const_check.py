@@ -42,7 +42,9 @@ def _never_used(graph: Graph, node, param: str) -> bool:
         selector, unused_when = named.get("condition"), True
     else:
         return False
-    if selector is None or graph[selector].op != "const":
+    fill = node.attrs.get(param)
+    if selector is None or graph[selector].op != "const" or \
+            (isinstance(fill, float) and not math.isfinite(fill)):   # the protocol computes mask * fill: 0 * inf
         return False
     return bool((graph[selector].attrs["value"].bool() == unused_when).all())
 
@@ -57,11 +59,13 @@ def check_constants(graph: Graph, frac_bits: int) -> None:
         where = f"%{node.name} = {node.op}(...) in {node.origin or '<top>'}"
         for param, operand in zip(op.operand_params(node.attrs), node.operands):
             source = graph[operand]
-            if source.op != "const" or param in NOT_ENCODED or param in op.index_params or \
+            encoded_mask = param == "mask" and node.op == "mpc.softmax_masked"
+            if source.op != "const" or (param in NOT_ENCODED and not encoded_mask) or param in op.index_params or \
                     source.type.kind != "real" or _never_used(graph, node, param):
                 continue
             value = source.attrs["value"]
-            if param == "attn_mask":   # excluded entries are a keep mask, not numbers
+            if param in ("attn_mask", "mask") and node.op in ("mpc.sdpa", "mpc.softmax_masked"):
+                # excluded entries are a keep mask, not numbers; the finite part is encoded
                 value = torch.where(value > -1e4, value, torch.zeros_like(value))
             peak = _largest(value)
             if not peak < limit:

@@ -159,3 +159,64 @@ def test_bart_makes_its_decoder_inputs_from_the_input_ids():
     outputs, _ = mpcc.run(plan, inputs, model.state_dict(), progress=False)
     for got, want in zip(outputs, reference_outputs(model, inputs)):
         assert float((got - want).abs().max()) <= 1e-2
+
+
+class _Scores(torch.nn.Module):
+    """Attention scores of x; ``forward`` applies the masks under test."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Linear(8, 24)
+
+    def parts(self, x):
+        q, k, v = self.qkv(x).split(8, -1)
+        return q @ k.transpose(-1, -2), v
+
+
+class MaskThenScale(_Scores):
+    def forward(self, x):   # -1e4 is an exclusion where it is added, -1 after the scaling: not excluded
+        scores, v = self.parts(x)
+        mask = torch.zeros(x.shape[1], x.shape[1])
+        mask[:, 0] = -1e4
+        return torch.softmax((scores + mask) * 1e-4, -1) @ v
+
+
+class EmptyRow(_Scores):
+    def forward(self, x):   # row 0 keeps no key: eager softmax gives it uniform weights
+        scores, v = self.parts(x)
+        keep = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).tril()
+        keep[:, 0] = False
+        return torch.softmax(torch.where(keep, scores, torch.finfo(torch.float32).min), -1) @ v
+
+
+class ServerBoolMask(_Scores):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("keep", torch.ones(5, 5, dtype=torch.bool).tril())   # a weight: the server's
+
+    def forward(self, x):
+        q, k, v = (t.unsqueeze(1) for t in self.qkv(x).split(8, -1))
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.keep)
+
+
+def test_mask_rewrites_keep_the_function_or_are_refused():
+    """Found by an adversarial review: each used to give a silently wrong result."""
+    from mpcc.const_check import ConstantRangeError
+    from mpcc.passes import LoweringError
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 8)
+    module = MaskThenScale().eval()
+    (got,), _ = mpcc.run(mpcc.compile(module, (x,)), (x,), module.state_dict(), progress=False)
+    assert (got - reference_outputs(module, (x,))[0]).abs().max() < 1e-3
+    with pytest.raises(ConstantRangeError):   # not fused (a row would be empty): finfo.min is met as a number
+        mpcc.compile(EmptyRow().eval(), (x,))
+    with pytest.raises(LoweringError, match="keep mask must be public"):
+        mpcc.compile(ServerBoolMask().eval(), (x,))
+
+
+def test_the_server_keeps_no_setup_message_after_a_run():
+    """D = W - B is dropped once sent (BERT-base: 880 MB), not held in the run's pending messages."""
+    model, inputs = build("gpt2")
+    session = mpcc.Session(mpcc.compile(model, inputs), model.state_dict(), progress=False)
+    session.run(inputs)
+    assert session.states[0].pending_setup == {} and session.states[1].pending_setup == {}

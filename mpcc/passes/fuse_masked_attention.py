@@ -36,26 +36,27 @@ def _const(graph: Graph, name: str) -> torch.Tensor | None:
     return node.attrs["value"] if node.op == "const" and node.type.vis == "public" else None
 
 
-def _mask_of(graph: Graph, node: Node, scores: str) -> torch.Tensor | None:
-    """The additive mask (float64, excluded entries -inf) that ``node`` applies to ``scores``, or None."""
+def _mask_of(graph: Graph, node: Node, scores: str) -> tuple[torch.Tensor, str] | None:
+    """(the mask ``node`` applies to ``scores``, float64, and its kind), or None: ``add`` adds it;
+    ``replace`` (where, masked_fill) puts its nonzero entries, all exclusions, in place of scores."""
     attrs, operands = node.attrs, node.operands
     if node.op == "add" and len(operands) == 2 and attrs.get("alpha", 1) == 1 and scores in operands:
         other = operands[1] if operands[0] == scores else operands[0]
         mask = _const(graph, other)
-        return None if mask is None or other == scores else mask.to(torch.float64)
+        return None if mask is None or other == scores or mask.dtype == torch.bool else (mask.to(torch.float64), "add")
     if node.op == "where" and operands[:2] == (operands[0], scores) and len(operands) in (2, 3):
         condition = _const(graph, operands[0])
         fill = _const(graph, operands[2]) if len(operands) == 3 else torch.tensor(attrs.get("other"))
         if condition is None or fill is None or not isinstance(fill, torch.Tensor) or fill.dtype == torch.bool \
                 or bool((fill.to(torch.float64) > EXCLUDED).any()):
             return None
-        return torch.where(condition.bool(), 0.0, -torch.inf).to(torch.float64)
+        return torch.where(condition.bool(), 0.0, fill.to(torch.float64)), "replace"
     if node.op == "masked_fill" and operands[0] == scores and len(operands) == 2:
         condition = _const(graph, operands[1])
         value = attrs.get("value")
         if condition is None or not isinstance(value, (int, float)) or value > EXCLUDED:
             return None
-        return torch.where(condition.bool(), -torch.inf, 0.0).to(torch.float64)
+        return torch.where(condition.bool(), float(value), 0.0).to(torch.float64), "replace"
     return None
 
 
@@ -76,17 +77,18 @@ def _match(graph: Graph, users: dict, product: Node):
     step = sole_reader(product.name)
     while step is not None and step.op in ("mul", "div", "add", "where", "masked_fill"):
         factor = _scale_of(step) if step.op in ("mul", "div") else None
-        if factor is not None:   # later scalings scale the masks added before them
+        if factor is not None:   # later scalings scale the masks applied before them
             scale *= factor
-            masks = [(mask, applied * factor) for mask, applied in masks]
+            masks = [(mask, applied * factor, kind) for mask, applied, kind in masks]
         else:
-            mask = _mask_of(graph, step, current.name)
-            if mask is None:
+            found = _mask_of(graph, step, current.name)
+            if found is None:
                 return None
-            masks.append((mask, 1.0))
+            masks.append((*found[:1], 1.0, found[1]))
         chain.append(step)
         current, step = step, sole_reader(step.name)
     if not masks or step is None or step.op != "softmax" or step.operands[0] != current.name \
+            or step.type.shape != product.type.shape \
             or step.attrs.get("dim") not in (-1, len(step.type.shape) - 1):
         return None
     out = sole_reader(step.name)
@@ -99,8 +101,8 @@ def _masks_before(graph: Graph, users: dict, softmax: Node):
     """(the scores, their masks, the mask nodes) of a softmax whose input only passes through
     exclusion masks (Gemma-2: capped scores, then the causal ``where``), or None."""
     masks, chain, current = [], [], softmax.operands[0]
-    while graph[current].op in ("add", "where", "masked_fill") and users.get(current) == [chain[-1].name if chain
-                                                                                         else softmax.name]:
+    while graph[current].op in ("add", "where", "masked_fill") and current not in graph.outputs \
+            and users.get(current) == [chain[-1].name if chain else softmax.name]:
         node = graph[current]
         operands = node.operands
         scores = operands[1] if node.op == "where" else operands[0]
@@ -109,22 +111,39 @@ def _masks_before(graph: Graph, users: dict, softmax: Node):
         mask = _mask_of(graph, node, scores) if graph[scores].type.vis == "shared" else None
         if mask is None:
             break
-        masks.append((mask, 1.0))
+        masks.append((mask[0], 1.0, mask[1]))
         chain.append(node)
         current = scores
-    return (current, masks, chain) if masks and current not in graph.outputs else None
+    same_shape = graph[current].type.shape == softmax.type.shape   # masks that broadcast the scores: left as they are
+    return (current, masks, chain) if masks and same_shape else None
 
 
-def _combined(masks: list[tuple[torch.Tensor, float]], shape: tuple) -> torch.Tensor:
-    """One additive mask from (mask, the scaling applied after it): excluded entries -inf."""
-    total = torch.zeros(())
+def _combined(masks: list[tuple[torch.Tensor, float, str]], shape: tuple) -> torch.Tensor | None:
+    """One additive mask (excluded entries -inf) from (mask, the scaling applied after it,
+    kind), or None where that would change the function: a replaced entry that a later
+    scaling lifts above -1e4 (no longer an exclusion), a mask that does not broadcast to the
+    scores, or a row with no entry left (eager softmax gives it uniform weights, not zeros)."""
+    total = torch.zeros((), dtype=torch.float64)
     excluded = torch.zeros((), dtype=torch.bool)
-    for mask, factor in masks:
-        excluded = excluded | (mask <= EXCLUDED)
-        total = total + torch.where(mask <= EXCLUDED, 0.0, mask) * factor
-    total = torch.where(excluded, -torch.inf, total.to(torch.float64))
+    for mask, factor, kind in masks:
+        scaled = mask * factor
+        out = scaled <= EXCLUDED
+        if kind == "replace" and bool(((mask != 0) & ~out).any()):
+            return None
+        excluded = excluded | out
+        total = total + torch.where(out, 0.0, scaled)
+    total = torch.where(excluded, -torch.inf, total)
     while total.dim() > len(shape):
+        if total.shape[0] != 1:
+            return None
         total = total.squeeze(0)
+    try:
+        if torch.broadcast_shapes(tuple(total.shape), tuple(shape)) != tuple(shape):
+            return None
+    except RuntimeError:
+        return None
+    if not bool(torch.isfinite(total).expand(shape).any(-1).all()):
+        return None
     return total
 
 
@@ -141,13 +160,15 @@ def fuse_masked_attention(graph: Graph) -> Graph:
         if found is None:
             continue
         scale, masks, out, chain = found
+        mask_value = _combined(masks, product.type.shape)
+        if mask_value is None:
+            continue
         query, key_t = product.operands
         origin = out.origin
         key_type = graph[key_t].type
         key_shape = key_type.shape[:-2] + (key_type.shape[-1], key_type.shape[-2])
         key = Node(fresh_name(f"{out.name}_key", taken), "transpose", (key_t,), {"dim0": -2, "dim1": -1},
                    TensorType(key_shape, key_type.kind, key_type.vis), origin)
-        mask_value = _combined(masks, product.type.shape)
         mask = Node(fresh_name(f"{out.name}_mask", taken), "const", (), {"value": mask_value},
                     TensorType(tuple(mask_value.shape), "real", "public"), origin)
         sdpa = out.with_(op="sdpa", operands=(query, key.name, out.operands[1], mask.name),
@@ -164,6 +185,8 @@ def fuse_masked_attention(graph: Graph) -> Graph:
             continue
         scores, masks, chain = found
         mask_value = _combined(masks, softmax.type.shape)
+        if mask_value is None:
+            continue
         mask = Node(fresh_name(f"{softmax.name}_mask", taken), "const", (), {"value": mask_value},
                     TensorType(tuple(mask_value.shape), "real", "public"), softmax.origin)
         replacements[softmax.name] = (mask, softmax.with_(op="masked_softmax", operands=(scores, mask.name),

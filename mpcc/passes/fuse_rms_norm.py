@@ -28,7 +28,7 @@ def _other(node: Node | None, name: str) -> str | None:
     return node.operands[1] if node.operands[0] == name else node.operands[0]
 
 
-def _match(graph: Graph, users: dict, rsqrt: Node):
+def _match(graph: Graph, users: dict, rsqrt: Node, static: frozenset):
     """(x, weight or None, eps, the nodes it replaces, last the one that stands) for the RMSNorm at ``rsqrt``."""
     add = graph[rsqrt.operands[0]]
     if add.op != "add" or len(add.operands) != 1 or add.attrs.get("alpha", 1) != 1 \
@@ -50,8 +50,9 @@ def _match(graph: Graph, users: dict, rsqrt: Node):
         return None
     weighted = _sole_reader(graph, users, scaled.name)
     weight = _other(weighted, scaled.name)
-    if weight is not None and graph[weight].type.vis in ("server", "public") \
-            and graph[weight].type.shape == (graph[x].type.shape[-1],):
+    fixed = weight is not None and (graph[weight].type.vis == "public" or
+                                    (graph[weight].type.vis == "server" and weight in static))
+    if fixed and graph[weight].type.shape == (graph[x].type.shape[-1],):   # a server input stays a product
         chain.append(weighted)
     else:
         weight = None
@@ -60,13 +61,13 @@ def _match(graph: Graph, users: dict, rsqrt: Node):
 
 @register_pass("fuse_rms_norm")
 def fuse_rms_norm(graph: Graph) -> Graph:
-    users = graph.users()
+    users, static = graph.users(), graph.static_values()
     replacements: dict[str, tuple[Node, ...]] = {}
     dropped: set[str] = set()
     for node in graph.nodes:
         if node.op != "rsqrt" or node.type.vis != "shared":
             continue
-        found = _match(graph, users, node)
+        found = _match(graph, users, node, static)
         if found is None:
             continue
         x, weight, eps, chain = found

@@ -171,9 +171,16 @@ class _Lowering:
             name = self.emit(Node(fresh_name(f"{node.name}_mask", self.taken), "const", (), {"value": additive},
                                   TensorType(tuple(keep.shape), "real", "public"), node.origin))
             return name, source.operands[1]
+        if source.op == "add" and len(source.operands) == 2 and source.attrs.get("alpha", 1) == 1:
+            for public, other in (source.operands, source.operands[::-1]):   # T5's bias + causal finfo.min
+                if self.graph[public].op == "const" and self.graph[public].type.kind == "real":
+                    return public, other
         if self.vis(mask) == "client":
             self.fail(node, "the attention mask is the client's, it must be public: declare the mask input public "
                             "(owners={'attention_mask': 'public'}), which reveals the padding")
+        if source.type.kind != "real":
+            self.fail(node, f"the attention mask %{mask} is a {source.type.vis} {source.type.kind}: a keep mask must "
+                            "be public (a secret one would reveal which scores it excludes)")
         return None, mask
 
     def lower_mean(self, node, make, share):
@@ -196,11 +203,23 @@ class _Lowering:
         make(f"mpc.{node.op}", [share(node.operands[0])], {"dim": dim, "keepdim": node.attrs.get("keepdim", False)})
 
     def lower_where(self, node, make, share):
-        cond, x, y = node.operands
+        named = dict(zip(get_op("where").operand_params(node.attrs), node.operands))
+        branches = []
+        for branch in ("self", "other"):
+            if branch in named:
+                branches.append(share(named[branch]))
+                continue
+            # a scalar branch (where.ScalarOther / ScalarSelf): a public constant, shared (no message)
+            value = torch.tensor(float(node.attrs[branch]), dtype=torch.float64)
+            const = self.emit(Node(fresh_name(f"{node.name}_{branch}", self.taken), "const", (), {"value": value},
+                                   TensorType((), "real", "public"), node.origin))
+            branches.append(self.emit(Node(fresh_name(f"{const}_shared", self.taken), "mpc.share", (const,), {},
+                                           TensorType((), "real", "shared"), node.origin)))
+        cond = named["condition"]
         if self.vis(cond) == "public":
-            make("mpc.where_public", [cond, share(x), share(y)])
+            make("mpc.where_public", [cond] + branches)
         else:
-            make("mpc.where", [share(cond), share(x), share(y)])
+            make("mpc.where", [share(cond)] + branches)
 
     def lower_masked_fill(self, node, make, share):
         x, mask = node.operands[:2]

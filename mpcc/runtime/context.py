@@ -356,6 +356,7 @@ class PartyContext(Context):
     async def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
             result = await setup_message(self, key, make, like, sender)
+            self.session.pending_setup.pop(key, None)   # sent: the message (the server's D) is not kept
             self.session.deployment[key] = None if self.party == sender else result[0]
             if self.party == sender:   # sent; the sender needs neither it nor its masks again
                 self.session.scoped_masks.pop(f"deploy/{key}", None)

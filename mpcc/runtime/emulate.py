@@ -95,6 +95,7 @@ class _EmulatedParty(Context):
     async def deployment(self, key, make, like, *, sender):
         if key not in self.session.deployment:
             received = await setup_message(self, key, make, like, sender)
+            self.session.pending_setup.pop(key, None)
             self.session.deployment[key] = None if self.party == sender else received[0]
         return self.session.deployment[key] if self.party != sender else None
 
