@@ -12,6 +12,11 @@ fixed point cannot hold (GPT-Neo, eager GPT-2-style code).
 A softmax behind such masks with no attention around it (Gemma-2 caps its scores with a
 tanh first) becomes one ``masked_softmax`` with the same kind of mask.
 
+Leaving an entry out is exact when the kept scores lie far above -1e4, as they do inside
+the softmax protocols' domain for real models (scores of order 10; finfo.min fills lie
+far below any encodable score). A softmax whose scores an op before the chain may already
+have pushed that low (a mask this pass did not take, before a scaling) is left as it is.
+
 A replacement ``where(C, s, E)`` or ``masked_fill(s, C, E)`` joins only when every
 E is an exclusion (at most -1e4, as ``attention_mask`` reads additive masks);
 masks must be compile-time constants; scalings by public positive scalars (``mul``,
@@ -115,7 +120,25 @@ def _masks_before(graph: Graph, users: dict, softmax: Node):
         chain.append(node)
         current = scores
     same_shape = graph[current].type.shape == softmax.type.shape   # masks that broadcast the scores: left as they are
-    return (current, masks, chain) if masks and same_shape else None
+    return (current, masks, chain) if masks and same_shape and not _very_negative_upstream(graph, current) else None
+
+
+def _very_negative_upstream(graph: Graph, name: str) -> bool:
+    """Whether an elementwise op before ``name`` (a scaling, a mask this fusion did not take) may
+    already have pushed "kept" scores as low as an exclusion: then leaving an entry out would
+    change which entries the softmax weighs (an upstream -1e4 doubled is below a later -1e4)."""
+    node = graph[name]
+    while node.op in ("mul", "div", "add", "sub", "where", "masked_fill"):
+        constants = [graph[o].attrs["value"] for o in node.operands if graph[o].op == "const"]
+        scalars = [v for k, v in node.attrs.items() if k in ("other", "value", "self") and isinstance(v, (int, float))]
+        if any(bool((c.to(torch.float64) <= EXCLUDED).any()) for c in constants if not c.dtype == torch.bool) \
+                or any(v <= EXCLUDED for v in scalars):
+            return True
+        shared = [o for o in node.operands if graph[o].type.vis == "shared"]
+        if len(shared) != 1:
+            return False
+        node = graph[shared[0]]
+    return False
 
 
 def _combined(masks: list[tuple[torch.Tensor, float, str]], shape: tuple) -> torch.Tensor | None:
