@@ -220,3 +220,26 @@ def test_the_server_keeps_no_setup_message_after_a_run():
     session = mpcc.Session(mpcc.compile(model, inputs), model.state_dict(), progress=False)
     session.run(inputs)
     assert session.states[0].pending_setup == {} and session.states[1].pending_setup == {}
+
+
+class ServerScaledRMS(torch.nn.Module):
+    """An RMSNorm whose scale is a server *input* (changes per inference): not fused with it."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x, g):
+        h = self.proj(x)
+        return g * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+
+
+def test_rms_norm_fuses_only_a_weight_fixed_for_the_deployment():
+    torch.manual_seed(0)
+    module = ServerScaledRMS().eval()
+    inputs = {"x": torch.randn(1, 3, 8), "g": torch.randn(8)}
+    plan = mpcc.compile(module, inputs, owners={"g": "server"})
+    (norm,) = [n for n in plan.graph.nodes if n.op == "mpc.rms_norm"]
+    assert norm.attrs.get("weight", "operand") is None   # the server input stays a product after it
+    (got,), _ = mpcc.run(plan, inputs, module.state_dict(), progress=False)
+    assert (got - reference_outputs(module, inputs)[0]).abs().max() < 1e-2
