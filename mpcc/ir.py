@@ -170,6 +170,12 @@ class Graph:
                 result[operand].append(node.name)
         return result
 
+    def sole_reader(self, name: str, users: dict[str, list[str]]) -> "Node | None":
+        """The one node that reads ``name`` (``users``: from ``users()``), or None when
+        several read it, none does, or it is an output: what a fusion may absorb."""
+        readers = users.get(name, [])
+        return self[readers[0]] if len(readers) == 1 and name not in self.outputs else None
+
     def static_values(self) -> frozenset[str]:
         """Values that depend only on weights and constants: fixed for a deployment
         (what a server may mask once and send once, and what a party may cache)."""

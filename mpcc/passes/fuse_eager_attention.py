@@ -28,10 +28,6 @@ def _softmax_ops() -> dict[str, str]:
     return {("mpc.softmax" if name == "exact" else f"mpc.softmax_{name}"): name for name in SOFTMAX_VARIANTS}
 
 
-def _sole_reader(graph: Graph, users: dict, name: str) -> Node | None:
-    readers = users.get(name, [])
-    return graph[readers[0]] if len(readers) == 1 and name not in graph.outputs else None
-
 
 @register_pass("fuse_eager_attention")
 def fuse_eager_attention(graph: Graph) -> Graph:
@@ -41,17 +37,17 @@ def fuse_eager_attention(graph: Graph) -> Graph:
     for scores in graph.nodes:
         if scores.op != "mpc.matmul" or len(scores.type.shape) < 2:
             continue
-        scaling = _sole_reader(graph, users, scores.name)
+        scaling = graph.sole_reader(scores.name, users)
         if scaling is not None and scaling.op == "mpc.mul_scalar" and not scores.attrs.get("shift") \
                 and isinstance(scaling.attrs.get("value"), (int, float)) and scaling.attrs["value"] > 0:
-            softmax = _sole_reader(graph, users, scaling.name)   # a scale that is not a power of two
+            softmax = graph.sole_reader(scaling.name, users)   # a scale that is not a power of two
             chain: tuple[Node, ...] = (scores, scaling)
         else:
             softmax, chain = scaling, (scores,)
         if softmax is None or softmax.op not in variants or softmax.operands[0] != chain[-1].name \
                 or softmax.attrs.get("dim") not in (-1, len(softmax.type.shape) - 1):
             continue
-        out = _sole_reader(graph, users, softmax.name)
+        out = graph.sole_reader(softmax.name, users)
         if out is None or out.op != "mpc.matmul" or out.operands[0] != softmax.name or out.attrs.get("shift", 0) \
                 or softmax.name in out.operands[1:]:
             continue

@@ -75,11 +75,8 @@ def _scale_of(node: Node) -> float | None:
 
 def _match(graph: Graph, users: dict, product: Node):
     """(scale, masks, softmax, output matmul, the nodes to drop) of the chain from ``product``, or None."""
-    def sole_reader(name):
-        readers = users.get(name, [])
-        return graph[readers[0]] if len(readers) == 1 and name not in graph.outputs else None
     scale, masks, chain, current = 1.0, [], [product], product
-    step = sole_reader(product.name)
+    step = graph.sole_reader(product.name, users)
     while step is not None and step.op in ("mul", "div", "add", "where", "masked_fill"):
         factor = _scale_of(step) if step.op in ("mul", "div") else None
         if factor is not None:   # later scalings scale the masks applied before them
@@ -91,12 +88,12 @@ def _match(graph: Graph, users: dict, product: Node):
                 return None
             masks.append((*found[:1], 1.0, found[1]))
         chain.append(step)
-        current, step = step, sole_reader(step.name)
+        current, step = step, graph.sole_reader(step.name, users)
     if not masks or step is None or step.op != "softmax" or step.operands[0] != current.name \
             or step.type.shape != product.type.shape \
             or step.attrs.get("dim") not in (-1, len(step.type.shape) - 1):
         return None
-    out = sole_reader(step.name)
+    out = graph.sole_reader(step.name, users)
     if out is None or out.op != "matmul" or out.operands[0] != step.name or step.name in out.operands[1:]:
         return None
     return scale, masks, out, chain + [step]
@@ -106,8 +103,8 @@ def _masks_before(graph: Graph, users: dict, softmax: Node):
     """(the scores, their masks, the mask nodes) of a softmax whose input only passes through
     exclusion masks (Gemma-2: capped scores, then the causal ``where``), or None."""
     masks, chain, current = [], [], softmax.operands[0]
-    while graph[current].op in ("add", "where", "masked_fill") and current not in graph.outputs \
-            and users.get(current) == [chain[-1].name if chain else softmax.name]:
+    while graph[current].op in ("add", "where", "masked_fill") \
+            and getattr(graph.sole_reader(current, users), "name", None) == (chain[-1] if chain else softmax).name:
         node = graph[current]
         operands = node.operands
         scores = operands[1] if node.op == "where" else operands[0]

@@ -16,10 +16,6 @@ from .registry import register_pass
 __all__ = ["fuse_rms_norm"]
 
 
-def _sole_reader(graph: Graph, users: dict, name: str) -> Node | None:
-    readers = users.get(name, [])
-    return graph[readers[0]] if len(readers) == 1 and name not in graph.outputs else None
-
 
 def _other(node: Node | None, name: str) -> str | None:
     """The operand of the two-operand product ``node`` that is not ``name``."""
@@ -42,13 +38,13 @@ def _match(graph: Graph, users: dict, rsqrt: Node, static: frozenset):
     if square.op != "pow" or square.attrs.get("exponent") != 2 or len(square.operands) != 1:
         return None
     x = square.operands[0]
-    scaled = _sole_reader(graph, users, rsqrt.name)
+    scaled = graph.sole_reader(rsqrt.name, users)
     if _other(scaled, rsqrt.name) != x:
         return None
     chain = [square, mean, add, rsqrt, scaled]
-    if any(_sole_reader(graph, users, n.name) is None for n in chain[:-1]):
+    if any(graph.sole_reader(n.name, users) is None for n in chain[:-1]):
         return None
-    weighted = _sole_reader(graph, users, scaled.name)
+    weighted = graph.sole_reader(scaled.name, users)
     weight = _other(weighted, scaled.name)
     fixed = weight is not None and (graph[weight].type.vis == "public" or
                                     (graph[weight].type.vis == "server" and weight in static))
