@@ -14,6 +14,7 @@ import torch
 
 from .ir import Graph, IRError
 from .ops import get_op
+from .ops.attention import finite_part
 
 __all__ = ["ConstantRangeError", "check_constants"]
 
@@ -66,7 +67,7 @@ def check_constants(graph: Graph, frac_bits: int) -> None:
             value = source.attrs["value"]
             if param in ("attn_mask", "mask") and node.op in ("mpc.sdpa", "mpc.softmax_masked"):
                 # excluded entries are a keep mask, not numbers; the finite part is encoded
-                value = torch.where(value > -1e4, value, torch.zeros_like(value))
+                value = finite_part(value)
             peak = _largest(value)
             if not peak < limit:
                 raise ConstantRangeError(

@@ -34,7 +34,7 @@ from .ops import get_op
 from .ops.arith import DEFERRED_ACTIVATIONS, RING_SHIFT_LIMIT, _linear_reference
 from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ, SILU_HALF_RANGE
-from .ops.attention import QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask
+from .ops.attention import EXCLUDED, QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask, finite_part
 from .ops.layer_norm import LN_BRACKETS_LOG2
 from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
 from .ops.power import (CENTRE_LIMIT_LOG2, LN_NEWTON_LOG2, LN_OUT_BITS, POWER_P, POWER_SUM_LOG2,
@@ -259,7 +259,7 @@ def _masked_scores(a, fill=True):
         scores = scores + a["bias"]
     mask = a["attn_mask"]
     if mask is not None and mask.dtype != torch.bool:
-        scores = scores + torch.where(mask > -1e4, mask, torch.zeros_like(mask)).to(scores.dtype)
+        scores = scores + finite_part(mask).to(scores.dtype)
     keep = _attention_mask(mask, a["is_causal"], tuple(scores.shape), scores.device)
     if not fill:
         return product, scores, keep
@@ -322,8 +322,8 @@ def _masked_softmax(node, types, f):
     """A softmax variant on x + the mask's finite part, over the kept entries only."""
     def rows(a):
         mask = a["mask"]
-        scores = a["self"] + torch.where(mask > -1e4, mask, torch.zeros_like(mask)).to(a["self"].dtype)
-        return scores, (mask > -1e4).expand(scores.shape)
+        scores = a["self"] + finite_part(mask).to(a["self"].dtype)
+        return scores, (mask > EXCLUDED).expand(scores.shape)
     variant = node.attrs.get("softmax", "exact")
     if variant in ("2quad", "2quad_goldschmidt"):
         return _quad_checks(f, rows)

@@ -19,8 +19,8 @@ from .wire import Wire, bilinear, mask, product, share_of, truncate
 from .nonlinear import (MASK_FILL, _bracket_scale, _public, divide, encode_scaled, mul_scalar, reciprocal_parts,
                         softmax_masked, softmax_parts)
 
-__all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "attention_mask", "attention_reference", "sdpa",
-           "QUAD_SHIFT", "QUAD_SUM_LOG2"]
+__all__ = ["SoftmaxVariant", "SOFTMAX_VARIANTS", "EXCLUDED", "attention_mask", "finite_part", "attention_reference",
+           "sdpa", "QUAD_SHIFT", "QUAD_SUM_LOG2"]
 
 QUAD_SHIFT = 5.0          # MPCFormer's 2Quad: (x + c)^2 with c = 5
 QUAD_SUM_LOG2 = (-8, 16)  # the divide's domain for sums of (x + c)^2: [1/256, 65536)
@@ -183,22 +183,35 @@ SOFTMAX_VARIANTS = {variant.name: variant for variant in (
 )}
 
 
+EXCLUDED = -1e4   # an additive mask entry at or below this excludes its score (-inf, finfo.min, old -10000 masks)
+
+
 def attention_mask(mask, is_causal, shape, device):
     """The keep mask (bool, broadcast to ``shape``) of an sdpa mask: a bool mask as
     it is, an additive float mask's very negative entries (-inf, finfo.min) as
     False; ``is_causal`` adds the lower triangle. None: nothing is masked."""
     keep = None
     if mask is not None:
-        keep = mask if mask.dtype == torch.bool else mask > -1e4
+        keep = mask if mask.dtype == torch.bool else mask > EXCLUDED
     if is_causal:
         causal = torch.ones(shape[-2], shape[-1], dtype=torch.bool, device=device).tril()
         keep = causal if keep is None else keep & causal
     return None if keep is None else keep.expand(shape)
 
 
-def _finite_part(mask):
+def finite_part(mask):
     """An additive float mask without its excluding entries (those become 0)."""
-    return torch.where(mask > -1e4, mask, torch.zeros_like(mask))
+    return torch.where(mask > EXCLUDED, mask, torch.zeros_like(mask))
+
+
+def _plus_finite_part(ctx, scores, mask, frac: int):
+    """scores (f fractional bits less ``f - frac``) plus a public additive mask's finite part:
+    local; the mask's excluded entries are left to its keep mask."""
+    finite = finite_part(mask)
+    if not (ctx.meta or bool(finite.abs().max() > 0)):
+        return scores
+    added = encode(ctx, finite.expand(tuple(scores.shape)).to(torch.float64), "real") >> (ctx.frac_bits - frac)
+    return scores.plus(added) if isinstance(scores, Wire) else add_public(ctx, scores, added)
 
 
 def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
@@ -209,7 +222,7 @@ def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
         raise ValueError("attention dropout must be 0 at inference")
     if bias is not None:   # one additive float mask: the bias where the mask keeps, -inf where it excludes
         keep = attention_mask(attn_mask, False, tuple(bias.shape), bias.device)
-        finite = bias if attn_mask is None or attn_mask.dtype == torch.bool else bias + _finite_part(attn_mask)
+        finite = bias if attn_mask is None or attn_mask.dtype == torch.bool else bias + finite_part(attn_mask)
         attn_mask = finite if keep is None else finite.masked_fill(~keep, -torch.inf)
     if softmax == "exact":
         return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask, 0.0, is_causal, scale=scale,
@@ -220,7 +233,7 @@ def attention_reference(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False,
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = q @ k.transpose(-1, -2) * scale
     if attn_mask is not None and attn_mask.dtype != torch.bool:
-        scores = scores + _finite_part(attn_mask).to(scores.dtype)
+        scores = scores + finite_part(attn_mask).to(scores.dtype)
     keep = attention_mask(attn_mask, is_causal, tuple(scores.shape), scores.device)
     return SOFTMAX_VARIANTS[softmax].reference(scores, keep) @ v
 
@@ -266,10 +279,7 @@ async def sdpa(ctx, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         scores = await mul_scalar(ctx, await trunc(ctx, product_2f), scale)
     shape = tuple(scores.shape)
     if attn_mask is not None and attn_mask.dtype != torch.bool:
-        finite = _finite_part(attn_mask)
-        if ctx.meta or bool(finite.abs().max() > 0):
-            added = encode(ctx, finite.expand(shape).to(torch.float64), "real") >> (f - frac)
-            scores = scores.plus(added) if isinstance(scores, Wire) else add_public(ctx, scores, added)
+        scores = _plus_finite_part(ctx, scores, attn_mask, frac)
     if bias is not None:
         scores = share_of(ctx, scores) + share_of(ctx, bias).expand(shape)
     keep = attention_mask(attn_mask, is_causal, shape, scores.device)
@@ -306,7 +316,7 @@ def _mpc(name, params, reference, doc, protocol, **extra):   # softmax ops take 
 def masked_softmax_reference(x, mask, dim=-1, softmax="exact"):
     """The ``softmax`` variant of x + mask's finite part over its last axis, excluded entries
     (mask <= -1e4: -inf, finfo.min) left out."""
-    scores = x + _finite_part(mask).to(x.dtype)
+    scores = x + finite_part(mask).to(x.dtype)
     keep = attention_mask(mask, False, tuple(scores.shape), scores.device)
     if softmax == "exact":
         return torch.softmax(scores.masked_fill(~keep, -torch.inf), -1)
@@ -317,10 +327,7 @@ async def masked_softmax(ctx, x, mask, dim=-1, softmax="exact"):
     """A softmax whose input went through exclusion masks that no attention fusion took
     (Gemma-2's capped scores): the mask's finite part added, its excluded entries a keep
     mask for the variant's protocol. Rounds and bytes: the variant's."""
-    finite = _finite_part(mask)
-    if ctx.meta or bool(finite.abs().max() > 0):
-        added = encode(ctx, finite.expand(tuple(x.shape)).to(torch.float64), "real")
-        x = x.plus(added) if isinstance(x, Wire) else add_public(ctx, x, added)
+    x = _plus_finite_part(ctx, x, mask, ctx.frac_bits)
     keep = attention_mask(mask, False, tuple(x.shape), x.device).to(torch.int64)
     return await SOFTMAX_VARIANTS[softmax].protocol(ctx, x, keep)
 

@@ -28,12 +28,11 @@ from __future__ import annotations
 import torch
 
 from ..ir import Graph, Node, TensorType
+from ..ops.attention import EXCLUDED   # what ``attention_mask`` reads as an exclusion
 from .names import fresh_name
 from .registry import register_pass
 
-__all__ = ["fuse_masked_attention", "EXCLUDED"]
-
-EXCLUDED = -1e4   # an additive mask entry at or below this excludes its score (``attention_mask``)
+__all__ = ["fuse_masked_attention"]
 
 
 def _const(graph: Graph, name: str) -> torch.Tensor | None:

@@ -14,8 +14,8 @@ import torch
 
 from ..ir import Graph, IRError, Node, TensorType
 from ..ops import get_op
+from ..ops.attention import EXCLUDED
 from .eliminate_dead_code import eliminate_dead_code
-from .fuse_masked_attention import EXCLUDED
 from .names import fresh_name
 from .registry import register_pass
 
