@@ -90,16 +90,21 @@ class Material:
     stored: bool   # True: the dealer must store/send it; False: regenerated from a seed
 
 
-def setup_message(ctx, key, make, like, sender) -> Message:
-    """The one setup message of ``key`` in this run. Two nodes that read the same weight
-    and start in the same step await the same message (each step sends it once): a
-    second ``make()`` would run on the first's output (D = W - B is made in B's memory)
-    and send B itself, the weight's mask."""
-    pending = ctx.session.pending_setup
-    if key not in pending:
-        tensors = (make(),) if ctx.party == sender else (like,)
-        pending[key] = Message(ctx.node, "setup", tensors, [None], ["add"], sender)
-    return pending[key]
+async def deploy_once(ctx, key, make, like, sender):
+    """``make()`` sent once per deployment by ``sender``; the receiver's copy (later runs:
+    from the session), the sender None. Two nodes that read the same weight and start in
+    the same step await one setup message (each step sends it once): a second ``make()``
+    would run on the first's output (D = W - B is made in B's memory) and send B itself,
+    the weight's mask. Once delivered, the message (the server's D) is not kept."""
+    state = ctx.session
+    if key not in state.deployment:
+        if key not in state.pending_setup:
+            tensors = (make(),) if ctx.party == sender else (like,)
+            state.pending_setup[key] = Message(ctx.node, "setup", tensors, [None], ["add"], sender)
+        result = await state.pending_setup[key]
+        state.pending_setup.pop(key, None)
+        state.deployment[key] = None if ctx.party == sender else result[0]
+    return state.deployment[key] if ctx.party != sender else None
 
 
 @dataclass
@@ -354,10 +359,7 @@ class PartyContext(Context):
                     self.views.append(Opening(message.node, mine, theirs, width, how, message.kind == "setup"))
 
     async def deployment(self, key, make, like, *, sender):
-        if key not in self.session.deployment:
-            result = await setup_message(self, key, make, like, sender)
-            self.session.pending_setup.pop(key, None)   # sent: the message (the server's D) is not kept
-            self.session.deployment[key] = None if self.party == sender else result[0]
-            if self.party == sender:   # sent; the sender needs neither it nor its masks again
-                self.session.scoped_masks.pop(f"deploy/{key}", None)
-        return self.session.deployment[key] if self.party != sender else None
+        value = await deploy_once(self, key, make, like, sender)
+        if self.party == sender:   # sent; the sender needs neither it nor its masks again
+            self.session.scoped_masks.pop(f"deploy/{key}", None)
+        return value

@@ -17,7 +17,7 @@ import torch
 
 from ..backends import get_backend
 from ..ops.wire import ClientShare
-from .context import HOLDERS, Context, SessionState, setup_message
+from .context import HOLDERS, Context, SessionState, deploy_once
 from ..interpreter import check_inputs, check_weights, normalize_weights
 from .executor import execute_steps
 from .session import RunError, inputs_as_dict, split_inputs
@@ -93,11 +93,7 @@ class _EmulatedParty(Context):
         return self.randomness.hand(label, store[label], self.party, holder)
 
     async def deployment(self, key, make, like, *, sender):
-        if key not in self.session.deployment:
-            received = await setup_message(self, key, make, like, sender)
-            self.session.pending_setup.pop(key, None)
-            self.session.deployment[key] = None if self.party == sender else received[0]
-        return self.session.deployment[key] if self.party != sender else None
+        return await deploy_once(self, key, make, like, sender)
 
 
 def _pair(step0, step1) -> None:

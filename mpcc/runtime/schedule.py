@@ -55,7 +55,7 @@ class Message:
 
 def unique(messages: list) -> list:
     """Each message once, in order: strands that await one shared message (a weight's
-    setup, ``setup_message``) send and receive it once."""
+    setup, ``deploy_once``) send and receive it once."""
     return list({id(m): m for m in messages}.values())
 
 
