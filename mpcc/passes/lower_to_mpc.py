@@ -315,28 +315,20 @@ class _Lowering:
                             " only constant zeros")
         self.lower_local(node, make, share)
 
-    def lower_rms_norm(self, node, make, share):
-        named = dict(zip(get_op("rms_norm").operand_params(node.attrs), node.operands))
-        weight = named.get("weight")
-        if weight is not None and (self.vis(weight) not in ("server", "public") or
-                                   (self.vis(weight) == "server" and weight not in self.static)):
-            self.fail(node, "rms_norm weight must be a weight of the model or public")
-        attrs = {"normalized_shape": node.attrs["normalized_shape"], "eps": node.attrs["eps"]}
-        attrs.update({"weight": None} if weight is None else {})
-        make("mpc.rms_norm", [share(named["input"])] + ([weight] if weight else []), attrs)
-
     def lower_layer_norm(self, node, make, share, target="mpc.layer_norm"):
+        """LayerNorm, its substitutes and RMSNorm (no bias): the weight and bias must be the
+        server's weights (masked once per deployment) or public."""
         a = node.attrs
-        params = get_op("layer_norm").operand_params(a)
-        named = dict(zip(params, node.operands))
+        what = "rms_norm" if target == "mpc.rms_norm" else "layer_norm"
+        named = dict(zip(get_op(node.op).operand_params(a), node.operands))
         for key in ("weight", "bias"):
             if key in named and self.vis(named[key]) not in ("server", "public"):
-                self.fail(node, f"layer_norm {key} must be the server's or public")
+                self.fail(node, f"{what} {key} must be the server's or public")
             if key == "weight" and key in named and self.vis(named[key]) == "server" and named[key] not in self.static:
-                self.fail(node, "layer_norm weight must be a weight of the model (fixed for the deployment)")
+                self.fail(node, f"{what} weight must be a weight of the model (fixed for the deployment)")
         operands = [share(named["input"])] + [named[k] for k in ("weight", "bias") if k in named]
         attrs = {"normalized_shape": a["normalized_shape"], "eps": a["eps"]}
-        attrs.update({k: None for k in ("weight", "bias") if k not in named})
+        attrs.update({k: None for k in ("weight", "bias") if k not in named and k in get_op(target).params})
         make(target, operands, attrs)
 
 
@@ -349,7 +341,8 @@ LOWERING_RULES: dict = {
     "mul": _Lowering.lower_mul, "div": _Lowering.lower_div, "pow": _Lowering.lower_pow,
     **{op: _Lowering.lower_matmul for op in ("linear", "addmm", "mm", "matmul", "bmm")},
     "sdpa": _Lowering.lower_sdpa, "layer_norm": _Lowering.lower_layer_norm, "mean": _Lowering.lower_mean,
-    "rms_norm": _Lowering.lower_rms_norm, "pad": _Lowering.lower_pad, "masked_softmax": _Lowering.lower_masked_softmax,
+    "rms_norm": lambda lowering, node, make, share: lowering.lower_layer_norm(node, make, share, "mpc.rms_norm"),
+    "pad": _Lowering.lower_pad, "masked_softmax": _Lowering.lower_masked_softmax,
     "amax": _Lowering.lower_reduce_max, "argmax": _Lowering.lower_reduce_max,
     "where": _Lowering.lower_where, "masked_fill": _Lowering.lower_masked_fill,
 }
