@@ -44,11 +44,12 @@ class UnsupportedOpsError(UnsupportedOpError):
     """Every unsupported op of a model at once: each with its count and first place."""
 
     def __init__(self, by_op: Mapping[str, list[UnsupportedOpError]]):
-        first = next(iter(by_op.values()))[0]
-        self.op, self.module, self.node = first.op, first.module, first.node
+        first_op = next(iter(by_op.values()))
+        first = first_op[0]
+        self.op, self.module, self.node, self.detail = first.op, first.module, first.node, first.detail
         self.by_op = dict(by_op)
-        if len(by_op) == 1 and len(first_list := next(iter(by_op.values()))) == 1:
-            TraceError.__init__(self, str(first_list[0]))
+        if len(by_op) == 1 and len(first_op) == 1:   # one place: the single op's own message
+            TraceError.__init__(self, str(first))
             return
         parts = [f"{op} x{len(errors)} (first in {errors[0].module or '<top-level module>'}, node {errors[0].node}"
                  f"{': ' + errors[0].detail if errors[0].detail else ''})" for op, errors in by_op.items()]

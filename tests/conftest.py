@@ -66,3 +66,14 @@ def minilm():
 
 def token_ids(seq_len: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab, (1, seq_len), generator=torch.Generator().manual_seed(seed))
+
+
+def secure_error(module, inputs, **compile_options):
+    """(the plan, the largest error of its secure run against float64 torch over every output)."""
+    import mpcc
+    from mpcc.frontend import reference_outputs
+    plan = mpcc.compile(module, inputs, **compile_options)
+    outputs, _ = mpcc.run(plan, inputs, module.state_dict(), progress=False)
+    expected = reference_outputs(module, inputs)
+    assert len(outputs) == len(expected)
+    return plan, max(float((got - want).abs().max()) for got, want in zip(outputs, expected))

@@ -7,16 +7,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import mpcc
-from mpcc.frontend import reference_outputs
 from mpcc.ir import IRError
 from mpcc.ops.tensor import patches
 from mpcc.passes import LoweringError
 
-
-def _secure_error(module, inputs, **compile_options) -> float:
-    plan = mpcc.compile(module, inputs, **compile_options)
-    outputs, _ = mpcc.run(plan, inputs, module.state_dict(), progress=False)
-    return max(float((got - want).abs().max()) for got, want in zip(outputs, reference_outputs(module, inputs)))
+from .conftest import secure_error
 
 
 class InPlace(torch.nn.Module):
@@ -39,7 +34,7 @@ def test_in_place_ops_are_made_functional():
     x = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(0))
     graph = mpcc.trace(InPlace(), (x,))
     assert not any(node.op.endswith("_") for node in graph.nodes)
-    assert _secure_error(InPlace().eval(), (x,)) < 1e-3
+    assert secure_error(InPlace().eval(), (x,))[1] < 1e-3
 
 
 class MixedForms(torch.nn.Module):
@@ -60,9 +55,9 @@ def test_casts_min_max_and_public_math():
     torch.manual_seed(0)
     module = MixedForms().eval()
     inputs = {"x": torch.randn(1, 5, 4), "ids": torch.tensor([[0, 5, 2, 7, 1]])}
-    graph = mpcc.compile(module, inputs).graph
-    assert not {"cos", "sin", "sign", "ceil"} & {node.op for node in graph.nodes}   # folded at compile time
-    assert _secure_error(module, inputs) < 1e-3
+    plan, error = secure_error(module, inputs)
+    assert not {"cos", "sin", "sign", "ceil"} & {node.op for node in plan.graph.nodes}   # folded at compile time
+    assert error < 1e-3
 
 
 def test_public_math_on_a_secret_is_refused_by_name():
@@ -114,10 +109,10 @@ def test_a_secret_image_through_the_servers_convolution(stride, padding, dilatio
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 4, stride=stride, padding=padding, dilation=dilation).eval()
     image = torch.randn(1, 3, 12, 12)
-    plan = mpcc.compile(conv, (image,))
+    plan, error = secure_error(conv, (image,))
     ops = {node.op for node in plan.graph.nodes}
     assert "mpc.linear_server" in ops and "patches" in ops and "conv2d" not in ops
-    assert _secure_error(conv, (image,)) < 1e-3
+    assert error < 1e-3
 
 
 def test_grouped_convolution_is_refused_by_name():
