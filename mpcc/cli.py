@@ -1,4 +1,5 @@
-"""The ``mpcc`` command: compile, dump, interpret, run, cost, bench, ops, demo.
+"""The ``mpcc`` command: compile, dump, interpret, run, cost, bench, ops, demo (and, in cli_net,
+certs, dealer, serve and run --connect).
 
 Every mistake in a call ends in one line on stderr, ``mpcc CMD: error: ...``,
 and exit code 2; the steps that take a while are in ``cli_steps``.
@@ -112,6 +113,12 @@ def cmd_interpret(args) -> int:
 def cmd_run(args) -> int:
     import mpcc
     check_backend(args.backend)
+    if args.connect is not None:   # the client party of a server (mpcc serve)
+        from .cli_net import run_client
+        return run_client(args)
+    for option in ("certs", "dealer", "net", "save"):
+        if getattr(args, option) is not None:
+            raise CliError(f"--{option} goes with --connect (running as the client of a server)")
     if is_plan(args.model):  # a compiled plan: weights from the model it names, inputs with its shapes
         plan = load_plan(args.model)
         if args.owner is not None:
@@ -254,6 +261,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from .api import APPROXIMATIONS
+    from .cli_net import add_client_options, add_commands
     from .inputs import INPUTS, TENSOR_FILES
     from .models import PRESETS
     from .passes import SECURE_PIPELINE
@@ -315,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="approximation preset (a plan file keeps its own); with substitutes the verdict is against "
                         "the plan's plaintext meaning, and the error against torch is shown beside it")
     p.add_argument("--json", action="store_true", help="also print the stats as JSON")
+    add_client_options(p)
 
     p = command("cost", "rounds, bytes and dealer material of a model or plan file", cmd_cost)
     model_args(p, plans=True)
@@ -335,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--aten", action="store_true", help="list the ATen ops the frontend imports instead")
 
     command("demo", "compile tiny-bert, interpret it and run it securely, each checked against torch", cmd_demo)
+    add_commands(command, backends, backend_help)
     return parser
 
 

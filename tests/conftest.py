@@ -22,6 +22,34 @@ if TEST_BACKEND:
     Session.__init__.__kwdefaults__["backend"] = TEST_BACKEND
 
 
+# The runtime suite runs every test body over both transports: queues in one process, and a real
+# TLS connection on 127.0.0.1 that packs, chunks and frames every message (MPCC_TRANSPORT picks
+# the transport of everything else).
+TRANSPORT_MODULES = {"test_runtime.py", "test_hardening.py", "test_overflow.py", "test_schedule.py",
+                     "test_views.py", "test_wire.py"}
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.definition.path.name in TRANSPORT_MODULES:
+        metafunc.fixturenames.append("transport")
+        metafunc.parametrize("transport", ["inprocess", "tls"], indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def transport(request):
+    """The transport this module's runs use (``MPCC_TRANSPORT`` for the sessions and harness they
+    start). Module-scoped: a module's tests run under one transport, then the other, and module
+    fixtures that ask for it (a shared session) are made again for each."""
+    kind = getattr(request, "param", None) or os.environ.get("MPCC_TRANSPORT", "inprocess")
+    before = os.environ.get("MPCC_TRANSPORT")
+    os.environ["MPCC_TRANSPORT"] = kind
+    yield kind
+    if before is None:
+        os.environ.pop("MPCC_TRANSPORT", None)
+    else:
+        os.environ["MPCC_TRANSPORT"] = before
+
+
 def pytest_collection_modifyitems(config, items):
     if TEST_BACKEND == "cuda":
         skip = pytest.mark.skip(reason=f"builds CPU shares itself; not run under MPCC_TEST_BACKEND={TEST_BACKEND}")

@@ -353,8 +353,8 @@ def test_lt_public_with_a_dealt_r(case, seed):
 
 
 def test_ltz_openings_are_uniform():
-    """Each value a party reconstructs from ltz_bits's openings (c = y + r, 32 bits, then the tree's G and E
-    words, 64) is uniform, for x = 0 everywhere as for random x: the dealt leaf opens nothing and every level
+    """Each value a party reconstructs from ltz_bits's openings (c = y + r, 32 bits, then the bits the tree's G
+    and E words carry) is uniform, for x = 0 everywhere as for random x: the dealt leaf opens nothing and every level
     above masks afresh."""
     n = 4096
     g = torch.Generator().manual_seed(4)
@@ -363,14 +363,14 @@ def test_ltz_openings_are_uniform():
         assert len(run.received[0]) == 1 + 2 * (tree_levels(31) - 1)   # c, then (G ^ a_G, E ^ a_E) per level
         for i, ((mine, width), (theirs, _)) in enumerate(zip(*run.received)):
             words = (mine + theirs) & ((1 << width) - 1) if i == 0 else mine ^ theirs
-            width = width if i == 0 else 64
             ones = ((words.unsqueeze(-1) >> torch.arange(width)) & 1).double().mean(0)
             assert ((ones - 0.5).abs() <= 6 * (0.25 / words.numel()) ** 0.5).all(), (i, ones)
 
 
 def test_lt_public_openings_are_uniform():
     """Each word a party reconstructs from one of lt_public's openings (its message XOR the peer's) is
-    uniform in all 64 bits, for r = c as for random r: every input of every level is masked afresh."""
+    uniform in every bit the opening carries (its layout's, compacted by the record), for r = c as for
+    random r: every input of every level is masked afresh."""
     n, bits = 4096, 31
     g = torch.Generator().manual_seed(3)
     c = torch.randint(0, 2**bits, (n,), generator=g).tolist()
@@ -378,7 +378,7 @@ def test_lt_public_openings_are_uniform():
     for pairs in ([(v, v) for v in c], list(zip(c, other))):
         run = run_lt_public(bits, pairs, record=True)
         assert len(run.received[0]) == 2 * tree_levels(bits) - 1   # r ^ a, then (G ^ a_G, E ^ a_E) per level
-        for (mine, _), (theirs, _) in zip(*run.received):
+        for (mine, width), (theirs, _) in zip(*run.received):
             words = mine ^ theirs
-            ones = ((words.unsqueeze(-1) >> torch.arange(64)) & 1).double().mean(0)
+            ones = ((words.unsqueeze(-1) >> torch.arange(width or 64)) & 1).double().mean(0)
             assert ((ones - 0.5).abs() <= 6 * (0.25 / words.numel()) ** 0.5).all(), ones

@@ -15,7 +15,7 @@ from mpcc.ops import arith, nonlinear as nl
 from mpcc.runtime import DealtMaterial, MaterialFileError, RunError, Session
 from mpcc.runtime.context import PeerAborted, ProtocolError
 from mpcc.runtime.harness import run_protocol
-from mpcc.runtime.transport import InProcessChannel
+from mpcc.runtime.transport import InProcessChannel, Piece
 
 from .conftest import token_ids
 
@@ -23,7 +23,7 @@ from .conftest import token_ids
 
 
 @pytest.fixture(scope="module")
-def bert_session(tiny_bert):
+def bert_session(tiny_bert, transport):   # a session per transport: its first run sends the setup
     inputs = {"input_ids": token_ids(6, 120)}
     plan = mpcc.compile(tiny_bert, inputs)
     return plan, Session(plan, tiny_bert.state_dict(), progress=False), inputs
@@ -114,15 +114,15 @@ def test_plan_file_round_trip_then_run(tmp_path, bert_session, tiny_bert):
 def test_peer_failures_are_errors_not_hangs():
     channel = InProcessChannel(timeout=0.5)
     client, server = channel.endpoints
-    three = [torch.zeros(3, dtype=torch.int64)]
+    three = [Piece(torch.zeros(3, dtype=torch.int64))]
     with pytest.raises(ProtocolError, match="no message from the peer within"):
-        client.step(three, [None], [False], three)
+        client.step(three, three)
     server.abort()
     with pytest.raises(PeerAborted, match="the peer stopped: it failed"):
-        client.step([], [], [], three)
+        client.step([], three)
     server.outbox.put(([torch.zeros(4, dtype=torch.int64)], [None]))   # a message of the wrong shape
     with pytest.raises(ProtocolError, match=r"peer sent \[\(4,\)\], expected \[\(3,\)\]"):
-        client.step(three, [None], [False], three)
+        client.step(three, three)
 
     def failing(ctx, a):
         if ctx.party == 1 and not ctx.meta:

@@ -47,6 +47,7 @@ class _Level:
     base: int             # group bases and the positions of the words interleaved into them, every lane
     products: tuple       # the ANDs of masks the dealer gives, sets of (kind, member); ``arity`` per word
     bits: tuple           # bits per word each opening carries: r at the leaf, (G, E) above
+    layout: tuple         # where those bits sit in a word (int64 masks), for a transport that packs
 
     @property
     def mask_words(self) -> int:
@@ -119,7 +120,12 @@ def _tree(bits: int) -> _Tree:
         base = _lanes(sum(1 << p for p in range(width) if p % span < stride), lanes)
         per_word = lanes * width // arity
         opened = (lanes * width,) if leaf else (per_word * (arity - 1), per_word * (arity - top))
-        levels.append(_Level(arity, stride, leaf, top, base, _products(arity, leaf, top), opened))
+        if leaf:   # r ^ a: every bit of a lane up to the width
+            layout = (_lanes(low_mask(width), lanes),)
+        else:      # G of every member but the top one (it enters from this party's own share), E from ``low``
+            members = (range(arity - 1), range(1 if top else 0, arity))
+            layout = tuple(_signed(sum((base & ((1 << 64) - 1)) << (t * stride) for t in ts)) for ts in members)
+        levels.append(_Level(arity, stride, leaf, top, base, _products(arity, leaf, top), opened, layout))
         stride = span
     return _Tree(width, lanes, tuple(levels), _lanes(low_mask(bits), lanes))
 
@@ -329,7 +335,7 @@ async def lt_public(ctx, c, r, bits: int, dealt=None, shift: int = 0):
             mask = masks[mask_at: mask_at + level.mask_words * n].view(level.mask_words, n)
             mask_at += level.mask_words * n
             sent = mask if ctx.meta else [r ^ mask[0]] if level.leaf else [g ^ mask[0], e ^ mask[1]]
-            other = await ctx.exchange(*sent, bits=list(level.bits), combine="xor")
+            other = await ctx.exchange(*sent, bits=list(level.bits), combine="xor", layout=level.layout)
             if not ctx.meta:
                 opened = [mine ^ theirs for mine, theirs in zip(sent, other)]
                 if level.leaf:

@@ -179,11 +179,14 @@ class Context:
         raise NotImplementedError
 
     # --- messages (awaited by protocols)
-    async def exchange(self, *tensors: torch.Tensor, bits=None, combine="add") -> tuple[torch.Tensor, ...]:
+    async def exchange(self, *tensors: torch.Tensor, bits=None, combine="add", layout=None) -> tuple[torch.Tensor, ...]:
         """Both parties send ``tensors`` and receive the peer's (one step). ``combine``
         ("add", "xor", or one per tensor) says how a tensor and the peer's join into the
-        opened value; it changes nothing on the wire and serves the view tests."""
-        return await Message(self.node, "exchange", tensors, widths(tensors, bits), _combines(tensors, combine))
+        opened value; it changes nothing on the wire and serves the view tests. ``layout``
+        (one int64 mask per tensor): the positions of the ``bits`` that matter, when they
+        are not the low ones; a packing transport sends only those."""
+        return await Message(self.node, "exchange", tensors, widths(tensors, bits), _combines(tensors, combine),
+                             layout=None if layout is None else list(layout))
 
     async def transfer(self, *tensors: torch.Tensor, sender: int, bits=None) -> tuple[torch.Tensor, ...] | None:
         """``sender`` sends ``tensors``; the receiver passes its own share (same
@@ -332,19 +335,19 @@ class PartyContext(Context):
 
     def deliver(self, messages):
         """All of one step's messages, as one message each way (``transport.step``)."""
-        outgoing, out_bits, out_setup, expected = [], [], [], []
+        outgoing, incoming = [], []
         for message in messages:
             if message.sends(self.party):
-                outgoing.extend(message.tensors)
-                out_bits.extend(message.bits)
-                out_setup.extend([message.kind == "setup"] * len(message.tensors))
-                size = message_bytes(message.tensors, message.bits)
+                outgoing.extend(message.pieces())
                 if message.kind != "setup":
+                    size = message_bytes(message.tensors, message.bits)
                     self.sent_by_node[message.node] = self.sent_by_node.get(message.node, 0) + size
             if message.receives(self.party):
-                expected.extend(message.tensors)
+                incoming.extend(message.pieces())
         setup_only = all(message.kind == "setup" for message in messages)   # both parties see the same list
-        received = list(self.transport.step(outgoing, out_bits, out_setup, expected, setup_only))
+        nodes = list(dict.fromkeys(message.node for message in messages))
+        what = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")
+        received = [self.backend.to_device(t) for t in self.transport.step(outgoing, incoming, setup_only, what)]
         for message in messages:
             if not message.receives(self.party):
                 message.result = None

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
 from ..backends import RingBackend, get_backend
 from ..backends.prg import Prg, new_seed
@@ -67,13 +67,22 @@ class DealtMaterial:
     materials: list = field(default_factory=list)
     offline_bytes: tuple[int, int] = (0, 0)
 
-    def save(self, party: int, path: str | Path) -> Path:
-        """Party ``party``'s share only, with its label, plan hash and deployment id."""
+    def _tensors(self, party: int) -> tuple[dict, dict]:
         tensors = {f"{node}/{i}": t.cpu().contiguous() for node, items in self.stored[party].items()
                    for i, t in enumerate(items)}
-        save_file(tensors, str(path), metadata={"plan": self.plan, "deployment": self.deployment,
-                                                "inference": self.inference, "party": str(party)})
+        return tensors, {"plan": self.plan, "deployment": self.deployment, "inference": self.inference,
+                         "party": str(party)}
+
+    def save(self, party: int, path: str | Path) -> Path:
+        """Party ``party``'s share only, with its label, plan hash and deployment id."""
+        tensors, meta = self._tensors(party)
+        save_file(tensors, str(path), metadata=meta)
         return Path(path)
+
+    def to_bytes(self, party: int) -> bytes:
+        """Party ``party``'s share as ``save`` writes it, in memory (what a live dealer sends)."""
+        tensors, meta = self._tensors(party)
+        return save(tensors, metadata=meta)
 
     @classmethod
     def load(cls, client_path: str | Path, server_path: str | Path, plan_hash: str) -> "DealtMaterial":
@@ -95,16 +104,38 @@ class DealtMaterial:
             tensors = load_file(str(path))
         except Exception as error:  # safetensors raises several kinds for damaged files
             raise MaterialFileError(f"{path}: not a readable material file ({error})") from None
+        return DealtMaterial._party_items(str(path), tensors, meta, plan_hash, party)
+
+    @staticmethod
+    def party_from_bytes(data: bytes, plan_hash: str, party: int) -> tuple[tuple[str, str], dict]:
+        """One party's share from ``to_bytes`` (a live dealer's message), checked as ``load_party`` checks a file."""
+        try:
+            tensors = load(bytes(data))
+            meta = _safetensors_metadata(bytes(data))
+        except Exception as error:
+            raise MaterialFileError(f"dealer material that is not readable ({error})") from None
+        return DealtMaterial._party_items("dealer material", tensors, meta, plan_hash, party)
+
+    @staticmethod
+    def _party_items(source: str, tensors: dict, meta: dict, plan_hash: str, party: int):
         if meta.get("plan") != plan_hash or meta.get("party") != str(party):
-            raise MaterialFileError(f"{path}: material for plan {meta.get('plan', '?')[:12]} party {meta.get('party')}, "
-                                    f"expected plan {plan_hash[:12]} party {party}")
+            raise MaterialFileError(f"{source}: material for plan {meta.get('plan', '?')[:12]} party "
+                                    f"{meta.get('party')}, expected plan {plan_hash[:12]} party {party}")
         if not meta.get("deployment") or not meta.get("inference"):
-            raise MaterialFileError(f"{path}: material without a deployment id or label; deal it again")
+            raise MaterialFileError(f"{source}: material without a deployment id or label; deal it again")
         items: dict[str, list[tuple[int, torch.Tensor]]] = {}
         for key, tensor in tensors.items():
             node, index = key.rsplit("/", 1)
             items.setdefault(node, []).append((int(index), tensor))
         return (meta["inference"], meta["deployment"]), {node: [t for _, t in sorted(v)] for node, v in items.items()}
+
+
+def _safetensors_metadata(data: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors buffer (its JSON header)."""
+    import json
+    import struct
+    (length,) = struct.unpack_from("<Q", data, 0)
+    return json.loads(data[8: 8 + length]).get("__metadata__", {}) or {}
 
 
 LOOKAHEAD_BYTES = 96 << 20   # stored material the dealer may have made and the parties not yet taken

@@ -18,7 +18,7 @@ from ..ops.wire import share_of
 from .context import PartyContext, SessionState
 from .schedule import run_flow
 from .shape_context import CostContext, DealerContext, replay
-from .transport import InProcessChannel
+from .transport import open_channel
 
 __all__ = ["run_protocol", "ProtocolRun"]
 
@@ -37,9 +37,10 @@ class ProtocolRun:
 
 
 def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = "cpu", integer: bool = False,
-                 record: bool = False, seed: int = 0, timeout: float = 60.0, xor_result: bool = False) -> ProtocolRun:
+                 record: bool = False, seed: int = 0, timeout: float = 60.0, xor_result: bool = False,
+                 transport: str | None = None) -> ProtocolRun:
     """``fn(ctx, *shares)`` on shares of ``values`` (reals, or ints with ``integer``);
-    ``xor_result`` when the protocol returns an XOR sharing."""
+    ``xor_result`` when the protocol returns an XOR sharing; ``transport`` as ``Session``'s."""
     ring = get_backend(backend)
     generator = torch.Generator().manual_seed(seed)
     shares = ([], [])
@@ -64,7 +65,7 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
         node = cost.for_node("p")
         run_flow(node, fn(node, *metas))
         costs.append(cost.by_node.get("p"))
-    channel = InProcessChannel(timeout)
+    channel = open_channel(transport, timeout)
     outputs, errors = [None, None], [None, None]
     for endpoint in channel.endpoints:
         endpoint.record = [] if record else None
@@ -79,10 +80,13 @@ def run_protocol(fn, *values: torch.Tensor, frac_bits: int = 16, backend: str = 
             errors[party] = error
             channel.endpoints[party].abort()
     threads = [threading.Thread(target=main, args=(p,)) for p in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        channel.close()
     for error in errors:
         if error is not None:
             raise error

@@ -12,12 +12,13 @@ once and send all their messages of one step in one message each way.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Message", "Gather", "Flow", "run_flow"]
+__all__ = ["Message", "Piece", "Gather", "Flow", "run_flow"]
 
 
 @dataclass(eq=False)
@@ -31,7 +32,8 @@ class Message:
     element matter (what the byte counts charge). They are the low bits except
     in the comparison tree's words, whose lanes sit at strided positions
     (borrow_tree.py): a transport that packs must learn those positions, not
-    mask to the low bits (the in-process one sends whole words); ``combine`` per tensor,
+    mask to the low bits: ``layout`` gives them per tensor, an int64 mask of
+    the positions, None for the low bits); ``combine`` per tensor,
     how a tensor and the peer's join into the opened value ("add" or "xor"),
     for the view tests. ``result`` is set by the context's ``deliver``.
     """
@@ -42,6 +44,12 @@ class Message:
     combine: list
     sender: int | None = None
     result: tuple | None = None
+    layout: list | None = None
+
+    def pieces(self) -> list[Piece]:
+        """The message's tensors as the transport sends them (or expects them)."""
+        layouts = self.layout or [None] * len(self.tensors)
+        return [Piece(t, b, l, self.kind == "setup") for t, b, l in zip(self.tensors, self.bits, layouts)]
 
     def __await__(self):
         return (yield self)
@@ -51,6 +59,29 @@ class Message:
 
     def receives(self, party: int) -> bool:
         return self.kind == "exchange" or self.sender != party
+
+
+@dataclass
+class Piece:
+    """One tensor of a step's message: the tensor (for a received piece, one of the
+    expected shape and dtype), the bits per word that matter (None: all), the
+    layout of strided words (an int64 mask of the positions that matter; None: the
+    low bits) and whether it is once-per-deployment setup data."""
+    tensor: torch.Tensor
+    bits: int | None = None
+    layout: int | None = None
+    setup: bool = False
+
+    @property
+    def width(self) -> int:
+        if self.tensor.dtype != torch.int64 or self.bits is None:
+            return self.tensor.element_size() * 8
+        return self.bits
+
+    @property
+    def size(self) -> int:
+        """Bytes on the wire: packed to ``width`` bits a word (what the cost model charges)."""
+        return math.ceil(self.tensor.numel() * self.width / 8)
 
 
 def unique(messages: list) -> list:

@@ -26,7 +26,7 @@ from .cost import op_family
 from .dealer import LOOKAHEAD_BYTES, TAG, Dealer, DealtMaterial, MaterialStream, fresh_label, material_tag
 from .executor import execute
 from .policy import PlanRefused, accept_plan
-from .transport import InProcessChannel
+from .transport import open_channel
 
 __all__ = ["Session", "RunStats", "run", "RunError", "PlanRefused"]
 
@@ -102,9 +102,11 @@ class Session:
 
     def __init__(self, plan, weights: Mapping[str, torch.Tensor], *, backend: str | RingBackend = "cpu",
                  timeout: float = 120.0, progress: bool | None = None, lookahead_bytes: int = LOOKAHEAD_BYTES,
-                 pinned: Iterable[str] | None = None):
+                 pinned: Iterable[str] | None = None, transport: str | None = None):
         """``pinned``: hashes of the plans this server accepts (those it compiled);
-        without it the server still lints the plan and enforces the reveal policy."""
+        without it the server still lints the plan and enforces the reveal policy.
+        ``transport``: how the two party threads talk, ``"inprocess"`` (queues) or
+        ``"tls"`` (a TLS connection on 127.0.0.1); default ``MPCC_TRANSPORT`` or in-process."""
         try:
             accept_plan(plan, pinned)
         except PlanRefused as error:
@@ -112,21 +114,12 @@ class Session:
         self.plan = plan
         self.plan_hash = plan.hash
         self.backend = get_backend(backend) if isinstance(backend, str) else backend
-        try:
-            weights = normalize_weights(weights)   # numpy arrays too
-            check_weights(plan.graph, weights, frac_bits=plan.frac_bits)   # also NaN, inf and magnitude
-        except Exception as error:
-            raise RunError(str(error)) from None
-        known = set(plan.info.get("unused_weights", [])) | set(plan.weight_keys)
-        extra = sorted(set(weights) - known)
-        if extra:
-            raise RunError(f"weights the plan does not use and the model did not have: {extra[:5]}"
-                           f"{' ...' if len(extra) > 5 else ''}")
-        self.weights = weights
+        self.weights = checked_weights(plan, weights)
         self.dealer = Dealer(plan, self.backend)  # its one-time shape run goes along with the first dealing
         static = plan.graph.static_values()
         self.states = (SessionState(static=static), SessionState(static=static))
         self.timeout = timeout
+        self.transport = transport
         self.lookahead_bytes = lookahead_bytes   # how far the dealer may run ahead of the parties (memory)
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.count = 0                   # runs attempted
@@ -143,19 +136,11 @@ class Session:
         ahead for this deployment (``session.dealer.deal()``, possibly saved and
         loaded); by default the dealer deals it now under a fresh random label.
         """
-        inputs = self._as_dict(inputs)
-        try:
-            check_inputs(self.plan.graph, inputs, self.plan.info.get("input_ranges"))
-        except Exception as error:
-            raise RunError(str(error)) from None
-        _check_token_ids(self.plan, inputs)
+        inputs = check_client_inputs(self.plan, inputs)
         if material is not None:
             self._check_material(material)
         with self._lock:   # one run at a time: the deployment state is committed between runs
             return self._run_locked(inputs, material)
-
-    def _as_dict(self, inputs) -> dict:
-        return inputs_as_dict(self.plan, inputs)
 
     def _check_material(self, material: DealtMaterial) -> None:
         """Material of another deployment or plan, or whose label was edited, is refused
@@ -194,7 +179,12 @@ class Session:
         self.used.add(material.inference)
         states = (self.states[0].fork(), self.states[1].fork())
         self.views = ([], []) if self.record_views else (None, None)
-        channel = InProcessChannel(self.timeout)
+        try:
+            channel = open_channel(self.transport, self.timeout)
+        except Exception as error:
+            if dealer_thread is not None:
+                material.cancel()
+            raise RunError(f"cannot open the parties' channel: {error}") from None
         results: list = [None, None]
         errors: list = [None, None]
         timings: list[dict] = [{}, {}]
@@ -246,6 +236,7 @@ class Session:
             raise
         finally:
             torch.set_num_threads(threads_before)
+            channel.close()
             if bar is not None:
                 bar.stop()
         if dealer_thread is not None:
@@ -271,6 +262,33 @@ class Session:
                          (links[0].wait_seconds, links[1].wait_seconds), getattr(material, "most_ahead_bytes", 0))
         outputs = [results[0][name] for name in self.plan.graph.outputs]
         return outputs, stats
+
+
+def checked_weights(plan, weights) -> dict:
+    """The server's weights by key, checked against the plan (shapes, NaN, inf, fixed-point
+    magnitude, keys the model did not have); a ``RunError`` says what is wrong."""
+    try:
+        weights = normalize_weights(weights)   # numpy arrays too
+        check_weights(plan.graph, weights, frac_bits=plan.frac_bits)   # also NaN, inf and magnitude
+    except Exception as error:
+        raise RunError(str(error)) from None
+    known = set(plan.info.get("unused_weights", [])) | set(plan.weight_keys)
+    extra = sorted(set(weights) - known)
+    if extra:
+        raise RunError(f"weights the plan does not use and the model did not have: {extra[:5]}"
+                       f"{' ...' if len(extra) > 5 else ''}")
+    return weights
+
+
+def check_client_inputs(plan, inputs) -> dict:
+    """The inputs by name, checked (names, shapes, ranges, token ids) before anything is shared."""
+    inputs = inputs_as_dict(plan, inputs)
+    try:
+        check_inputs(plan.graph, inputs, plan.info.get("input_ranges"))
+    except Exception as error:
+        raise RunError(str(error)) from None
+    _check_token_ids(plan, inputs)
+    return inputs
 
 
 def inputs_as_dict(plan, inputs) -> dict:
@@ -313,6 +331,7 @@ def run(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Te
         inputs: the model inputs by name (each goes only to its owner's thread).
         weights: the model's ``state_dict()`` (only the server's thread sees it).
         **options: ``backend`` ("cpu", "limb", "cuda"), ``timeout`` (seconds any wait may take),
+            ``transport`` ("inprocess", or "tls": the parties talk over TLS on 127.0.0.1),
             ``progress``, ``lookahead_bytes`` (how much material the dealer may make ahead of the
             parties; bounds memory), ``pinned`` (plan hashes the server accepts).
 

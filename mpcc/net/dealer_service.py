@@ -1,0 +1,219 @@
+"""The dealer as a network service, and the parties' side of talking to it.
+
+The dealer serves one plan. Over a mutually authenticated connection:
+
+- the server asks for a ``deploy``ment: fresh seeds and a deployment id; it
+  gets its own seed and passes the id to its client;
+- the client ``join``s that deployment (once) and gets its own seed;
+- before each run the server asks to ``deal``: the dealer picks a fresh
+  label, deals the run's material, sends the server its share and keeps the
+  client's until the client ``take``s it (once).
+
+Each party gets only its own seed and share, and the role in its certificate
+decides which requests it may make. A deployment ends when the server's
+connection closes; material not taken by then is dropped.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..runtime.dealer import Dealer, DealtMaterial
+from .certs import client_context, server_context
+from .handshake import answer, hello_of, offer
+from .link import Link, LinkError, Listener, connect
+
+__all__ = ["DealerService", "DealerLink", "DealerRefused"]
+
+MAX_PENDING = 4          # client shares a deployment may have waiting (dealt, not yet taken)
+MATERIAL_LIMIT = 1 << 36  # largest material frame a party accepts (64 GiB)
+
+
+class DealerRefused(ConnectionError):
+    """The dealer refused a request (an unknown deployment, material already taken, a wrong role)."""
+
+
+@dataclass
+class _Deployment:
+    dealer: Dealer
+    joined: bool = False
+    pending: dict = field(default_factory=dict)   # label -> the client's share (bytes)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class DealerService:
+    """Deals for one plan to the parties that connect (see the module docstring).
+
+    Example (one process, for tests; ``mpcc dealer PLAN --listen ...`` runs one):
+        >>> service = DealerService(plan, ("127.0.0.1", 0), certs)        # doctest: +SKIP
+        >>> threading.Thread(target=service.serve_forever).start()       # doctest: +SKIP
+    """
+
+    def __init__(self, plan, listen: tuple[str, int], certs, *, backend: str = "cpu", timeout: float = 60.0,
+                 log=None):
+        self.plan, self.backend, self.timeout = plan, backend, timeout
+        self.log = log or (lambda line: None)
+        self.listener = Listener(listen[0], listen[1], server_context(certs, "dealer"), ("client", "server"),
+                                 timeout=timeout, on_refused=self.log)
+        self.deployments: dict[str, _Deployment] = {}
+        self.lock = threading.Lock()
+        self.closed = False
+        self.served = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listener.host, self.listener.port
+
+    def serve_forever(self, max_connections: int | None = None) -> None:
+        """Serve connections, each in its own thread, until ``close`` (or ``max_connections``)."""
+        threads = []
+        while not self.closed and (max_connections is None or self.served < max_connections):
+            try:
+                link = self.listener.accept(0.5)
+            except TimeoutError:
+                continue
+            except Exception:
+                if self.closed:
+                    break
+                raise
+            self.served += 1
+            thread = threading.Thread(target=self._serve, args=(link,), name="mpcc-dealer-conn", daemon=True)
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(self.timeout)
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+    def _serve(self, link: Link) -> None:
+        created: list[str] = []
+        try:
+            answer(link, hello_of(self.plan, "dealer"))
+            while True:
+                request = link.receive_json("hello", timeout=24 * 3600)   # a party may idle between runs
+                op = request.get("op")
+                handler = {("server", "deploy"): self._deploy, ("server", "deal"): self._deal,
+                           ("client", "join"): self._join, ("client", "take"): self._take}.get((link.role, op))
+                if op == "bye":
+                    return
+                if handler is None:
+                    link.send_json("hello", {"error": f"a {link.role} may not ask {op!r}"})
+                    continue
+                try:
+                    handler(link, request, created)
+                except DealerRefused as refusal:
+                    link.send_json("hello", {"error": str(refusal)})
+        except Exception as error:   # a party that went away: log, end its deployments
+            self.log(f"dealer: {link}: {type(error).__name__}: {error}")
+        finally:
+            with self.lock:
+                for deployment in created:
+                    self.deployments.pop(deployment, None)
+            link.close()
+
+    def _entry(self, request) -> _Deployment:
+        with self.lock:
+            entry = self.deployments.get(str(request.get("deployment")))
+        if entry is None:
+            raise DealerRefused(f"no deployment {str(request.get('deployment'))[:12]!r} here (it ended, or "
+                                f"another dealer made it)")
+        return entry
+
+    def _deploy(self, link, request, created) -> None:
+        dealer = Dealer(self.plan, self.backend)
+        with self.lock:
+            self.deployments[dealer.deployment] = _Deployment(dealer)
+        created.append(dealer.deployment)
+        link.send_json("hello", {"deployment": dealer.deployment, "seed": dealer.seed_for(1).hex()})
+        self.log(f"dealer: deployment {dealer.deployment[:12]} for {link}")
+
+    def _deal(self, link, request, created) -> None:
+        entry = self._entry(request)
+        with entry.lock:
+            if len(entry.pending) >= MAX_PENDING:
+                raise DealerRefused(f"{len(entry.pending)} dealings wait for the client to take them")
+        start = time.perf_counter()
+        material = entry.dealer.deal()
+        client_share = material.to_bytes(0)
+        with entry.lock:
+            entry.pending[material.inference] = client_share
+        link.send_json("hello", {"label": material.inference})
+        link.send_bytes("material", [material.to_bytes(1)])
+        self.log(f"dealer: dealt {material.inference[:8]} of {entry.dealer.deployment[:12]} "
+                 f"({sum(material.offline_bytes) / 1e6:.1f} MB, {time.perf_counter() - start:.2f} s)")
+
+    def _join(self, link, request, created) -> None:
+        entry = self._entry(request)
+        with entry.lock:
+            if entry.joined:
+                raise DealerRefused("a client already joined this deployment")
+            entry.joined = True
+        link.send_json("hello", {"seed": entry.dealer.seed_for(0).hex()})
+
+    def _take(self, link, request, created) -> None:
+        entry = self._entry(request)
+        label = str(request.get("label"))
+        with entry.lock:
+            share = entry.pending.pop(label, None)
+        if share is None:
+            raise DealerRefused(f"no material {label[:12]!r} waits for this client (never dealt, or taken)")
+        link.send_json("hello", {"label": label})
+        link.send_bytes("material", [share])
+
+
+class DealerLink:
+    """A party's connection to the dealer service."""
+
+    def __init__(self, address: tuple[str, int], certs, role: str, plan, timeout: float = 60.0):
+        self.role, self.plan = role, plan
+        self.link = connect(address[0], address[1], client_context(certs, role), "dealer", timeout=timeout)
+        try:
+            offer(self.link, hello_of(plan, role))
+        except Exception:
+            self.link.close()
+            raise
+
+    def _ask(self, request: dict) -> dict:
+        self.link.send_json("hello", request)
+        reply = self.link.receive_json("hello")
+        if "error" in reply:
+            raise DealerRefused(f"the dealer refused {request['op']!r}: {reply['error']}")
+        return reply
+
+    def deploy(self) -> tuple[str, bytes]:
+        """(deployment id, this server's seed)."""
+        reply = self._ask({"op": "deploy"})
+        return reply["deployment"], bytes.fromhex(reply["seed"])
+
+    def join(self, deployment: str) -> bytes:
+        """This client's seed for ``deployment``."""
+        return bytes.fromhex(self._ask({"op": "join", "deployment": deployment})["seed"])
+
+    def _material(self, label: str, deployment: str, party: int) -> dict:
+        data = self.link.receive_bytes("material", max_length=MATERIAL_LIMIT)
+        (got_label, got_deployment), stored = DealtMaterial.party_from_bytes(data, self.plan.hash, party)
+        if (got_label, got_deployment) != (label, deployment):
+            raise LinkError(f"the dealer sent material {got_label[:12]!r} of {got_deployment[:12]}, asked for "
+                            f"{label[:12]!r} of {deployment[:12]}")
+        return stored
+
+    def deal(self, deployment: str) -> tuple[str, dict]:
+        """A fresh label and this server's share of its material."""
+        label = self._ask({"op": "deal", "deployment": deployment})["label"]
+        return label, self._material(label, deployment, 1)
+
+    def take(self, deployment: str, label: str) -> dict:
+        """This client's share of ``label``'s material."""
+        self._ask({"op": "take", "deployment": deployment, "label": label})
+        return self._material(label, deployment, 0)
+
+    def close(self) -> None:
+        try:
+            self.link.send_json("hello", {"op": "bye"})
+        except Exception:
+            pass
+        self.link.close()
+

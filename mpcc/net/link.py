@@ -1,0 +1,346 @@
+"""One mutually authenticated TLS connection, driven by an asyncio event loop
+in an I/O thread, with a blocking face for the party threads.
+
+Why asyncio streams over Python's ``ssl``: one thread interleaves sending and
+receiving on the TLS object (OpenSSL objects must not be used from two threads
+at once), so an exchange sends and receives together and two large sends
+cannot deadlock on socket buffers. Measured on loopback, 2 cores, both ways at
+once: 420 MB/s per direction with TLS against 485 MB/s plain TCP between two
+processes (docs/deployment.md). grpcio is not installed here and would add a
+second framing layer around ours.
+
+Every read waits at most ``timeout`` seconds; a body is read in chunks of
+``CHUNK`` bytes, each with its own time-out, so a stalled peer is found within
+the time-out even in a 400 MB message while a slow one still progresses.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ssl
+import threading
+from typing import Callable
+
+from ..runtime.context import PeerAborted, ProtocolError
+from . import frames
+from .certs import peer_role
+from .frames import FrameError, Piece
+
+__all__ = ["EventLoopThread", "Link", "Listener", "LinkError", "connect"]
+
+CHUNK = 4 << 20
+ABORT_GRACE = 2.0   # seconds an aborting side waits for its peer to read the abort and close
+ABORT_CODES = {"failed": "it failed (its reasons stay on its side)", "interrupted": "it was interrupted",
+               "refused": "it refused the session (its reasons stay on its side)"}
+
+
+class LinkError(ProtocolError):
+    """The connection failed: the peer closed it, stalled, or sent what this side did not expect."""
+
+
+class EventLoopThread:
+    """An event loop running in a daemon thread; ``call`` runs a coroutine there and waits."""
+
+    def __init__(self, name: str = "mpcc-io"):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def call(self, coroutine, timeout: float | None = None):
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+        except KeyboardInterrupt:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+class Link:
+    """A TLS connection to a peer of a known role. Blocking methods, safe from one thread at a time."""
+
+    def __init__(self, io: EventLoopThread, reader, writer, peer: str, role: str, timeout: float,
+                 owns_io: bool = False):
+        self.io, self.reader, self.writer = io, reader, writer
+        self.peer, self.role, self.timeout = peer, role, timeout
+        self.owns_io = owns_io
+        self.closed = False
+        self.peer_gone = False        # the peer aborted, or the connection broke
+        self.wire_bytes_sent = 0      # headers and payloads, before TLS
+        self.wire_bytes_received = 0
+
+    def __repr__(self) -> str:
+        return f"the {self.role} at {self.peer}"
+
+    # --- blocking face
+    def exchange(self, step: int, outgoing: list[Piece], incoming: list[Piece], what: str = "",
+                 shaper=None) -> list:
+        """Send this side's step message and receive the peer's at once; ``shaper`` (a
+        ``NetworkShaper``) holds the message back as a slower, more distant link would."""
+        return self._call(self._exchange(step, outgoing, incoming, what, shaper), what)
+
+    def send_json(self, kind: str, value: dict, step: int = 0) -> None:
+        self._call(self._send([frames.header(kind, step, len(body := frames.encode_json(value))), body]), kind)
+
+    def receive_json(self, kind: str, step: int = 0, timeout: float | None = None) -> dict:
+        body = self._call(self._receive(kind, step, None, timeout=timeout), kind, timeout)
+        return frames.decode_json(body)
+
+    def send_bytes(self, kind: str, parts: list, step: int = 0) -> None:
+        length = sum(len(memoryview(p).cast("B")) for p in parts)
+        self._call(self._send([frames.header(kind, step, length), *parts]), kind)
+
+    def receive_bytes(self, kind: str, step: int = 0, max_length: int | None = None) -> bytearray:
+        return self._call(self._receive(kind, step, None, max_length=max_length), kind)
+
+    def abort(self, code: str = "failed") -> None:
+        """Tell the peer this side stopped (a generic code only), best effort, then close. The
+        connection is closed only once the peer has read the abort (or after a grace period):
+        closing with its data unread would reset the connection and could lose the abort."""
+        if self.closed:
+            return
+        if self.peer_gone:   # it stopped first (or the connection broke): nothing to tell
+            self.close()
+            return
+        body = code.encode()
+
+        async def tell():
+            await self._send([frames.header("abort", 0, len(body)), body])
+            try:
+                while await asyncio.wait_for(self.reader.read(1 << 16), ABORT_GRACE):
+                    pass   # what the peer still sends is dropped until it closes
+            except Exception:
+                pass
+        try:
+            self.io.call(tell(), ABORT_GRACE + 2.0)
+        except Exception:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+
+        async def shut():
+            self.writer.close()
+            try:
+                await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+            except Exception:
+                pass
+        try:
+            self.io.call(shut(), 2.0)
+        except Exception:
+            pass
+        if self.owns_io:
+            self.io.stop()
+
+    def _call(self, coroutine, what: str, timeout: float | None = None):
+        if self.closed:
+            coroutine.close()
+            raise LinkError(f"the connection to {self} is closed")
+        limit = None if timeout is None else timeout + 5.0   # the coroutine's own time-outs come first
+        try:
+            return self.io.call(coroutine, limit)
+        except concurrent.futures.TimeoutError:
+            raise LinkError(f"{what}: no answer from {self} within {timeout:.0f} s") from None
+
+    # --- coroutines on the I/O loop
+    async def _send(self, parts, delay: float = 0.0) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for part in parts:
+            self.writer.write(part)
+            self.wire_bytes_sent += len(memoryview(part).cast("B"))
+        await self.writer.drain()
+
+    async def _read(self, count: int, what: str, timeout: float) -> bytes:
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(count), timeout)
+        except asyncio.TimeoutError:
+            raise LinkError(f"{what}: no data from {self} within {timeout:.0f} s") from None
+        except asyncio.IncompleteReadError:
+            self.peer_gone = True
+            raise LinkError(f"{what}: {self} closed the connection") from None
+        except (ConnectionError, ssl.SSLError, OSError) as error:
+            self.peer_gone = True
+            raise LinkError(f"{what}: the connection to {self} failed ({type(error).__name__})") from None
+
+    async def _receive(self, kind: str, step: int, length: int | None, *, max_length: int | None = None,
+                       what: str = "", timeout: float | None = None) -> bytearray:
+        """The body of the next frame, which must be ``kind`` (an abort raises ``PeerAborted``) at ``step``,
+        of exactly ``length`` bytes (or at most ``max_length``), read in chunks."""
+        timeout = self.timeout if timeout is None else timeout
+        where = f"step {step}{f' ({what})' if what else ''}" if kind == "step" else f"{kind} {step}"
+        raw = await self._read(frames.HEADER.size, where, timeout)
+        try:
+            got, got_step, got_length = frames.parse_header(raw)
+        except FrameError as error:
+            raise LinkError(f"{where}: {self} sent garbage: {error}") from None
+        if got == "abort":
+            self.peer_gone = True
+            code = bytes(await self._read(min(got_length, 64), where, timeout)).decode(errors="replace")
+            raise PeerAborted(f"{where}: the peer stopped: {ABORT_CODES.get(code, 'it stopped')} ({self})")
+        if got != kind:
+            raise LinkError(f"{where}: {self} sent a {got!r} frame, expected {kind!r}")
+        if got_step != step:
+            raise LinkError(f"{where}: {self} sent step {got_step}, expected step {step} (out of step)")
+        bound = length if length is not None else (max_length if max_length is not None else frames.MAX_JSON)
+        if (length is not None and got_length != length) or got_length > bound:
+            raise LinkError(f"{where}: {self} sent {got_length} bytes, expected "
+                            f"{length if length is not None else f'at most {bound}'}")
+        body = bytearray(got_length)
+        view = memoryview(body)
+        for start in range(0, got_length, CHUNK):
+            view[start: start + CHUNK] = await self._read(min(CHUNK, got_length - start), where, timeout)
+        self.wire_bytes_received += frames.HEADER.size + got_length
+        return body
+
+    async def _exchange(self, step, outgoing, incoming, what, shaper):
+        descriptor = frames.describe(outgoing)
+        payloads = frames.payload_views(outgoing)
+        length = len(descriptor) + sum(len(p) for p in payloads)
+        delay = 0.0 if shaper is None else shaper.send_delay(sum(p.size for p in outgoing))
+        send = asyncio.ensure_future(self._send([frames.header("step", step, length), descriptor, *payloads], delay))
+        expected_descriptor = frames.describe(incoming)
+        try:
+            body = await self._receive("step", step, len(expected_descriptor) + sum(p.size for p in incoming),
+                                       what=what)
+        except BaseException:
+            send.cancel()
+            raise
+        try:   # the peer's message is in: ours must be handed over too before the step ends
+            await asyncio.wait_for(send, self.timeout + delay)
+        except asyncio.TimeoutError:
+            raise LinkError(f"step {step}: {self} took none of this side's message within {self.timeout:.0f} s") \
+                from None
+        except (ConnectionError, ssl.SSLError, OSError) as error:
+            raise LinkError(f"step {step}: sending to {self} failed ({type(error).__name__})") from None
+        if bytes(body[: len(expected_descriptor)]) != expected_descriptor:
+            raise LinkError(f"step {step}{f' ({what})' if what else ''}: {self} sent tensors "
+                            f"{frames.shapes_in(bytes(body))}, expected {[tuple(p.tensor.shape) for p in incoming]} "
+                            f"(or other widths or types)")
+        return frames.decode_payloads(body, incoming, len(expected_descriptor))
+
+
+async def _open(host: str, port: int, context: ssl.SSLContext, timeout: float):
+    return await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context, server_hostname=host,
+                                                          ssl_handshake_timeout=timeout), timeout)
+
+
+def _check_role(writer, expected: str, peer: str) -> str:
+    role = peer_role(writer.get_extra_info("ssl_object"))
+    if role != expected:
+        writer.close()
+        raise LinkError(f"the peer at {peer} presented a {role or 'non-mpcc'} certificate, expected the {expected}'s")
+    return role
+
+
+def connect(host: str, port: int, context: ssl.SSLContext, expect_role: str, *, timeout: float = 30.0,
+            io: EventLoopThread | None = None) -> Link:
+    """Open a TLS connection to ``host:port`` whose certificate must carry ``expect_role``."""
+    owns = io is None
+    io = io or EventLoopThread()
+    peer = f"{host}:{port}"
+    try:
+        reader, writer = io.call(_open(host, port, context, timeout), timeout + 5)
+    except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
+        _stop(io, owns)
+        raise LinkError(f"cannot reach the {expect_role} at {peer} within {timeout:.0f} s") from None
+    except ssl.SSLError as error:
+        _stop(io, owns)
+        raise LinkError(f"TLS with the {expect_role} at {peer} failed: {error.reason or error} (a certificate "
+                        f"not signed by this CA, or not an mpcc {expect_role}?)") from None
+    except OSError as error:
+        _stop(io, owns)
+        raise LinkError(f"cannot connect to the {expect_role} at {peer}: {error.strerror or error}") from None
+    try:
+        io.call(_async(_check_role, writer, expect_role, peer), timeout)
+    except LinkError:
+        _stop(io, owns)
+        raise
+    return Link(io, reader, writer, peer, expect_role, timeout, owns_io=owns)
+
+
+async def _async(fn, *args):
+    return fn(*args)
+
+
+def _stop(io, owns):
+    if owns:
+        io.stop()
+
+
+class Listener:
+    """A TLS server socket: ``accept()`` returns the next authenticated connection of the expected roles.
+    Handshakes that fail (a wrong certificate, a plain-TCP client) are reported to ``on_refused`` and
+    the listener goes on."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, roles: tuple[str, ...], *,
+                 timeout: float = 30.0, on_refused: Callable[[str], None] | None = None, reuse_port: bool = False,
+                 io: EventLoopThread | None = None):
+        self.io = io or EventLoopThread("mpcc-listen")
+        self.roles, self.timeout = roles, timeout
+        self.on_refused = on_refused or (lambda line: None)
+        self.accepted: asyncio.Queue | None = None
+
+        async def start():
+            self.accepted = asyncio.Queue()
+            self.io.loop.set_exception_handler(self._loop_error)
+            return await asyncio.start_server(self._handle, host, port, ssl=context, ssl_handshake_timeout=timeout,
+                                              reuse_port=reuse_port or None)
+        self.server = self.io.call(start(), 30)
+        self.host, self.port = self.server.sockets[0].getsockname()[:2]
+
+    def _loop_error(self, loop, context) -> None:
+        """Failed TLS handshakes surface here (asyncio reports them, not the handler)."""
+        error = context.get("exception")
+        peer = context.get("transport")
+        where = ""
+        if peer is not None:
+            address = peer.get_extra_info("peername")
+            where = f" from {address[0]}:{address[1]}" if address else ""
+        reason = getattr(error, "reason", None) or (type(error).__name__ if error else context.get("message", "?"))
+        self.on_refused(f"refused a connection{where}: TLS handshake failed ({reason})")
+
+    async def _handle(self, reader, writer) -> None:
+        address = writer.get_extra_info("peername")
+        peer = f"{address[0]}:{address[1]}" if address else "?"
+        role = peer_role(writer.get_extra_info("ssl_object"))
+        if role not in self.roles:
+            self.on_refused(f"refused a connection from {peer}: it presented a {role or 'non-mpcc'} certificate, "
+                            f"expected {' or '.join(self.roles)}")
+            writer.close()
+            return
+        await self.accepted.put(Link(self.io, reader, writer, peer, role, self.timeout))
+
+    def accept(self, timeout: float | None = None) -> Link:
+        """The next authenticated connection (``TimeoutError`` after ``timeout`` seconds)."""
+        async def next_link():
+            return await asyncio.wait_for(self.accepted.get(), timeout)
+        try:
+            return self.io.call(next_link())
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no connection within {timeout} s") from None
+
+    def stop_listening(self) -> None:
+        """Accept no more connections (those accepted keep the I/O loop)."""
+        async def shut():
+            self.server.close()
+        try:
+            self.io.call(shut(), 5)
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        self.stop_listening()
+        self.io.stop()

@@ -1,0 +1,164 @@
+"""The server party as a network service: it holds the weights, runs one plan,
+and serves client sessions over mutually authenticated TLS.
+
+A session is one client connection and one deployment (fresh seeds from the
+dealer): the first run sends the masked weights, later runs reuse them. Each
+run, the server asks the dealer for fresh material under a new label and
+tells the client the label; the server decides what runs and what is opened,
+the client decides nothing on its behalf. A failed run ends its session (the
+client gets a generic abort, the details stay in the server's log) and the
+server goes on with the next session; a client that reconnects gets a new
+deployment, so no mask is ever used twice.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from ..backends import get_backend
+from ..runtime.context import SessionState
+from ..runtime.policy import PlanRefused, accept_plan
+from ..runtime.session import RunError, checked_weights
+from .certs import server_context
+from .dealer_service import DealerLink
+from .handshake import HandshakeError, answer, hello_of
+from .link import Link, Listener
+from .parties import check_tag, decode_tensors, run_party
+
+__all__ = ["Server", "serve"]
+
+IDLE_TIMEOUT = 600.0   # seconds a session may wait between runs
+
+
+class Server:
+    """Serves ``plan`` with ``weights`` on ``listen`` (see the module docstring).
+
+    Example:
+        >>> server = mpcc.serve(plan, weights, ("127.0.0.1", 0), "certs", dealer=("127.0.0.1", 7000),
+        ...                     block=False)                                  # doctest: +SKIP
+        >>> server.address                                                    # doctest: +SKIP
+    """
+
+    def __init__(self, plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int], *,
+                 backend: str = "cpu", timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT, net=None,
+                 log=None, reuse_port: bool = False):
+        try:
+            accept_plan(plan, {plan.hash})
+        except PlanRefused as error:
+            raise RunError(f"the server refuses this plan: {error}") from None
+        server_inputs = [n.name for n in plan.graph.inputs if n.attrs.get("owner") == "server"]
+        if server_inputs:
+            raise RunError(f"inputs owned by the server ({server_inputs}) are not served over the network yet; "
+                           f"make them weights or public inputs")
+        self.plan, self.weights = plan, checked_weights(plan, weights)
+        self.backend = get_backend(backend)
+        self.certs, self.dealer, self.timeout, self.idle_timeout = certs, dealer, timeout, idle_timeout
+        self.net = net
+        self.log = log or (lambda line: None)
+        self.static = plan.graph.static_values()
+        self.listener = Listener(listen[0], listen[1], server_context(certs, "server"), ("client",), timeout=timeout,
+                                 on_refused=self.log, reuse_port=reuse_port)
+        self.sessions = 0
+        self.runs = 0
+        self.failures = 0
+        self.closed = False
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.listener.host, self.listener.port
+
+    def serve_forever(self, max_sessions: int | None = None, *, concurrent: bool = True) -> None:
+        """Serve sessions until ``close`` (or ``max_sessions``), each in its own thread
+        (``concurrent``) or one after another."""
+        threads = []
+        while not self.closed and (max_sessions is None or self.sessions < max_sessions):
+            try:
+                link = self.listener.accept(0.5)
+            except TimeoutError:
+                continue
+            except Exception:
+                if self.closed:
+                    break
+                raise
+            self.sessions += 1
+            if concurrent:
+                thread = threading.Thread(target=self.serve_session, args=(link, self.sessions), daemon=True,
+                                          name=f"mpcc-session-{self.sessions}")
+                thread.start()
+                threads.append(thread)
+            else:
+                self.serve_session(link, self.sessions)
+        for thread in threads:
+            thread.join()
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
+
+    def serve_session(self, link: Link, number: int = 0) -> None:
+        """One client session; never raises (a failure is logged and ends the session)."""
+        where = f"session {number} ({link.peer})"
+        dealer = None
+        try:
+            dealer = DealerLink(self.dealer, self.certs, "server", self.plan, self.timeout)
+            deployment, seed = dealer.deploy()
+            answer(link, hello_of(self.plan, "server"), {"deployment": deployment})
+            self.log(f"{where}: deployment {deployment[:12]}")
+            state = SessionState(static=self.static)
+            run_index = 0
+            while True:
+                request = link.receive_json("hello", step=run_index, timeout=self.idle_timeout)
+                if request.get("op") == "bye":
+                    self.log(f"{where}: closed by the client after {run_index} run(s)")
+                    return
+                if request.get("op") != "run":
+                    raise HandshakeError(f"{link} asked {request.get('op')!r}, expected 'run' or 'bye'")
+                state = self._run(link, dealer, deployment, seed, state, run_index, request, where)
+                run_index += 1
+        except Exception as error:
+            self.failures += 1
+            self.log(f"{where}: failed: {type(error).__name__}: {error}")
+            link.abort("failed")   # a generic code: the details stay here
+        finally:
+            if dealer is not None:
+                dealer.close()
+            link.close()
+
+    def _run(self, link, dealer, deployment, seed, state, run_index, request, where):
+        start = time.perf_counter()
+        public_names = [n.name for n in self.plan.graph.inputs if n.attrs.get("owner") == "public"]
+        inputs = {}
+        if public_names:   # values both parties know; the client sends them, checked here as the client checks its own
+            inputs = decode_tensors(link.receive_bytes("inputs", step=run_index, max_length=1 << 30), public_names)
+            declared = {n.name: n for n in self.plan.graph.inputs}
+            for name, value in inputs.items():
+                if tuple(value.shape) != declared[name].type.shape or not value.isfinite().all():
+                    raise RunError(f"public input {name!r}: shape {tuple(value.shape)} (the plan says "
+                                   f"{declared[name].type.shape}), or values that are not finite")
+        label, stored = dealer.deal(deployment)
+        check_tag(stored, seed, label, "the dealer")
+        link.send_json("hello", {"op": "run", "label": label, "run": run_index}, step=run_index)
+        forked = state.fork()
+        _, stats, seconds = run_party(self.plan, 1, self.backend, link, run_index, seed, stored, forked, label, inputs,
+                                      self.weights, self.net)
+        self.runs += 1
+        self.log(f"{where}: run {run_index} done in {time.perf_counter() - start:.2f} s ({seconds:.2f} s online), "
+                 f"{stats.rounds} rounds, sent {stats.bytes_sent / 1e6:.2f} MB + {stats.setup_bytes_sent / 1e6:.2f} MB "
+                 f"setup")
+        return forked
+
+
+def serve(plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int], *, block: bool = True,
+          max_sessions: int | None = None, **options) -> Server:
+    """Serve ``plan`` to clients over TLS (``mpcc serve``); see ``Server``. With ``block=False`` the
+    server runs in a background thread and is returned at once (``server.close()`` stops it)."""
+    server = Server(plan, weights, listen, certs, dealer, **options)
+    if block:
+        try:
+            server.serve_forever(max_sessions)
+        finally:
+            server.close()
+    else:
+        threading.Thread(target=server.serve_forever, args=(max_sessions,), daemon=True,
+                         name="mpcc-server").start()
+    return server
