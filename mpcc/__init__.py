@@ -15,8 +15,10 @@ from .interpreter import InterpretError
 from .plan import Plan, PlanFormatError
 from .ranges import RangeReport, check_ranges
 from .runtime import DealerError, PlanRefused, RunError
+from . import net  # noqa: E402
+from .net import connect, serve  # noqa: E402
 
 __all__ = ["compile", "trace", "interpret", "load", "run", "Session", "ir", "Plan", "APPROXIMATIONS", "TraceError",
            "UnsupportedOpError", "InterpretError", "PlanFormatError", "check_ranges", "RangeReport", "RunError",
-           "PlanRefused", "DealerError", "emulate", "Emulator"]
+           "PlanRefused", "DealerError", "emulate", "Emulator", "serve", "connect", "net"]
 __version__ = "0.1.0"

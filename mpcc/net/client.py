@@ -16,7 +16,7 @@ from .handshake import HandshakeError, hello_of, offer
 from .link import connect
 from .parties import check_tag, encode_tensors, run_party
 
-__all__ = ["ClientSession", "connect_client"]
+__all__ = ["ClientSession"]
 
 
 class ClientSession:
@@ -95,7 +95,3 @@ class ClientSession:
     def __exit__(self, *exc):
         self.close()
 
-
-def connect_client(plan, address, certs, dealer, **options) -> ClientSession:
-    """Connect to a server running ``plan`` (``mpcc.connect``); see ``ClientSession``."""
-    return ClientSession(plan, address, certs, dealer, **options)

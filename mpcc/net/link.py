@@ -280,6 +280,17 @@ def _stop(io, owns):
         io.stop()
 
 
+class _Unread(asyncio.Protocol):
+    """An accepted TCP connection before TLS: reads nothing (its first bytes are the TLS handshake)."""
+
+    def __init__(self, listener: "Listener"):
+        self.listener = listener
+
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+        asyncio.ensure_future(self.listener._handle(transport))
+
+
 class Listener:
     """A TLS server socket: ``accept()`` returns the next authenticated connection of the expected roles.
     Handshakes that fail (a wrong certificate, a plain-TCP client) are reported to ``on_refused`` and
@@ -295,26 +306,29 @@ class Listener:
 
         async def start():
             self.accepted = asyncio.Queue()
-            self.io.loop.set_exception_handler(self._loop_error)
-            return await asyncio.start_server(self._handle, host, port, ssl=context, ssl_handshake_timeout=timeout,
-                                              reuse_port=reuse_port or None)
+            # plain TCP first, TLS once accepted: a failed handshake is then ours to report (asyncio's own
+            # server-side TLS drops it silently). The raw connection reads nothing before TLS takes it over.
+            return await self.io.loop.create_server(lambda: _Unread(self), host, port, reuse_port=reuse_port or None)
+        self.context = context
         self.server = self.io.call(start(), 30)
         self.host, self.port = self.server.sockets[0].getsockname()[:2]
 
-    def _loop_error(self, loop, context) -> None:
-        """Failed TLS handshakes surface here (asyncio reports them, not the handler)."""
-        error = context.get("exception")
-        peer = context.get("transport")
-        where = ""
-        if peer is not None:
-            address = peer.get_extra_info("peername")
-            where = f" from {address[0]}:{address[1]}" if address else ""
-        reason = getattr(error, "reason", None) or (type(error).__name__ if error else context.get("message", "?"))
-        self.on_refused(f"refused a connection{where}: TLS handshake failed ({reason})")
-
-    async def _handle(self, reader, writer) -> None:
-        address = writer.get_extra_info("peername")
+    async def _handle(self, transport) -> None:
+        loop = asyncio.get_running_loop()
+        address = transport.get_extra_info("peername")
         peer = f"{address[0]}:{address[1]}" if address else "?"
+        reader = asyncio.StreamReader(loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            tls = await asyncio.wait_for(loop.start_tls(transport, protocol, self.context, server_side=True,
+                                                        ssl_handshake_timeout=self.timeout), self.timeout + 1)
+        except Exception as error:   # a wrong certificate, plain TCP, a port scan: refuse, go on
+            reason = getattr(error, "reason", None) or type(error).__name__
+            self.on_refused(f"refused a connection from {peer}: TLS handshake failed ({reason})")
+            transport.close()
+            return
+        protocol.connection_made(tls)
+        writer = asyncio.StreamWriter(tls, protocol, reader, loop)
         role = peer_role(writer.get_extra_info("ssl_object"))
         if role not in self.roles:
             self.on_refused(f"refused a connection from {peer}: it presented a {role or 'non-mpcc'} certificate, "
