@@ -359,13 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError
     from .plan import PlanFormatError
     from .runtime import RunError
+    from .runtime.context import ProtocolError
+    from .runtime.executor import ExecutionError
     try:
         return args.run(args)
     except BrokenPipeError:  # output piped into head & co.
         sys.stderr.close()
         return 0
     except (CliError, TraceError, InterpretError, ModelLoadError, PlanFormatError, RunError, ValueError,
-            OSError) as error:
+            OSError, ProtocolError, ExecutionError) as error:   # (the last two: a peer that failed or went away)
         print(f"mpcc {args.command}: error: {error}", file=sys.stderr)
         return 2
 

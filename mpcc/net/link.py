@@ -34,6 +34,12 @@ ABORT_CODES = {"failed": "it failed (its reasons stay on its side)", "interrupte
                "refused": "it refused the session (its reasons stay on its side)"}
 
 
+def step_name(step: int) -> str:
+    """A step id as people read it: runs of one session number their steps from ``run << 32``."""
+    run, index = divmod(step, 1 << 32)
+    return f"run {run} step {index}" if run else f"step {index}"
+
+
 class LinkError(ProtocolError):
     """The connection failed: the peer closed it, stalled, or sent what this side did not expect."""
 
@@ -180,7 +186,7 @@ class Link:
         """The body of the next frame, which must be ``kind`` (an abort raises ``PeerAborted``) at ``step``,
         of exactly ``length`` bytes (or at most ``max_length``), read in chunks."""
         timeout = self.timeout if timeout is None else timeout
-        where = f"step {step}{f' ({what})' if what else ''}" if kind == "step" else f"{kind} {step}"
+        where = f"{step_name(step)}{f' ({what})' if what else ''}" if kind == "step" else f"{kind} {step}"
         raw = await self._read(frames.HEADER.size, where, timeout)
         try:
             got, got_step, got_length = frames.parse_header(raw)
@@ -193,7 +199,7 @@ class Link:
         if got != kind:
             raise LinkError(f"{where}: {self} sent a {got!r} frame, expected {kind!r}")
         if got_step != step:
-            raise LinkError(f"{where}: {self} sent step {got_step}, expected step {step} (out of step)")
+            raise LinkError(f"{where}: {self} sent {step_name(got_step)}, expected {step_name(step)} (out of step)")
         bound = length if length is not None else (max_length if max_length is not None else frames.MAX_JSON)
         if (length is not None and got_length != length) or got_length > bound:
             raise LinkError(f"{where}: {self} sent {got_length} bytes, expected "
@@ -221,12 +227,12 @@ class Link:
         try:   # the peer's message is in: ours must be handed over too before the step ends
             await asyncio.wait_for(send, self.timeout + delay)
         except asyncio.TimeoutError:
-            raise LinkError(f"step {step}: {self} took none of this side's message within {self.timeout:.0f} s") \
-                from None
+            raise LinkError(f"{step_name(step)}: {self} took none of this side's message within "
+                            f"{self.timeout:.0f} s") from None
         except (ConnectionError, ssl.SSLError, OSError) as error:
-            raise LinkError(f"step {step}: sending to {self} failed ({type(error).__name__})") from None
+            raise LinkError(f"{step_name(step)}: sending to {self} failed ({type(error).__name__})") from None
         if bytes(body[: len(expected_descriptor)]) != expected_descriptor:
-            raise LinkError(f"step {step}{f' ({what})' if what else ''}: {self} sent tensors "
+            raise LinkError(f"{step_name(step)}{f' ({what})' if what else ''}: {self} sent tensors "
                             f"{frames.shapes_in(bytes(body))}, expected {[tuple(p.tensor.shape) for p in incoming]} "
                             f"(or other widths or types)")
         return frames.decode_payloads(body, incoming, len(expected_descriptor))

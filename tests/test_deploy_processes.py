@@ -1,0 +1,95 @@
+"""The README's three-terminal walkthrough as subprocesses (certs, compile, dealer,
+serve, run --connect), then a server killed mid-run: the client reports it within
+its time-out and exits non-zero."""
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(port: int, process, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args} exited with {process.returncode}: {process.stderr.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {port} after {seconds} s")
+
+
+def _walkthrough() -> list[str]:
+    block = re.search(r"<!-- walkthrough -->\n```sh\n(.*?)```\n<!-- walkthrough -->", README.read_text(), re.S)
+    assert block, "the README has the walkthrough"
+    return [line.split("  #")[0].strip() for line in block.group(1).splitlines()
+            if line.strip() and not line.startswith("#")]
+
+
+def _argv(command: str, ports: dict) -> list[str]:
+    for old, new in ports.items():
+        command = command.replace(f":{old}", f":{new}")
+    words = command.split()
+    assert words[0] == "mpcc"
+    return [sys.executable, "-m", "mpcc.cli", *words[1:]]
+
+
+@pytest.fixture
+def walkthrough(tmp_path):
+    """The README's commands: the set-up run, the dealer and the server started (and stopped after)."""
+    commands = _walkthrough()
+    assert [c.split()[1] for c in commands] == ["certs", "compile", "dealer", "serve", "run"]
+    ports = {7000: _free_port(), 7001: _free_port()}
+    for command in commands[:2]:
+        done = subprocess.run(_argv(command, ports), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    started = []
+    for command, port in zip(commands[2:4], ports.values()):
+        started.append(subprocess.Popen(_argv(command, ports), cwd=tmp_path, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE, text=True))
+        _wait_for_port(port, started[-1])
+    yield tmp_path, _argv(commands[4], ports), started
+    for process in started:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_the_readme_walkthrough_then_a_server_killed_mid_run(walkthrough):
+    where, client, (dealer, server) = walkthrough
+    done = subprocess.run(client, cwd=where, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "OK: max abs error" in done.stdout
+    assert re.search(r"rounds \d+, online", done.stdout)
+
+    # a slow run (the client emulates a 40 ms link), and the server process dies in the middle of it
+    slow = subprocess.Popen(client[:-1] + ["--net", "wan", "--timeout", "20"], cwd=where, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(4.0)   # the client has connected and runs (its 143 rounds take 6 s at 40 ms)
+    assert slow.poll() is None, slow.communicate()
+    server.kill()
+    killed = time.monotonic()
+    _, stderr = slow.communicate(timeout=30)
+    assert time.monotonic() - killed < 20
+    assert slow.returncode == 2
+    assert re.search(r"mpcc run: error: .*the server at 127\.0\.0\.1:\d+ (closed the connection|failed)", stderr), \
+        stderr
