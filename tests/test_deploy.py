@@ -197,7 +197,7 @@ def test_a_wrong_shape_is_an_error(pair):
 
 def test_garbage_is_an_error(pair):
     client, server = pair
-    server.link._call(server.link._send([b"\x00garbage and more garbage\x00"]), "raw")
+    server.link._call(server.link._send([b"\x00garbage and more garbage\x00" * 4]), "raw")
     with pytest.raises(LinkError, match="sent garbage: not an mpcc frame"):
         client.step(THREE, THREE)
 

@@ -1,7 +1,11 @@
 """What travels on a connection: frames of a fixed 24-byte header and a body.
 
     header: magic "MPCC", version (u8), kind (u8), 2 reserved bytes,
-            step id (u64), body length (u64), little-endian
+            step id (u64), body length (u64), send time (f64), little-endian
+
+The send time (``time.monotonic()`` of the sender) serves network emulation
+only: a receiver that emulates a link delivers the frame when the link would
+have (``shaper.py``; both parties on one host share that clock).
 
 A ``step`` frame is one communication step's message: a tensor count (u32),
 one descriptor per tensor (dtype, bits per word, number of dimensions, the
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import torch
 
@@ -27,7 +32,7 @@ __all__ = ["HEADER", "KINDS", "VERSION", "Piece", "FrameError", "header", "parse
 
 MAGIC = b"MPCC"
 VERSION = 1
-HEADER = struct.Struct("<4sBBHQQ")
+HEADER = struct.Struct("<4sBBHQQd")
 KINDS = {"step": 1, "abort": 2, "hello": 3, "material": 4, "inputs": 5}
 KIND_NAMES = {code: name for name, code in KINDS.items()}
 DTYPES = {torch.int64: 1, torch.int32: 2, torch.int16: 3, torch.int8: 4, torch.uint8: 5, torch.bool: 6,
@@ -41,19 +46,19 @@ class FrameError(ValueError):
 
 
 def header(kind: str, step: int, length: int) -> bytes:
-    return HEADER.pack(MAGIC, VERSION, KINDS[kind], 0, step, length)
+    return HEADER.pack(MAGIC, VERSION, KINDS[kind], 0, step, length, time.monotonic())
 
 
-def parse_header(data: bytes) -> tuple[str, int, int]:
-    """(kind, step id, body length) of a header; a foreign or damaged one is a ``FrameError``."""
-    magic, version, kind, _, step, length = HEADER.unpack(data)
+def parse_header(data: bytes) -> tuple[str, int, int, float]:
+    """(kind, step id, body length, send time) of a header; a foreign or damaged one is a ``FrameError``."""
+    magic, version, kind, _, step, length, sent_at = HEADER.unpack(data)
     if magic != MAGIC:
         raise FrameError(f"not an mpcc frame (starts with {magic!r})")
     if version != VERSION:
         raise FrameError(f"frame version {version}, this side speaks {VERSION}")
     if kind not in KIND_NAMES:
         raise FrameError(f"unknown frame kind {kind}")
-    return KIND_NAMES[kind], step, length
+    return KIND_NAMES[kind], step, length, sent_at
 
 
 def describe(pieces: list[Piece]) -> bytes:

@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import ssl
 import threading
+import time
 from typing import Callable
 
 from ..runtime.context import PeerAborted, ProtocolError
@@ -91,7 +92,7 @@ class Link:
     def exchange(self, step: int, outgoing: list[Piece], incoming: list[Piece], what: str = "",
                  shaper=None) -> list:
         """Send this side's step message and receive the peer's at once; ``shaper`` (a
-        ``NetworkShaper``) holds the message back as a slower, more distant link would."""
+        ``NetworkShaper``) delivers the peer's as a slower, more distant link would."""
         return self._call(self._exchange(step, outgoing, incoming, what, shaper), what)
 
     def send_json(self, kind: str, value: dict, step: int = 0) -> None:
@@ -161,9 +162,7 @@ class Link:
             raise LinkError(f"{what}: no answer from {self} within {timeout:.0f} s") from None
 
     # --- coroutines on the I/O loop
-    async def _send(self, parts, delay: float = 0.0) -> None:
-        if delay > 0:
-            await asyncio.sleep(delay)
+    async def _send(self, parts) -> None:
         for part in parts:
             self.writer.write(part)
             self.wire_bytes_sent += len(memoryview(part).cast("B"))
@@ -182,14 +181,15 @@ class Link:
             raise LinkError(f"{what}: the connection to {self} failed ({type(error).__name__})") from None
 
     async def _receive(self, kind: str, step: int, length: int | None, *, max_length: int | None = None,
-                       what: str = "", timeout: float | None = None) -> bytearray:
+                       what: str = "", timeout: float | None = None, shaper=None, payload: int = 0) -> bytearray:
         """The body of the next frame, which must be ``kind`` (an abort raises ``PeerAborted``) at ``step``,
-        of exactly ``length`` bytes (or at most ``max_length``), read in chunks."""
+        of exactly ``length`` bytes (or at most ``max_length``), read in chunks. ``shaper``: hold it
+        back until an emulated link would have delivered its ``payload`` bytes."""
         timeout = self.timeout if timeout is None else timeout
         where = f"{step_name(step)}{f' ({what})' if what else ''}" if kind == "step" else f"{kind} {step}"
         raw = await self._read(frames.HEADER.size, where, timeout)
         try:
-            got, got_step, got_length = frames.parse_header(raw)
+            got, got_step, got_length, sent_at = frames.parse_header(raw)
         except FrameError as error:
             raise LinkError(f"{where}: {self} sent garbage: {error}") from None
         if got == "abort":
@@ -209,23 +209,26 @@ class Link:
         for start in range(0, got_length, CHUNK):
             view[start: start + CHUNK] = await self._read(min(CHUNK, got_length - start), where, timeout)
         self.wire_bytes_received += frames.HEADER.size + got_length
+        if shaper is not None:
+            wait = shaper.arrival(sent_at, payload) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
         return body
 
     async def _exchange(self, step, outgoing, incoming, what, shaper):
         descriptor = frames.describe(outgoing)
         payloads = frames.payload_views(outgoing)
         length = len(descriptor) + sum(len(p) for p in payloads)
-        delay = 0.0 if shaper is None else shaper.send_delay(sum(p.size for p in outgoing))
-        send = asyncio.ensure_future(self._send([frames.header("step", step, length), descriptor, *payloads], delay))
+        send = asyncio.ensure_future(self._send([frames.header("step", step, length), descriptor, *payloads]))
         expected_descriptor = frames.describe(incoming)
         try:
             body = await self._receive("step", step, len(expected_descriptor) + sum(p.size for p in incoming),
-                                       what=what)
+                                       what=what, shaper=shaper, payload=sum(p.size for p in incoming))
         except BaseException:
             send.cancel()
             raise
         try:   # the peer's message is in: ours must be handed over too before the step ends
-            await asyncio.wait_for(send, self.timeout + delay)
+            await asyncio.wait_for(send, self.timeout)
         except asyncio.TimeoutError:
             raise LinkError(f"{step_name(step)}: {self} took none of this side's message within "
                             f"{self.timeout:.0f} s") from None

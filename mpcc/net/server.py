@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..backends import get_backend
 from ..runtime.context import SessionState
@@ -99,6 +100,7 @@ class Server:
         """One client session; never raises (a failure is logged and ends the session)."""
         where = f"session {number} ({link.peer})"
         dealer = None
+        ahead = None
         try:
             dealer = DealerLink(self.dealer, self.certs, "server", self.plan, self.timeout)
             deployment, seed = dealer.deploy()
@@ -106,6 +108,7 @@ class Server:
             self.log(f"{where}: deployment {deployment[:12]}")
             state = SessionState(static=self.static)
             run_index = 0
+            ahead = _DealAhead(dealer, deployment, self.timeout)
             while True:
                 request = link.receive_json("hello", step=run_index, timeout=self.idle_timeout)
                 if request.get("op") == "bye":
@@ -113,7 +116,7 @@ class Server:
                     return
                 if request.get("op") != "run":
                     raise HandshakeError(f"{link} asked {request.get('op')!r}, expected 'run' or 'bye'")
-                state = self._run(link, dealer, deployment, seed, state, run_index, request, where)
+                state = self._run(link, ahead, seed, state, run_index, request, where)
                 run_index += 1
         except Exception as error:
             self.failures += 1
@@ -121,10 +124,12 @@ class Server:
             link.abort("failed")   # a generic code: the details stay here
         finally:
             if dealer is not None:
-                dealer.close()
+                dealer.close()   # also ends a dealing still in flight
+            if ahead is not None:
+                ahead.close()
             link.close()
 
-    def _run(self, link, dealer, deployment, seed, state, run_index, request, where):
+    def _run(self, link, ahead, seed, state, run_index, request, where):
         start = time.perf_counter()
         public_names = [n.name for n in self.plan.graph.inputs if n.attrs.get("owner") == "public"]
         inputs = {}
@@ -135,7 +140,7 @@ class Server:
                 if tuple(value.shape) != declared[name].type.shape or not value.isfinite().all():
                     raise RunError(f"public input {name!r}: shape {tuple(value.shape)} (the plan says "
                                    f"{declared[name].type.shape}), or values that are not finite")
-        label, stored = dealer.deal(deployment)
+        label, stored = ahead.take()
         check_tag(stored, seed, label, "the dealer")
         link.send_json("hello", {"op": "run", "label": label, "run": run_index}, step=run_index)
         forked = state.fork()
@@ -146,6 +151,25 @@ class Server:
                  f"{stats.rounds} rounds, sent {stats.bytes_sent / 1e6:.2f} MB + {stats.setup_bytes_sent / 1e6:.2f} MB "
                  f"setup")
         return forked
+
+
+class _DealAhead:
+    """One dealing ahead: the next run's material is dealt and fetched from the dealer while this
+    run goes on (and while the client is idle), so a run does not wait for it."""
+
+    def __init__(self, dealer: DealerLink, deployment: str, timeout: float):
+        self.dealer, self.deployment, self.timeout = dealer, deployment, timeout
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mpcc-deal-ahead")
+        self.next = self.pool.submit(dealer.deal, deployment)
+
+    def take(self) -> tuple[str, dict]:
+        """(label, this server's share) for the run starting now; the next dealing starts."""
+        label, stored = self.next.result(self.timeout)
+        self.next = self.pool.submit(self.dealer.deal, self.deployment)
+        return label, stored
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def serve(plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int], *, block: bool = True,

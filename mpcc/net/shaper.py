@@ -1,15 +1,17 @@
 """Network emulation in the transport: ``--net lan|wan|BANDWIDTH,LATENCY``
 makes a run on one machine take the wall time of two distant machines.
 
-Each party shapes what it sends: a message leaves when the link is free
-(messages queue behind each other at the bandwidth) and arrives one one-way
-latency after its last byte left. So a step costs one latency plus its bytes
-at the bandwidth, as the cost model counts a round (``runtime/networks.py``).
-Handshakes and dealer traffic are not shaped.
+Each party shapes what it receives: a message sent at time t (its frame
+carries t) enters the emulated link when the link is free (messages queue
+behind each other at the bandwidth) and arrives one one-way latency after its
+last byte went in. The real loopback transfer happens meanwhile, so it is not
+added on top. A step then costs one latency plus its bytes at the bandwidth,
+as the cost model counts a round (``runtime/networks.py``); the busier
+direction of each step sets its pace. Both parties must run on one host (they
+share ``time.monotonic``); pass ``--net`` to both, or one direction stays
+fast. Handshakes and dealer traffic are not shaped.
 """
 from __future__ import annotations
-
-import time
 
 from ..runtime.networks import Network, parse_network
 
@@ -17,7 +19,7 @@ __all__ = ["NetworkShaper"]
 
 
 class NetworkShaper:
-    """One direction of an emulated link (each party shapes its own sends)."""
+    """One direction of an emulated link (each party shapes what it receives)."""
 
     def __init__(self, network: str | Network):
         self.network = parse_network(network)
@@ -26,9 +28,8 @@ class NetworkShaper:
     def fresh(self) -> "NetworkShaper":
         return NetworkShaper(self.network)
 
-    def send_delay(self, size: int) -> float:
-        """Seconds to hold a message of ``size`` bytes, queued now, before handing it over."""
-        now = time.monotonic()
-        start = max(now, self.free_at)
+    def arrival(self, sent_at: float, size: int) -> float:
+        """When a message of ``size`` bytes sent at ``sent_at`` (``time.monotonic``) arrives."""
+        start = max(sent_at, self.free_at)
         self.free_at = start + size / self.network.bytes_per_second
-        return self.free_at + self.network.latency_s - now
+        return self.free_at + self.network.latency_s
