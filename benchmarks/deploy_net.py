@@ -81,6 +81,12 @@ def deployed(plan_path: Path, plan, inputs, certs, net: str | None, runs: int) -
             for _ in range(runs):
                 _, stats = client.run(inputs)
                 times.append((stats.total_seconds, stats.online_seconds, stats.rounds, stats.online_bytes))
+    except Exception:
+        for process in (server, dealer):
+            if process is not None:
+                process.terminate()
+                print(process.stderr.read()[-3000:], file=sys.stderr)
+        raise
     finally:
         for process in (server, dealer):
             if process is not None:

@@ -108,12 +108,19 @@ def cmd_serve(args) -> int:
                                name=f"mpcc-serve-{i}") for i in range(args.workers)]
     for worker in workers:
         worker.start()
+
+    def stop(*_):   # SIGTERM stops the workers too, not only this parent
+        raise KeyboardInterrupt
+    import signal
+    signal.signal(signal.SIGTERM, stop)
     try:
         for worker in workers:
             worker.join()
     except KeyboardInterrupt:
         for worker in workers:
             worker.terminate()
+        for worker in workers:
+            worker.join(10)
     return 0 if all(w.exitcode in (0, None) for w in workers) else 1
 
 

@@ -17,7 +17,7 @@ from mpcc.frontend import reference_outputs
 from mpcc.net import HandshakeError, LinkError, make_certs
 from mpcc.net import frames
 from mpcc.net.certs import client_context
-from mpcc.net.dealer_service import DealerService
+from mpcc.net.dealer_service import DealerLink, DealerRefused, DealerService
 from mpcc.net.endpoint import loopback_pair, test_certs
 from mpcc.net.link import connect
 from mpcc.runtime.context import PeerAborted
@@ -135,6 +135,29 @@ def test_the_client_checks_its_inputs_before_anything_is_sent(deployment):
         with pytest.raises(mpcc.RunError, match="token ids must lie in"):
             client.run({"input_ids": torch.full((1, 6), 5000)})
         client.run({"input_ids": token_ids(6, 120)})   # nothing was sent: the session goes on
+
+
+def test_the_dealer_hands_each_share_once_and_only_to_its_party(deployment):
+    plan, certs, dealer, server, log = deployment
+    with _connect(deployment) as client:
+        client.run({"input_ids": token_ids(6, 120)})
+        intruder = DealerLink(dealer.address, certs, "client", plan)
+        other_server = DealerLink(dealer.address, certs, "server", plan)
+        try:
+            with pytest.raises(DealerRefused, match="a client already joined this deployment"):
+                intruder.join(client.deployment)
+            with pytest.raises(DealerRefused, match="no deployment .* here for this connection"):
+                intruder.take(client.deployment, client.last_label)
+            with pytest.raises(DealerRefused, match="no deployment .* here for this connection"):
+                other_server.deal(client.deployment)
+            with pytest.raises(DealerRefused, match="a client may not ask 'deal'"):
+                intruder._ask({"op": "deal", "deployment": client.deployment})
+            with pytest.raises(DealerRefused, match="no material .* waits for this client"):
+                client.dealer.take(client.deployment, client.last_label)   # taken once already
+        finally:
+            intruder.close()
+            other_server.close()
+        client.run({"input_ids": token_ids(6, 120)})   # the session goes on
 
 
 # --- the transport itself: what a misbehaving peer can send, caught before the body is read

@@ -44,6 +44,7 @@ class ClientSession:
             raise
         self.state = SessionState(static=plan.graph.static_values())
         self.runs = 0
+        self.last_label: str | None = None   # the label of the last run's material (used: never again)
 
     def run(self, inputs):
         """One private inference: ``(outputs, stats)``, the outputs in plan order. A failure
@@ -71,6 +72,7 @@ class ClientSession:
             raise
         self.state = forked
         self.runs += 1
+        self.last_label = label
         stats = RunStats((link_stats.bytes_sent, link_stats.bytes_received),
                          sum(t.numel() * t.element_size() for items in stored.values() for t in items),
                          link_stats.setup_bytes_sent + link_stats.setup_bytes_received, link_stats.rounds,

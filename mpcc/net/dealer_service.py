@@ -37,7 +37,8 @@ class DealerRefused(ConnectionError):
 @dataclass
 class _Deployment:
     dealer: Dealer
-    joined: bool = False
+    server: Link            # the connection that made it: only it may ask for dealings
+    client: Link | None = None   # the connection that joined it: only it may take the client's shares
     pending: dict = field(default_factory=dict)   # label -> the client's share (bytes)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -114,24 +115,25 @@ class DealerService:
                     self.deployments.pop(deployment, None)
             link.close()
 
-    def _entry(self, request) -> _Deployment:
+    def _entry(self, request, link: Link | None = None) -> _Deployment:
+        """The deployment a request names; with ``link``, only if that connection made or joined it."""
         with self.lock:
             entry = self.deployments.get(str(request.get("deployment")))
-        if entry is None:
-            raise DealerRefused(f"no deployment {str(request.get('deployment'))[:12]!r} here (it ended, or "
-                                f"another dealer made it)")
+        if entry is None or (link is not None and link is not entry.server and link is not entry.client):
+            raise DealerRefused(f"no deployment {str(request.get('deployment'))[:12]!r} here for this connection "
+                                f"(it ended, another party made it, or another dealer did)")
         return entry
 
     def _deploy(self, link, request, created) -> None:
         dealer = Dealer(self.plan, self.backend)
         with self.lock:
-            self.deployments[dealer.deployment] = _Deployment(dealer)
+            self.deployments[dealer.deployment] = _Deployment(dealer, link)
         created.append(dealer.deployment)
         link.send_json("hello", {"deployment": dealer.deployment, "seed": dealer.seed_for(1).hex()})
         self.log(f"dealer: deployment {dealer.deployment[:12]} for {link}")
 
     def _deal(self, link, request, created) -> None:
-        entry = self._entry(request)
+        entry = self._entry(request, link)
         with entry.lock:
             if len(entry.pending) >= MAX_PENDING:
                 raise DealerRefused(f"{len(entry.pending)} dealings wait for the client to take them")
@@ -148,13 +150,13 @@ class DealerService:
     def _join(self, link, request, created) -> None:
         entry = self._entry(request)
         with entry.lock:
-            if entry.joined:
+            if entry.client is not None:
                 raise DealerRefused("a client already joined this deployment")
-            entry.joined = True
+            entry.client = link
         link.send_json("hello", {"seed": entry.dealer.seed_for(0).hex()})
 
     def _take(self, link, request, created) -> None:
-        entry = self._entry(request)
+        entry = self._entry(request, link)
         label = str(request.get("label"))
         with entry.lock:
             share = entry.pending.pop(label, None)

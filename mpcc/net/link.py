@@ -96,7 +96,8 @@ class Link:
         return self._call(self._exchange(step, outgoing, incoming, what, shaper), what)
 
     def send_json(self, kind: str, value: dict, step: int = 0) -> None:
-        self._call(self._send([frames.header(kind, step, len(body := frames.encode_json(value))), body]), kind)
+        body = frames.encode_json(value)
+        self._call(self._send_bounded([frames.header(kind, step, len(body)), body], len(body)), kind)
 
     def receive_json(self, kind: str, step: int = 0, timeout: float | None = None) -> dict:
         body = self._call(self._receive(kind, step, None, timeout=timeout), kind, timeout)
@@ -104,7 +105,7 @@ class Link:
 
     def send_bytes(self, kind: str, parts: list, step: int = 0) -> None:
         length = sum(len(memoryview(p).cast("B")) for p in parts)
-        self._call(self._send([frames.header(kind, step, length), *parts]), kind)
+        self._call(self._send_bounded([frames.header(kind, step, length), *parts], length), kind)
 
     def receive_bytes(self, kind: str, step: int = 0, max_length: int | None = None) -> bytearray:
         return self._call(self._receive(kind, step, None, max_length=max_length), kind)
@@ -163,10 +164,26 @@ class Link:
 
     # --- coroutines on the I/O loop
     async def _send(self, parts) -> None:
+        """Write ``parts`` in chunks of at most ``CHUNK`` bytes (a TLS write takes at most 2 GiB), waiting
+        for each to drain: a large message never sits whole in the transport's buffer."""
         for part in parts:
-            self.writer.write(part)
-            self.wire_bytes_sent += len(memoryview(part).cast("B"))
+            view = memoryview(part).cast("B")
+            for start in range(0, len(view), CHUNK):
+                self.writer.write(view[start: start + CHUNK])
+                await self.writer.drain()
+            self.wire_bytes_sent += len(view)
         await self.writer.drain()
+
+    async def _send_bounded(self, parts, length: int) -> None:
+        """``_send`` within the time-out (plus a second per MB: a peer must take at least 1 MB/s)."""
+        limit = self.timeout + length / 1e6
+        try:
+            await asyncio.wait_for(self._send(parts), limit)
+        except asyncio.TimeoutError:
+            raise LinkError(f"{self} took no data within {limit:.0f} s") from None
+        except (ConnectionError, ssl.SSLError, OSError) as error:
+            self.peer_gone = True
+            raise LinkError(f"sending to {self} failed ({type(error).__name__})") from None
 
     async def _read(self, count: int, what: str, timeout: float) -> bytes:
         try:
