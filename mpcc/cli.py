@@ -116,7 +116,7 @@ def cmd_run(args) -> int:
     if args.connect is not None:   # the client party of a server (mpcc serve)
         from .cli_net import run_client
         return run_client(args)
-    for option in ("certs", "dealer", "net", "save"):
+    for option in ("certs", "dealer", "material", "net", "save"):
         if getattr(args, option) is not None:
             raise CliError(f"--{option} goes with --connect (running as the client of a server)")
     if is_plan(args.model):  # a compiled plan: weights from the model it names, inputs with its shapes

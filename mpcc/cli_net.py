@@ -48,6 +48,19 @@ def cmd_certs(args) -> int:
 def cmd_dealer(args) -> int:
     from .net.dealer_service import DealerService
     plan = load_plan(args.plan)
+    if (args.listen is None) == (args.out is None):
+        raise CliError("give --listen HOST:PORT (deal live) or --out DIR --runs N (deal ahead into files)")
+    if args.out is not None:
+        from .net.material import deal_to_files
+        if args.runs is None:
+            raise CliError("--out needs --runs N: how many runs' material to deal")
+        start = time.perf_counter()
+        with step(f"dealing {args.runs} run(s) of material into {args.out}"):
+            deployment, out = deal_to_files(plan, args.out, args.runs)
+        print(f"dealt deployment {deployment[:12]}: {args.runs} run(s) in {time.perf_counter() - start:.1f} s; give "
+              f"{out / 'server'} to the server (mpcc serve --material) and {out / 'client'} to the client "
+              f"(mpcc run --connect ... --material), each only its own")
+        return 0
     service = DealerService(plan, parse_address(args.listen, "--listen"), args.certs, timeout=args.timeout, log=_log)
     host, port = service.address
     _log(f"dealer for plan {plan.hash[:12]} listening on {host}:{port}")
@@ -82,7 +95,8 @@ def _serve_worker(plan_path: str, weights: str | None, listen, certs, dealer, op
     server = Server(plan, _weights(weights, plan), listen, certs, dealer, log=_log, reuse_port=reuse,
                     net=_network(options.pop("net")), **options)
     host, port = server.address
-    _log(f"serving plan {plan.hash[:12]} on {host}:{port} (dealer {dealer[0]}:{dealer[1]})")
+    source = f"dealer {dealer[0]}:{dealer[1]}" if dealer else f"material dealt ahead in {options['material']}"
+    _log(f"serving plan {plan.hash[:12]} on {host}:{port} ({source})")
     try:
         server.serve_forever(max_sessions)
     except KeyboardInterrupt:
@@ -93,9 +107,12 @@ def _serve_worker(plan_path: str, weights: str | None, listen, certs, dealer, op
 
 def cmd_serve(args) -> int:
     listen = parse_address(args.listen, "--listen")
-    dealer = parse_address(args.dealer, "--dealer")
+    if (args.dealer is None) == (args.material is None):
+        raise CliError("give --dealer HOST:PORT (a live dealer) or --material DIR (the server's directory from "
+                       "mpcc dealer --out)")
+    dealer = parse_address(args.dealer, "--dealer") if args.dealer else None
     _network(args.net)
-    options = {"timeout": args.timeout, "backend": args.backend, "net": args.net}
+    options = {"timeout": args.timeout, "backend": args.backend, "net": args.net, "material": args.material}
     if args.workers == 1:
         _serve_worker(args.plan, args.weights, listen, args.certs, dealer, options, False, args.max_sessions)
         return 0
@@ -136,10 +153,16 @@ def run_client(args) -> int:
         raise CliError(f"{args.model} does not name its model; give --weights MODEL (its tokenizer and config make "
                        f"the inputs)")
     loaded, inputs = load_model_and_inputs(source, args.seq, args.input, plan=plan)
-    server, dealer = parse_address(args.connect, "--connect"), parse_address(args.dealer, "--dealer")
+    if (args.dealer is None) == (args.material is None):
+        raise CliError("give --dealer HOST:PORT (a live dealer) or --material DIR (the client's directory from "
+                       "mpcc dealer --out)")
+    if args.certs is None:
+        raise CliError("--connect needs --certs DIR")
+    server = parse_address(args.connect, "--connect")
+    dealer = parse_address(args.dealer, "--dealer") if args.dealer else None
     with step(f"connecting to the server at {server[0]}:{server[1]}"):
-        client = ClientSession(plan, server, args.certs, dealer, backend=args.backend, timeout=args.timeout,
-                               net=_network(args.net))
+        client = ClientSession(plan, server, args.certs, dealer, material=args.material, backend=args.backend,
+                               timeout=args.timeout, net=_network(args.net))
     with client:
         outputs, stats = client.run(inputs)
     for name, value in zip(plan.graph.outputs, outputs):
@@ -170,10 +193,14 @@ def add_commands(command, backends, backend_help) -> None:
                         "(default: 127.0.0.1 and localhost)")
     p.add_argument("--force", action="store_true", help="replace certificates already in the directory")
 
-    p = command("dealer", "deal correlated randomness live to a server and its clients over TLS", cmd_dealer)
+    p = command("dealer", "deal correlated randomness: live to a server and its clients over TLS (--listen), or "
+                          "ahead of time into one directory per party (--out)", cmd_dealer)
     p.add_argument("plan", help="plan file (from mpcc compile)")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on")
-    p.add_argument("--certs", required=True, metavar="DIR", help=certs_help)
+    p.add_argument("--listen", default=None, metavar="HOST:PORT", help="deal live: the address to listen on")
+    p.add_argument("--certs", default=None, metavar="DIR", help="with --listen: " + certs_help)
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="deal ahead: one new deployment into DIR/client and DIR/server (each party gets only its own)")
+    p.add_argument("--runs", type=int, default=None, metavar="N", help="with --out: runs' material to deal")
     p.add_argument("--max-connections", type=int, default=None, metavar="N",
                    help="stop after N party connections (default: run until interrupted)")
     p.add_argument("--timeout", type=float, default=60.0, help=timeout_help)
@@ -182,7 +209,9 @@ def add_commands(command, backends, backend_help) -> None:
     p.add_argument("plan", help="plan file (from mpcc compile); the server runs only this plan")
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="address to listen on")
     p.add_argument("--certs", required=True, metavar="DIR", help=certs_help)
-    p.add_argument("--dealer", required=True, metavar="HOST:PORT", help="the dealer (mpcc dealer) to ask for material")
+    p.add_argument("--dealer", default=None, metavar="HOST:PORT", help="the live dealer (mpcc dealer --listen)")
+    p.add_argument("--material", default=None, metavar="DIR",
+                   help="instead of --dealer: the server's directory of material dealt ahead (mpcc dealer --out)")
     p.add_argument("--weights", default=None, help="a .safetensors file, a model directory or a preset (default: the "
                                                    "model the plan was compiled from)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="processes serving sessions side by side")
@@ -199,7 +228,9 @@ def add_client_options(p) -> None:
     p.add_argument("--connect", default=None, metavar="HOST:PORT",
                    help="run as the client of a server (mpcc serve) instead of both parties in this process")
     p.add_argument("--certs", default=None, metavar="DIR", help="with --connect: the certificates directory")
-    p.add_argument("--dealer", default=None, metavar="HOST:PORT", help="with --connect: the dealer (mpcc dealer)")
+    p.add_argument("--dealer", default=None, metavar="HOST:PORT", help="with --connect: the live dealer (mpcc dealer)")
+    p.add_argument("--material", default=None, metavar="DIR",
+                   help="with --connect, instead of --dealer: the client's directory of material dealt ahead")
     p.add_argument("--net", default=None, metavar="lan|wan|BANDWIDTH,LATENCY",
                    help="with --connect: emulate a slower, more distant link on what the client sends")
     p.add_argument("--save", default=None, metavar="FILE.safetensors", help="with --connect: save the outputs")

@@ -17,9 +17,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TEST_BACKEND = os.environ.get("MPCC_TEST_BACKEND")
 CPU_ONLY_MODULES = {"test_protocols.py", "test_wire.py", "test_overflow.py"}
 if TEST_BACKEND:
+    from mpcc.net import ClientSession, Server
     from mpcc.runtime import Session, harness
     harness.run_protocol.__kwdefaults__["backend"] = TEST_BACKEND
-    Session.__init__.__kwdefaults__["backend"] = TEST_BACKEND
+    for party in (Session, Server, ClientSession):
+        party.__init__.__kwdefaults__["backend"] = TEST_BACKEND
 
 
 # The runtime suite runs every test body over both transports: queues in one process, and a real

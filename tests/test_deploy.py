@@ -18,6 +18,8 @@ from mpcc.net import HandshakeError, LinkError, make_certs
 from mpcc.net import frames
 from mpcc.net.certs import client_context
 from mpcc.net.dealer_service import DealerLink, DealerRefused, DealerService
+from mpcc.net.material import deal_to_files
+from mpcc.runtime.dealer import MaterialFileError
 from mpcc.net.endpoint import loopback_pair, test_certs
 from mpcc.net.link import connect
 from mpcc.runtime.context import PeerAborted
@@ -153,11 +155,40 @@ def test_the_dealer_hands_each_share_once_and_only_to_its_party(deployment):
             with pytest.raises(DealerRefused, match="a client may not ask 'deal'"):
                 intruder._ask({"op": "deal", "deployment": client.deployment})
             with pytest.raises(DealerRefused, match="no material .* waits for this client"):
-                client.dealer.take(client.deployment, client.last_label)   # taken once already
+                client.source.link.take(client.deployment, client.last_label)   # taken once already
         finally:
             intruder.close()
             other_server.close()
         client.run({"input_ids": token_ids(6, 120)})   # the session goes on
+
+
+def test_material_dealt_ahead_into_files_is_used_once_then_refused(deployment, tiny_bert, tmp_path):
+    plan, certs, dealer, _, _ = deployment
+    deployment_id, out = deal_to_files(plan, tmp_path / "dealt", 2)
+    log: list[str] = []
+    server = mpcc.serve(plan, tiny_bert.state_dict(), "127.0.0.1:0", certs, material=out / "server", block=False,
+                        log=log.append, timeout=10)
+    try:
+        with mpcc.connect(plan, server.address, certs, material=out / "client") as client:
+            assert client.deployment == deployment_id
+            for run in range(2):
+                ids = token_ids(6, 120, seed=run)
+                outputs, _ = client.run({"input_ids": ids})
+                expected = reference_outputs(tiny_bert, {"input_ids": ids})
+                assert max(float((o - e).abs().max()) for o, e in zip(outputs, expected)) < 1e-2
+            assert not list((out / "server").glob("*.safetensors")) and not list((out / "client").glob("*.safetensors"))
+            with pytest.raises(PeerAborted, match="no material dealt ahead left"):   # nothing left: the server says so
+                client.run({"input_ids": token_ids(6, 120)})
+        assert "no pre-dealt material left" in _wait_for(log, "failed")
+        _, other = deal_to_files(plan, tmp_path / "other", 1)
+        with pytest.raises(HandshakeError, match="material dealt ahead for deployment"):
+            mpcc.connect(plan, server.address, certs, material=other / "client")
+        with pytest.raises(HandshakeError, match="material dealt ahead for deployment"):
+            mpcc.connect(plan, server.address, certs, dealer.address)   # a live client
+        with pytest.raises(MaterialFileError, match="for the server; this is plan .* the client"):
+            mpcc.connect(plan, server.address, certs, material=out / "server")
+    finally:
+        server.close()
 
 
 # --- the transport itself: what a misbehaving peer can send, caught before the body is read

@@ -12,11 +12,13 @@ from .client import ClientSession
 from .dealer_service import DealerRefused, DealerService
 from .handshake import HandshakeError
 from .link import LinkError
+from .material import MaterialGone, deal_to_files
 from .server import Server
 from .shaper import NetworkShaper
 
 __all__ = ["serve", "connect", "Server", "ClientSession", "DealerService", "make_certs", "NetworkShaper",
-           "LinkError", "HandshakeError", "DealerRefused", "CertificateError", "as_address"]
+           "LinkError", "HandshakeError", "DealerRefused", "CertificateError", "as_address", "deal_to_files",
+           "MaterialGone"]
 
 
 def as_address(address) -> tuple[str, int]:
@@ -34,20 +36,24 @@ def _shaper(net):
     return None if net is None or isinstance(net, NetworkShaper) else NetworkShaper(net)
 
 
-def serve(plan, weights, listen, certs, dealer, *, block: bool = True, max_sessions: int | None = None,
-          net=None, **options) -> Server:
-    """Serve ``plan`` with ``weights`` to clients on ``listen`` (``"HOST:PORT"``), asking ``dealer``
-    for material; ``certs``: the certificates directory (``mpcc certs``). ``net`` (``"wan"``,
+def serve(plan, weights, listen, certs, dealer=None, *, material=None, block: bool = True,
+          max_sessions: int | None = None, net=None, **options) -> Server:
+    """Serve ``plan`` with ``weights`` to clients on ``listen`` (``"HOST:PORT"``), asking the live
+    ``dealer`` (``"HOST:PORT"``) for material, or taking it from ``material``, the server's directory
+    of material dealt ahead (``mpcc dealer PLAN --out DIR``); ``certs``: the certificates directory
+    (``mpcc certs``). ``net`` (``"wan"``,
     ``"100Mbps,40ms"``...) emulates a slower link on what the server sends. With ``block=False``
     the server runs in a background thread (``server.close()`` stops it). Options: ``backend``,
     ``timeout``, ``idle_timeout``, ``log`` (a function taking one line)."""
     from .server import serve as _serve
-    return _serve(plan, weights, as_address(listen), certs, as_address(dealer), block=block,
-                  max_sessions=max_sessions, net=_shaper(net), **options)
+    return _serve(plan, weights, as_address(listen), certs, None if dealer is None else as_address(dealer),
+                  material=material, block=block, max_sessions=max_sessions, net=_shaper(net), **options)
 
 
-def connect(plan, address, certs, dealer, *, net=None, **options) -> ClientSession:
+def connect(plan, address, certs, dealer=None, *, material=None, net=None, **options) -> ClientSession:
     """A client session with the server at ``address`` that runs ``plan``: ``.run(inputs)``
-    returns ``(outputs, stats)``; ``.close()`` ends it (or use it in a ``with`` block).
-    Options: ``backend``, ``timeout``."""
-    return ClientSession(plan, as_address(address), certs, as_address(dealer), net=_shaper(net), **options)
+    returns ``(outputs, stats)``; ``.close()`` ends it (or use it in a ``with`` block). Material
+    from the live ``dealer``, or ``material``: the client's directory dealt ahead. Options:
+    ``backend``, ``timeout``."""
+    return ClientSession(plan, as_address(address), certs, None if dealer is None else as_address(dealer),
+                         material=material, net=_shaper(net), **options)

@@ -9,9 +9,9 @@ import time
 
 from ..backends import get_backend
 from ..runtime.context import SessionState
-from ..runtime.session import RunStats, check_client_inputs
+from ..runtime.session import RunError, RunStats, check_client_inputs
 from .certs import client_context
-from .dealer_service import DealerLink
+from .material import FileMaterial, LiveClientMaterial
 from .handshake import HandshakeError, hello_of, offer
 from .link import connect
 from .parties import check_tag, encode_tensors, run_party
@@ -27,18 +27,25 @@ class ClientSession:
         ...     outputs, stats = client.run({"input_ids": ids})                  # doctest: +SKIP
     """
 
-    def __init__(self, plan, address: tuple[str, int], certs, dealer: tuple[str, int], *, backend: str = "cpu",
-                 timeout: float = 60.0, net=None):
+    def __init__(self, plan, address: tuple[str, int], certs, dealer: tuple[str, int] | None = None, *,
+                 material=None, backend: str = "cpu", timeout: float = 60.0, net=None):
+        """``dealer``: the live dealer's address; or ``material``: the client's directory of
+        material dealt ahead (``mpcc dealer PLAN --out DIR``)."""
+        if (dealer is None) == (material is None):
+            raise RunError("give the client a live dealer's address or a directory of material dealt ahead "
+                           "(one of them)")
         self.plan, self.backend, self.net = plan, get_backend(backend), net
+        self.source = FileMaterial(material, plan, 0) if material is not None else None
         self.link = connect(address[0], address[1], client_context(certs, "client"), "server", timeout=timeout)
-        self.dealer = None
         try:
-            reply = offer(self.link, hello_of(plan, "client"))
+            extra = {"deployment": self.source.deployment} if self.source is not None else {}
+            reply = offer(self.link, hello_of(plan, "client", **extra))
             self.deployment = str(reply.get("deployment", ""))
-            if not self.deployment:
-                raise HandshakeError(f"{self.link} named no deployment")
-            self.dealer = DealerLink(dealer, certs, "client", plan, timeout)
-            self.seed = self.dealer.join(self.deployment)
+            if not self.deployment or (self.source is not None and self.deployment != self.source.deployment):
+                raise HandshakeError(f"{self.link} named deployment {self.deployment[:12] or 'none'}")
+            if self.source is None:
+                self.source = LiveClientMaterial(dealer, certs, plan, self.deployment, timeout)
+            self.seed = self.source.seed
         except BaseException:
             self.close()
             raise
@@ -61,7 +68,7 @@ class ClientSession:
             if reply.get("op") != "run" or reply.get("run") != self.runs or not label:
                 raise HandshakeError(f"{self.link} answered {reply}, expected run {self.runs} with a label")
             offline_start = time.perf_counter()
-            stored = self.dealer.take(self.deployment, label)
+            stored = self.source.take_label(label)
             check_tag(stored, self.seed, label, "the dealer")
             offline_seconds = time.perf_counter() - offline_start
             forked = self.state.fork()
@@ -88,8 +95,8 @@ class ClientSession:
             except Exception:
                 pass
             self.link.close()
-        if self.dealer is not None:
-            self.dealer.close()
+        if self.source is not None:
+            self.source.close()
 
     def __enter__(self):
         return self

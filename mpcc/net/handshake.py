@@ -58,12 +58,17 @@ def offer(link: Link, hello: dict) -> dict:
     return reply
 
 
-def answer(link: Link, hello: dict, extra: dict | None = None) -> dict:
-    """The accepting side: get the peer's hello, check it against ours, reply (with ``extra``)."""
+def answer(link: Link, hello: dict, extra: dict | None = None, check=None) -> dict:
+    """The accepting side: get the peer's hello, check it against ours (and ``check(theirs)``,
+    which returns a public reason to refuse, or None), reply (with ``extra``)."""
     theirs = link.receive_json("hello")
     field = _mismatch(hello, theirs)
     if field is not None:
         link.send_json("hello", {**hello, "refused": field})
         raise HandshakeError(f"refused {link}: {_describe(field, hello.get(field), theirs.get(field), link)}")
+    reason = check(theirs) if check is not None else None
+    if reason is not None:
+        link.send_json("hello", {**hello, "refused": "other", "reason": reason})
+        raise HandshakeError(f"refused {link}: {reason}")
     link.send_json("hello", {**hello, **(extra or {})})
     return theirs

@@ -32,7 +32,8 @@ __all__ = ["EventLoopThread", "Link", "Listener", "LinkError", "connect"]
 CHUNK = 4 << 20
 ABORT_GRACE = 2.0   # seconds an aborting side waits for its peer to read the abort and close
 ABORT_CODES = {"failed": "it failed (its reasons stay on its side)", "interrupted": "it was interrupted",
-               "refused": "it refused the session (its reasons stay on its side)"}
+               "refused": "it refused the session (its reasons stay on its side)",
+               "no-material": "it has no material dealt ahead left for this deployment (deal more)"}
 
 
 def step_name(step: int) -> str:

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 from ..backends import get_backend
 from ..runtime.context import SessionState
 from ..runtime.policy import PlanRefused, accept_plan
 from ..runtime.session import RunError, checked_weights
 from .certs import server_context
-from .dealer_service import DealerLink
+from .material import FileMaterial, LiveServerMaterial, MaterialGone
 from .handshake import HandshakeError, answer, hello_of
 from .link import Link, Listener
 from .parties import check_tag, decode_tensors, run_party
@@ -40,9 +39,11 @@ class Server:
         >>> server.address                                                    # doctest: +SKIP
     """
 
-    def __init__(self, plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int], *,
-                 backend: str = "cpu", timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT, net=None,
-                 log=None, reuse_port: bool = False):
+    def __init__(self, plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int] | None = None, *,
+                 material=None, backend: str = "cpu", timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT,
+                 net=None, log=None, reuse_port: bool = False):
+        """``dealer``: the live dealer's address; or ``material``: the server's directory of
+        material dealt ahead (``mpcc dealer PLAN --out DIR``), one deployment for one client."""
         try:
             accept_plan(plan, {plan.hash})
         except PlanRefused as error:
@@ -51,6 +52,10 @@ class Server:
         if server_inputs:
             raise RunError(f"inputs owned by the server ({server_inputs}) are not served over the network yet; "
                            f"make them weights or public inputs")
+        if (dealer is None) == (material is None):
+            raise RunError("give the server a live dealer's address or a directory of material dealt ahead "
+                           "(one of them)")
+        self.files = FileMaterial(material, plan, 1) if material is not None else None
         self.plan, self.weights = plan, checked_weights(plan, weights)
         self.backend = get_backend(backend)
         self.certs, self.dealer, self.timeout, self.idle_timeout = certs, dealer, timeout, idle_timeout
@@ -99,16 +104,26 @@ class Server:
     def serve_session(self, link: Link, number: int = 0) -> None:
         """One client session; never raises (a failure is logged and ends the session)."""
         where = f"session {number} ({link.peer})"
-        dealer = None
-        ahead = None
+        source = None
         try:
-            dealer = DealerLink(self.dealer, self.certs, "server", self.plan, self.timeout)
-            deployment, seed = dealer.deploy()
-            answer(link, hello_of(self.plan, "server"), {"deployment": deployment})
-            self.log(f"{where}: deployment {deployment[:12]}")
+            if self.files is not None:   # one deployment dealt ahead: the client must hold its other half
+                source = self.files
+
+                def same_deployment(theirs):
+                    if theirs.get("deployment") != source.deployment:
+                        return (f"this server runs material dealt ahead for deployment {source.deployment[:12]}; the "
+                                f"client has {str(theirs.get('deployment') or 'a live dealer')[:12]} (give the client "
+                                f"that deployment's client directory)")
+                answer(link, hello_of(self.plan, "server"), {"deployment": source.deployment}, same_deployment)
+            else:
+                def live(theirs):
+                    if theirs.get("deployment"):
+                        return "this server deals live: the client must use the dealer, not material dealt ahead"
+                source = LiveServerMaterial(self.dealer, self.certs, self.plan, self.timeout)
+                answer(link, hello_of(self.plan, "server"), {"deployment": source.deployment}, live)
+            self.log(f"{where}: deployment {source.deployment[:12]}")
             state = SessionState(static=self.static)
             run_index = 0
-            ahead = _DealAhead(dealer, deployment, self.timeout)
             while True:
                 request = link.receive_json("hello", step=run_index, timeout=self.idle_timeout)
                 if request.get("op") == "bye":
@@ -116,20 +131,18 @@ class Server:
                     return
                 if request.get("op") != "run":
                     raise HandshakeError(f"{link} asked {request.get('op')!r}, expected 'run' or 'bye'")
-                state = self._run(link, ahead, seed, state, run_index, request, where)
+                state = self._run(link, source, state, run_index, where)
                 run_index += 1
         except Exception as error:
             self.failures += 1
             self.log(f"{where}: failed: {type(error).__name__}: {error}")
-            link.abort("failed")   # a generic code: the details stay here
+            link.abort("no-material" if isinstance(error, MaterialGone) else "failed")   # a code: details stay here
         finally:
-            if dealer is not None:
-                dealer.close()   # also ends a dealing still in flight
-            if ahead is not None:
-                ahead.close()
+            if source is not None and source is not self.files:
+                source.close()
             link.close()
 
-    def _run(self, link, ahead, seed, state, run_index, request, where):
+    def _run(self, link, source, state, run_index, where):
         start = time.perf_counter()
         public_names = [n.name for n in self.plan.graph.inputs if n.attrs.get("owner") == "public"]
         inputs = {}
@@ -140,11 +153,12 @@ class Server:
                 if tuple(value.shape) != declared[name].type.shape or not value.isfinite().all():
                     raise RunError(f"public input {name!r}: shape {tuple(value.shape)} (the plan says "
                                    f"{declared[name].type.shape}), or values that are not finite")
-        label, stored = ahead.take()
-        check_tag(stored, seed, label, "the dealer")
+        label, stored = source.take()
+        check_tag(stored, source.seed, label, "the dealer")
         link.send_json("hello", {"op": "run", "label": label, "run": run_index}, step=run_index)
         forked = state.fork()
-        _, stats, seconds = run_party(self.plan, 1, self.backend, link, run_index, seed, stored, forked, label, inputs,
+        _, stats, seconds = run_party(self.plan, 1, self.backend, link, run_index, source.seed, stored, forked, label,
+                                      inputs,
                                       self.weights, self.net)
         self.runs += 1
         self.log(f"{where}: run {run_index} done in {time.perf_counter() - start:.2f} s ({seconds:.2f} s online), "
@@ -153,27 +167,8 @@ class Server:
         return forked
 
 
-class _DealAhead:
-    """One dealing ahead: the next run's material is dealt and fetched from the dealer while this
-    run goes on (and while the client is idle), so a run does not wait for it."""
-
-    def __init__(self, dealer: DealerLink, deployment: str, timeout: float):
-        self.dealer, self.deployment, self.timeout = dealer, deployment, timeout
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="mpcc-deal-ahead")
-        self.next = self.pool.submit(dealer.deal, deployment)
-
-    def take(self) -> tuple[str, dict]:
-        """(label, this server's share) for the run starting now; the next dealing starts."""
-        label, stored = self.next.result(self.timeout)
-        self.next = self.pool.submit(self.dealer.deal, self.deployment)
-        return label, stored
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def serve(plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int], *, block: bool = True,
-          max_sessions: int | None = None, **options) -> Server:
+def serve(plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int] | None = None, *,
+          block: bool = True, max_sessions: int | None = None, **options) -> Server:
     """Serve ``plan`` to clients over TLS (``mpcc serve``); see ``Server``. With ``block=False`` the
     server runs in a background thread and is returned at once (``server.close()`` stops it)."""
     server = Server(plan, weights, listen, certs, dealer, **options)
