@@ -61,6 +61,8 @@ def cmd_dealer(args) -> int:
               f"{out / 'server'} to the server (mpcc serve --material) and {out / 'client'} to the client "
               f"(mpcc run --connect ... --material), each only its own")
         return 0
+    if args.certs is None:
+        raise CliError("--listen needs --certs DIR (make a test set with mpcc certs DIR)")
     service = DealerService(plan, parse_address(args.listen, "--listen"), args.certs, timeout=args.timeout, log=_log)
     host, port = service.address
     _log(f"dealer for plan {plan.hash[:12]} listening on {host}:{port}")
@@ -90,6 +92,20 @@ def _weights(source: str | None, plan):
 
 def _serve_worker(plan_path: str, weights: str | None, listen, certs, dealer, options: dict, reuse: bool,
                   max_sessions) -> None:
+    """One server process; with --workers, a child: its errors end in one line and exit code 2."""
+    try:
+        _serve(plan_path, weights, listen, certs, dealer, options, reuse, max_sessions)
+    except KeyboardInterrupt:
+        pass
+    except Exception as error:
+        if not reuse:
+            raise
+        print(f"mpcc serve: error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _serve(plan_path: str, weights: str | None, listen, certs, dealer, options: dict, reuse: bool,
+           max_sessions) -> None:
     from .net.server import Server
     plan = load_plan(plan_path)
     server = Server(plan, _weights(weights, plan), listen, certs, dealer, log=_log, reuse_port=reuse,
@@ -219,7 +235,7 @@ def add_commands(command, backends, backend_help) -> None:
                    help="stop after N client sessions per worker (default: serve until interrupted)")
     p.add_argument("--backend", default="cpu", choices=backends, help=backend_help)
     p.add_argument("--net", default=None, metavar="lan|wan|BANDWIDTH,LATENCY",
-                   help="emulate a slower, more distant link on what this side sends")
+                   help="emulate a slower, more distant link on what this side receives (give it to both sides)")
     p.add_argument("--timeout", type=float, default=60.0, help=timeout_help)
 
 
@@ -232,7 +248,8 @@ def add_client_options(p) -> None:
     p.add_argument("--material", default=None, metavar="DIR",
                    help="with --connect, instead of --dealer: the client's directory of material dealt ahead")
     p.add_argument("--net", default=None, metavar="lan|wan|BANDWIDTH,LATENCY",
-                   help="with --connect: emulate a slower, more distant link on what the client sends")
+                   help="with --connect: emulate a slower, more distant link on what the client receives (give the "
+                        "server the same)")
     p.add_argument("--save", default=None, metavar="FILE.safetensors", help="with --connect: save the outputs")
     p.add_argument("--check", action="store_true",
                    help="with --connect: compare with torch (needs the model's weights on the client: for trying "

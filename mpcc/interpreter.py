@@ -23,7 +23,7 @@ class InterpretError(RuntimeError):
 
 
 def check_inputs(graph: Graph, inputs: Mapping[str, torch.Tensor],
-                 ranges: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 ranges: Mapping[str, tuple[float, float]] | None = None, names=None) -> None:
     """Every declared input present, with its declared shape; nothing extra.
 
     Token ids (``int`` inputs) given as floats must be whole numbers: the
@@ -42,13 +42,13 @@ def check_inputs(graph: Graph, inputs: Mapping[str, torch.Tensor],
         ...
         mpcc.interpreter.InterpretError: input 'input' has values in [7, 7], outside its range [-4, 4] ...
     """
-    declared = {n.name: n for n in graph.inputs}
+    declared = {n.name: n for n in graph.inputs if names is None or n.name in names}   # names: check only these
     missing = sorted(set(declared) - set(inputs))
     extra = sorted(set(inputs) - set(declared))
     if missing or extra:
         raise InterpretError(f"inputs do not match the graph: missing {missing}, unexpected {extra}; "
                              f"expected {sorted(declared)}")
-    unknown = sorted(set(ranges or {}) - set(declared))
+    unknown = sorted(set(ranges or {}) - {n.name for n in graph.inputs})
     if unknown:
         raise InterpretError(f"ranges name inputs the graph does not have: {unknown}; inputs are {sorted(declared)}")
     for name, node in declared.items():

@@ -5,6 +5,7 @@ step or size, a stall, a disconnect), each a clear error within seconds, after
 which the server goes on serving."""
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
@@ -18,7 +19,9 @@ from mpcc.net import HandshakeError, LinkError, make_certs
 from mpcc.net import frames
 from mpcc.net.certs import client_context
 from mpcc.net.dealer_service import DealerLink, DealerRefused, DealerService
-from mpcc.net.material import deal_to_files
+from mpcc.net.link import EventLoopThread
+from mpcc.net.material import FileMaterial, MaterialGone, deal_to_files
+from mpcc.net.shaper import NetworkShaper
 from mpcc.runtime.dealer import MaterialFileError
 from mpcc.net.endpoint import loopback_pair, test_certs
 from mpcc.net.link import connect
@@ -269,6 +272,44 @@ def test_a_peer_that_disconnects_is_an_error(pair):
     server.link.close()
     with pytest.raises(LinkError, match="closed the connection|connection to the server .* failed"):
         client.step(THREE, THREE)
+
+
+def test_a_lying_send_time_cannot_stall_an_emulated_link(pair):
+    client, server = pair
+    client.net = NetworkShaper("lan")
+    body = frames.describe(THREE) + bytes(24)
+    raw = frames.HEADER.pack(b"MPCC", frames.VERSION, frames.KINDS["step"], 0, 0, len(body), 1e18)   # "sent" in 1e18 s
+    server.link._call(server.link._send([raw, body]), "raw")
+    start = time.monotonic()
+    assert client.step(THREE, THREE)[0].tolist() == [0, 0, 0]
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_stopped_event_loop_fails_its_callers_instead_of_hanging():
+    io = EventLoopThread("test")
+    outcome = []
+
+    def wait_forever():
+        try:
+            io.call(asyncio.sleep(3600))
+        except BaseException as error:
+            outcome.append(type(error).__name__)
+    waiter = threading.Thread(target=wait_forever)
+    waiter.start()
+    time.sleep(0.2)
+    io.stop()
+    waiter.join(5)
+    assert not waiter.is_alive() and outcome == ["CancelledError"]
+
+
+def test_a_label_from_the_peer_is_never_a_path_or_a_pattern(deployment, tmp_path):
+    plan, *_ = deployment
+    _, out = deal_to_files(plan, tmp_path / "dealt", 1)
+    files = FileMaterial(out / "client", plan, 0)
+    for label in ("*", "../server/*", "0" * 31 + "?", files.labels()[0].upper()):
+        with pytest.raises(MaterialGone, match="is not a dealt label"):
+            files.take_label(label)
+    assert len(files.labels()) == 1   # nothing was claimed
 
 
 def test_an_abort_crosses_as_a_code_only(pair):

@@ -42,7 +42,7 @@ def serve(plan, weights, listen, certs, dealer=None, *, material=None, block: bo
     ``dealer`` (``"HOST:PORT"``) for material, or taking it from ``material``, the server's directory
     of material dealt ahead (``mpcc dealer PLAN --out DIR``); ``certs``: the certificates directory
     (``mpcc certs``). ``net`` (``"wan"``,
-    ``"100Mbps,40ms"``...) emulates a slower link on what the server sends. With ``block=False``
+    ``"100Mbps,40ms"``...) emulates a slower link on what the server receives (give the client the same). With ``block=False``
     the server runs in a background thread (``server.close()`` stops it). Options: ``backend``,
     ``timeout``, ``idle_timeout``, ``log`` (a function taking one line)."""
     from .server import serve as _serve

@@ -11,7 +11,7 @@ from ..backends import get_backend
 from ..runtime.context import SessionState
 from ..runtime.session import RunError, RunStats, check_client_inputs
 from .certs import client_context
-from .material import FileMaterial, LiveClientMaterial
+from .material import LABEL, FileMaterial, LiveClientMaterial
 from .handshake import HandshakeError, hello_of, offer
 from .link import connect
 from .parties import check_tag, encode_tensors, run_party
@@ -65,7 +65,7 @@ class ClientSession:
                 self.link.send_bytes("inputs", [encode_tensors(public)], step=self.runs)
             reply = self.link.receive_json("hello", step=self.runs)
             label = str(reply.get("label", ""))
-            if reply.get("op") != "run" or reply.get("run") != self.runs or not label:
+            if reply.get("op") != "run" or reply.get("run") != self.runs or not LABEL.fullmatch(label):
                 raise HandshakeError(f"{self.link} answered {reply}, expected run {self.runs} with a label")
             offline_start = time.perf_counter()
             stored = self.source.take_label(label)

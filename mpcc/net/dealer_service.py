@@ -27,7 +27,8 @@ from .link import Link, LinkError, Listener, connect
 __all__ = ["DealerService", "DealerLink", "DealerRefused"]
 
 MAX_PENDING = 4          # client shares a deployment may have waiting (dealt, not yet taken)
-MATERIAL_LIMIT = 1 << 36  # largest material frame a party accepts (64 GiB)
+DEAL_WAIT = 600.0        # seconds a party waits for a dealing (dealing a large plan takes a while)
+MAX_CONNECTIONS = 256    # party connections the dealer serves at once
 
 
 class DealerRefused(ConnectionError):
@@ -68,7 +69,7 @@ class DealerService:
 
     def serve_forever(self, max_connections: int | None = None) -> None:
         """Serve connections, each in its own thread, until ``close`` (or ``max_connections``)."""
-        threads = []
+        threads: list[threading.Thread] = []
         while not self.closed and (max_connections is None or self.served < max_connections):
             try:
                 link = self.listener.accept(0.5)
@@ -78,6 +79,11 @@ class DealerService:
                 if self.closed:
                     break
                 raise
+            threads = [t for t in threads if t.is_alive()]
+            if len(threads) >= MAX_CONNECTIONS:
+                self.log(f"dealer: refused {link}: {len(threads)} connections already served")
+                link.abort("refused")
+                continue
             self.served += 1
             thread = threading.Thread(target=self._serve, args=(link,), name="mpcc-dealer-conn", daemon=True)
             thread.start()
@@ -166,11 +172,31 @@ class DealerService:
         link.send_bytes("material", [share])
 
 
+def material_limit(plan) -> int:
+    """The most one party's share of a run can take: the plan's material (both parties'), plus
+    room for the file's header; worked out once per plan (a cost run)."""
+    cached = plan.__dict__.get("_material_limit")
+    if cached is None:
+        cached = plan.__dict__["_material_limit"] = int(plan.cost().offline_bytes * 1.05) + (4 << 20)
+    return cached
+
+
+def _seed(text: str) -> bytes:
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise LinkError("the dealer sent a seed that is not 32 bytes")
+    return seed
+
+
 class DealerLink:
     """A party's connection to the dealer service."""
 
     def __init__(self, address: tuple[str, int], certs, role: str, plan, timeout: float = 60.0):
         self.role, self.plan = role, plan
+        self.material_limit = material_limit(plan)
         self.link = connect(address[0], address[1], client_context(certs, role), "dealer", timeout=timeout)
         try:
             offer(self.link, hello_of(plan, role))
@@ -178,24 +204,27 @@ class DealerLink:
             self.link.close()
             raise
 
-    def _ask(self, request: dict) -> dict:
+    def _ask(self, request: dict, wait: float | None = None, *fields: str) -> dict:
         self.link.send_json("hello", request)
-        reply = self.link.receive_json("hello")
+        reply = self.link.receive_json("hello", timeout=wait)
         if "error" in reply:
             raise DealerRefused(f"the dealer refused {request['op']!r}: {reply['error']}")
+        missing = [f for f in fields if not isinstance(reply.get(f), str)]
+        if missing:
+            raise LinkError(f"the dealer answered {request['op']!r} without {', '.join(missing)}")
         return reply
 
     def deploy(self) -> tuple[str, bytes]:
         """(deployment id, this server's seed)."""
-        reply = self._ask({"op": "deploy"})
-        return reply["deployment"], bytes.fromhex(reply["seed"])
+        reply = self._ask({"op": "deploy"}, None, "deployment", "seed")
+        return reply["deployment"], _seed(reply["seed"])
 
     def join(self, deployment: str) -> bytes:
         """This client's seed for ``deployment``."""
-        return bytes.fromhex(self._ask({"op": "join", "deployment": deployment})["seed"])
+        return _seed(self._ask({"op": "join", "deployment": deployment}, None, "seed")["seed"])
 
     def _material(self, label: str, deployment: str, party: int) -> dict:
-        data = self.link.receive_bytes("material", max_length=MATERIAL_LIMIT)
+        data = self.link.receive_bytes("material", max_length=self.material_limit)
         (got_label, got_deployment), stored = DealtMaterial.party_from_bytes(data, self.plan.hash, party)
         if (got_label, got_deployment) != (label, deployment):
             raise LinkError(f"the dealer sent material {got_label[:12]!r} of {got_deployment[:12]}, asked for "
@@ -204,12 +233,12 @@ class DealerLink:
 
     def deal(self, deployment: str) -> tuple[str, dict]:
         """A fresh label and this server's share of its material."""
-        label = self._ask({"op": "deal", "deployment": deployment})["label"]
+        label = self._ask({"op": "deal", "deployment": deployment}, DEAL_WAIT, "label")["label"]
         return label, self._material(label, deployment, 1)
 
     def take(self, deployment: str, label: str) -> dict:
         """This client's share of ``label``'s material."""
-        self._ask({"op": "take", "deployment": deployment, "label": label})
+        self._ask({"op": "take", "deployment": deployment, "label": label}, None, "label")
         return self._material(label, deployment, 0)
 
     def close(self) -> None:

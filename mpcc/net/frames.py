@@ -1,4 +1,4 @@
-"""What travels on a connection: frames of a fixed 24-byte header and a body.
+"""What travels on a connection: frames of a fixed 32-byte header and a body.
 
     header: magic "MPCC", version (u8), kind (u8), 2 reserved bytes,
             step id (u64), body length (u64), send time (f64), little-endian

@@ -58,9 +58,10 @@ def offer(link: Link, hello: dict) -> dict:
     return reply
 
 
-def answer(link: Link, hello: dict, extra: dict | None = None, check=None) -> dict:
+def answer(link: Link, hello: dict, extra=None, check=None) -> dict:
     """The accepting side: get the peer's hello, check it against ours (and ``check(theirs)``,
-    which returns a public reason to refuse, or None), reply (with ``extra``)."""
+    which returns a public reason to refuse, or None), reply with ``extra`` (a dict, or a
+    function called only once the peer passed: costly set-up waits for a good hello)."""
     theirs = link.receive_json("hello")
     field = _mismatch(hello, theirs)
     if field is not None:
@@ -70,5 +71,5 @@ def answer(link: Link, hello: dict, extra: dict | None = None, check=None) -> di
     if reason is not None:
         link.send_json("hello", {**hello, "refused": "other", "reason": reason})
         raise HandshakeError(f"refused {link}: {reason}")
-    link.send_json("hello", {**hello, **(extra or {})})
+    link.send_json("hello", {**hello, **((extra() if callable(extra) else extra) or {})})
     return theirs

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import ssl
 import threading
 import time
@@ -55,6 +56,9 @@ class EventLoopThread:
         self.thread.start()
 
     def call(self, coroutine, timeout: float | None = None):
+        if self.loop.is_closed() or not self.loop.is_running():
+            coroutine.close()
+            raise RuntimeError("the event loop is closed")
         future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
         try:
             return future.result(timeout)
@@ -66,7 +70,17 @@ class EventLoopThread:
             raise
 
     def stop(self) -> None:
-        if self.loop.is_running():
+        """Cancel whatever runs on the loop (callers waiting on it get an error, never a hang), then stop it."""
+        if self.loop.is_running() and threading.current_thread() is not self.thread:
+            async def cancel_all():
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            try:
+                self.call(cancel_all(), 5)
+            except Exception:
+                pass
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(5)
         if not self.loop.is_running():
@@ -83,6 +97,8 @@ class Link:
         self.owns_io = owns_io
         self.closed = False
         self.peer_gone = False        # the peer aborted, or the connection broke
+        self.dirty = False            # a frame was cut short: the stream is out of frame
+        self.busy = False             # a call is in flight (another thread may only close)
         self.wire_bytes_sent = 0      # headers and payloads, before TLS
         self.wire_bytes_received = 0
 
@@ -93,8 +109,21 @@ class Link:
     def exchange(self, step: int, outgoing: list[Piece], incoming: list[Piece], what: str = "",
                  shaper=None) -> list:
         """Send this side's step message and receive the peer's at once; ``shaper`` (a
-        ``NetworkShaper``) delivers the peer's as a slower, more distant link would."""
-        return self._call(self._exchange(step, outgoing, incoming, what, shaper), what)
+        ``NetworkShaper``) delivers the peer's as a slower, more distant link would. Packing and
+        unpacking run in the calling (party) thread: the I/O loop, which a server's sessions
+        share, only moves bytes."""
+        descriptor = frames.describe(outgoing)
+        payloads = frames.payload_views(outgoing)
+        length = len(descriptor) + sum(len(p) for p in payloads)
+        expected = frames.describe(incoming)
+        size = sum(p.size for p in incoming)
+        body = self._call(self._exchange(step, [frames.header("step", step, length), descriptor, *payloads], length,
+                                         expected, len(expected) + size, size, what, shaper), what)
+        if bytes(body[: len(expected)]) != expected:
+            raise LinkError(f"{step_name(step)}{f' ({what})' if what else ''}: {self} sent tensors "
+                            f"{frames.shapes_in(bytes(body))}, expected {[tuple(p.tensor.shape) for p in incoming]} "
+                            f"(or other widths or types)")
+        return frames.decode_payloads(body, incoming, len(expected))
 
     def send_json(self, kind: str, value: dict, step: int = 0) -> None:
         body = frames.encode_json(value)
@@ -117,7 +146,7 @@ class Link:
         closing with its data unread would reset the connection and could lose the abort."""
         if self.closed:
             return
-        if self.peer_gone:   # it stopped first (or the connection broke): nothing to tell
+        if self.peer_gone or self.dirty or self.busy:   # nothing to tell, or no whole frame can be sent now
             self.close()
             return
         body = code.encode()
@@ -158,10 +187,17 @@ class Link:
             coroutine.close()
             raise LinkError(f"the connection to {self} is closed")
         limit = None if timeout is None else timeout + 5.0   # the coroutine's own time-outs come first
+        self.busy = True
         try:
             return self.io.call(coroutine, limit)
         except concurrent.futures.TimeoutError:
             raise LinkError(f"{what}: no answer from {self} within {timeout:.0f} s") from None
+        except (concurrent.futures.CancelledError, asyncio.CancelledError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and not self.io.loop.is_closed():
+                raise
+            raise LinkError(f"{what}: the connection to {self} was closed on this side") from None
+        finally:
+            self.busy = False
 
     # --- coroutines on the I/O loop
     async def _send(self, parts) -> None:
@@ -222,41 +258,38 @@ class Link:
         if (length is not None and got_length != length) or got_length > bound:
             raise LinkError(f"{where}: {self} sent {got_length} bytes, expected "
                             f"{length if length is not None else f'at most {bound}'}")
-        body = bytearray(got_length)
-        view = memoryview(body)
+        body = bytearray()   # grown as chunks arrive: memory follows the bytes really sent, not the header
         for start in range(0, got_length, CHUNK):
-            view[start: start + CHUNK] = await self._read(min(CHUNK, got_length - start), where, timeout)
+            body += await self._read(min(CHUNK, got_length - start), where, timeout)
         self.wire_bytes_received += frames.HEADER.size + got_length
-        if shaper is not None:
-            wait = shaper.arrival(sent_at, payload) - time.monotonic()
+        if shaper is not None:   # the peer's clock, kept to the past (a stale or lying one cannot stall us)
+            now = time.monotonic()
+            sent = min(sent_at, now) if math.isfinite(sent_at) else now
+            wait = min(shaper.arrival(sent, payload) - now, timeout)
             if wait > 0:
                 await asyncio.sleep(wait)
         return body
 
-    async def _exchange(self, step, outgoing, incoming, what, shaper):
-        descriptor = frames.describe(outgoing)
-        payloads = frames.payload_views(outgoing)
-        length = len(descriptor) + sum(len(p) for p in payloads)
-        send = asyncio.ensure_future(self._send([frames.header("step", step, length), descriptor, *payloads]))
-        expected_descriptor = frames.describe(incoming)
+    async def _exchange(self, step, parts, length, expected, expected_length, payload, what, shaper):
+        send = asyncio.ensure_future(self._send(parts))
         try:
-            body = await self._receive("step", step, len(expected_descriptor) + sum(p.size for p in incoming),
-                                       what=what, shaper=shaper, payload=sum(p.size for p in incoming))
+            body = await self._receive("step", step, expected_length, what=what, shaper=shaper, payload=payload)
         except BaseException:
+            if not send.done():
+                self.dirty = True   # a frame cut short: only closing is left (an abort would land mid-frame)
             send.cancel()
             raise
-        try:   # the peer's message is in: ours must be handed over too before the step ends
-            await asyncio.wait_for(send, self.timeout)
+        limit = self.timeout + length / 1e6   # the peer's message is in: ours must be taken too (at >= 1 MB/s)
+        try:
+            await asyncio.wait_for(send, limit)
         except asyncio.TimeoutError:
-            raise LinkError(f"{step_name(step)}: {self} took none of this side's message within "
-                            f"{self.timeout:.0f} s") from None
+            self.dirty = True
+            raise LinkError(f"{step_name(step)}: {self} took none of this side's message within {limit:.0f} s") \
+                from None
         except (ConnectionError, ssl.SSLError, OSError) as error:
+            self.peer_gone = True
             raise LinkError(f"{step_name(step)}: sending to {self} failed ({type(error).__name__})") from None
-        if bytes(body[: len(expected_descriptor)]) != expected_descriptor:
-            raise LinkError(f"{step_name(step)}{f' ({what})' if what else ''}: {self} sent tensors "
-                            f"{frames.shapes_in(bytes(body))}, expected {[tuple(p.tensor.shape) for p in incoming]} "
-                            f"(or other widths or types)")
-        return frames.decode_payloads(body, incoming, len(expected_descriptor))
+        return body
 
 
 async def _open(host: str, port: int, context: ssl.SSLContext, timeout: float):

@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..runtime.dealer import Dealer, DealtMaterial, MaterialFileError
-from .dealer_service import DealerLink
+from .dealer_service import DEAL_WAIT, DealerLink
 
 __all__ = ["deal_to_files", "LiveServerMaterial", "FileMaterial", "LiveClientMaterial", "MaterialGone"]
 
 ROLE_DIRS = ("client", "server")
 DEPLOYMENT_FILE = "deployment.json"
+LABEL = re.compile(r"[0-9a-f]{32}")   # what ``fresh_label`` makes: no path or pattern characters
 
 
-class MaterialGone(RuntimeError):
+class MaterialGone(ConnectionError):
     """No pre-dealt material left for this deployment (or a label was used up on one side)."""
 
 
@@ -73,19 +75,28 @@ class FileMaterial:
         self.deployment = str(about["deployment"])
         self.seed = bytes.fromhex(about["seed"])
 
+    def _files(self) -> dict[str, Path]:
+        """Label -> its file, for the labels not yet used on this side, in dealing order."""
+        files = {}
+        for path in sorted(self.directory.iterdir()):
+            stem, dash, label = path.name.removesuffix(".safetensors").partition("-")
+            if path.name.endswith(".safetensors") and dash and stem.isdigit() and LABEL.fullmatch(label):
+                files[label] = path
+        return files
+
     def labels(self) -> list[str]:
-        """Labels not yet used on this side, in dealing order."""
-        names = sorted(p.name for p in self.directory.glob("*.safetensors"))
-        return [name[len("000000-"): -len(".safetensors")] for name in names]
+        return list(self._files())
 
     def _claim(self, label: str) -> dict:
         """Rename the label's file away (atomically: one claimant), read it, delete it."""
-        matches = sorted(self.directory.glob(f"*-{label}.safetensors"))
-        if not matches:
+        if not isinstance(label, str) or not LABEL.fullmatch(label):
+            raise MaterialGone(f"{str(label)[:40]!r} is not a dealt label")
+        path = self._files().get(label)
+        if path is None:
             raise MaterialGone(f"material {label[:12]!r} is not in {self.directory} (used before, or never dealt)")
-        claimed = matches[0].with_suffix(f".claimed-{os.getpid()}")
+        claimed = path.with_suffix(f".claimed-{os.getpid()}")
         try:
-            os.rename(matches[0], claimed)
+            os.rename(path, claimed)
         except FileNotFoundError:
             raise MaterialGone(f"material {label[:12]!r} was just claimed by another session") from None
         try:
@@ -93,7 +104,7 @@ class FileMaterial:
         finally:
             claimed.unlink(missing_ok=True)   # used or damaged: never read again
         if (got, deployment) != (label, self.deployment):
-            raise MaterialFileError(f"{matches[0].name}: material {got[:12]!r} of deployment {deployment[:12]}, "
+            raise MaterialFileError(f"{path.name}: material {got[:12]!r} of deployment {deployment[:12]}, "
                                     f"expected {label[:12]!r} of {self.deployment[:12]}")
         return stored
 
@@ -131,7 +142,7 @@ class LiveServerMaterial:
         self.next = self.pool.submit(self.link.deal, self.deployment)
 
     def take(self) -> tuple[str, dict]:
-        label, stored = self.next.result(self.timeout)
+        label, stored = self.next.result(DEAL_WAIT + self.timeout)
         self.next = self.pool.submit(self.link.deal, self.deployment)
         return label, stored
 

@@ -12,13 +12,14 @@ deployment, so no mask is ever used twice.
 """
 from __future__ import annotations
 
+import math
 import threading
 import time
 
 from ..backends import get_backend
 from ..runtime.context import SessionState
 from ..runtime.policy import PlanRefused, accept_plan
-from ..runtime.session import RunError, checked_weights
+from ..runtime.session import RunError, check_client_inputs, checked_weights
 from .certs import server_context
 from .material import FileMaterial, LiveServerMaterial, MaterialGone
 from .handshake import HandshakeError, answer, hello_of
@@ -28,6 +29,7 @@ from .parties import check_tag, decode_tensors, run_party
 __all__ = ["Server", "serve"]
 
 IDLE_TIMEOUT = 600.0   # seconds a session may wait between runs
+MAX_CONCURRENT = 64    # sessions served at once; more connections are refused
 
 
 class Server:
@@ -41,7 +43,7 @@ class Server:
 
     def __init__(self, plan, weights, listen: tuple[str, int], certs, dealer: tuple[str, int] | None = None, *,
                  material=None, backend: str = "cpu", timeout: float = 60.0, idle_timeout: float = IDLE_TIMEOUT,
-                 net=None, log=None, reuse_port: bool = False):
+                 net=None, log=None, reuse_port: bool = False, max_concurrent: int = MAX_CONCURRENT):
         """``dealer``: the live dealer's address; or ``material``: the server's directory of
         material dealt ahead (``mpcc dealer PLAN --out DIR``), one deployment for one client."""
         try:
@@ -64,6 +66,7 @@ class Server:
         self.static = plan.graph.static_values()
         self.listener = Listener(listen[0], listen[1], server_context(certs, "server"), ("client",), timeout=timeout,
                                  on_refused=self.log, reuse_port=reuse_port)
+        self.max_concurrent = max_concurrent
         self.sessions = 0
         self.runs = 0
         self.failures = 0
@@ -76,7 +79,7 @@ class Server:
     def serve_forever(self, max_sessions: int | None = None, *, concurrent: bool = True) -> None:
         """Serve sessions until ``close`` (or ``max_sessions``), each in its own thread
         (``concurrent``) or one after another."""
-        threads = []
+        threads: list[threading.Thread] = []
         while not self.closed and (max_sessions is None or self.sessions < max_sessions):
             try:
                 link = self.listener.accept(0.5)
@@ -86,6 +89,11 @@ class Server:
                 if self.closed:
                     break
                 raise
+            threads = [t for t in threads if t.is_alive()]
+            if len(threads) >= self.max_concurrent:
+                self.log(f"refused {link}: {len(threads)} sessions already run (at most {self.max_concurrent})")
+                link.abort("refused")
+                continue
             self.sessions += 1
             if concurrent:
                 thread = threading.Thread(target=self.serve_session, args=(link, self.sessions), daemon=True,
@@ -95,7 +103,7 @@ class Server:
             else:
                 self.serve_session(link, self.sessions)
         for thread in threads:
-            thread.join()
+            thread.join(self.timeout)
 
     def close(self) -> None:
         self.closed = True
@@ -119,8 +127,12 @@ class Server:
                 def live(theirs):
                     if theirs.get("deployment"):
                         return "this server deals live: the client must use the dealer, not material dealt ahead"
-                source = LiveServerMaterial(self.dealer, self.certs, self.plan, self.timeout)
-                answer(link, hello_of(self.plan, "server"), {"deployment": source.deployment}, live)
+
+                def deploy():   # only for a client whose hello passed: a deployment costs the dealer a dealing
+                    nonlocal source
+                    source = LiveServerMaterial(self.dealer, self.certs, self.plan, self.timeout)
+                    return {"deployment": source.deployment}
+                answer(link, hello_of(self.plan, "server"), deploy, live)
             self.log(f"{where}: deployment {source.deployment[:12]}")
             state = SessionState(static=self.static)
             run_index = 0
@@ -146,13 +158,11 @@ class Server:
         start = time.perf_counter()
         public_names = [n.name for n in self.plan.graph.inputs if n.attrs.get("owner") == "public"]
         inputs = {}
-        if public_names:   # values both parties know; the client sends them, checked here as the client checks its own
-            inputs = decode_tensors(link.receive_bytes("inputs", step=run_index, max_length=1 << 30), public_names)
+        if public_names:   # values both parties know: the client sends them, checked here as the client checks its own
             declared = {n.name: n for n in self.plan.graph.inputs}
-            for name, value in inputs.items():
-                if tuple(value.shape) != declared[name].type.shape or not value.isfinite().all():
-                    raise RunError(f"public input {name!r}: shape {tuple(value.shape)} (the plan says "
-                                   f"{declared[name].type.shape}), or values that are not finite")
+            bound = sum(math.prod(declared[name].type.shape) * 8 for name in public_names) + (64 << 10)
+            inputs = decode_tensors(link.receive_bytes("inputs", step=run_index, max_length=bound), public_names)
+            inputs = check_client_inputs(self.plan, inputs, set(public_names))
         label, stored = source.take()
         check_tag(stored, source.seed, label, "the dealer")
         link.send_json("hello", {"op": "run", "label": label, "run": run_index}, step=run_index)

@@ -79,7 +79,7 @@ class RunStats:
 
 def _check_token_ids(plan, inputs):
     for node in plan.graph.nodes:
-        if node.op == "one_hot" and plan.graph[node.operands[0]].op == "input":
+        if node.op == "one_hot" and plan.graph[node.operands[0]].op == "input" and node.operands[0] in inputs:
             ids = inputs[node.operands[0]]
             classes = node.attrs["num_classes"]
             if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= classes):
@@ -280,11 +280,12 @@ def checked_weights(plan, weights) -> dict:
     return weights
 
 
-def check_client_inputs(plan, inputs) -> dict:
-    """The inputs by name, checked (names, shapes, ranges, token ids) before anything is shared."""
-    inputs = inputs_as_dict(plan, inputs)
+def check_client_inputs(plan, inputs, names=None) -> dict:
+    """The inputs by name, checked (names, shapes, ranges, token ids) before anything is shared;
+    ``names``: only these inputs (the server checks the public inputs a client sends it)."""
+    inputs = inputs_as_dict(plan, inputs) if names is None else dict(inputs)
     try:
-        check_inputs(plan.graph, inputs, plan.info.get("input_ranges"))
+        check_inputs(plan.graph, inputs, plan.info.get("input_ranges"), names)
     except Exception as error:
         raise RunError(str(error)) from None
     _check_token_ids(plan, inputs)
