@@ -107,7 +107,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["minilm", "bert-base"])
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--nets", nargs="+", default=["none", "lan", "wan"])
+    parser.add_argument("--nets", nargs="*", default=["none", "lan", "wan"], help="none for no shaping; none at all: skip")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--skip-transports", action="store_true")
     parser.add_argument("--json", default=None)

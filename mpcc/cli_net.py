@@ -149,11 +149,12 @@ def cmd_serve(args) -> int:
     try:
         for worker in workers:
             worker.join()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # asked to stop: the workers are stopped on purpose
         for worker in workers:
             worker.terminate()
         for worker in workers:
             worker.join(10)
+        return 0
     return 0 if all(w.exitcode in (0, None) for w in workers) else 1
 
 

@@ -93,3 +93,27 @@ def test_the_readme_walkthrough_then_a_server_killed_mid_run(walkthrough):
     assert slow.returncode == 2
     assert re.search(r"mpcc run: error: .*the server at 127\.0\.0\.1:\d+ (closed the connection|failed)", stderr), \
         stderr
+
+
+def test_workers_serve_concurrent_sessions_in_processes(walkthrough):
+    """``mpcc serve --workers 2``: two server processes on one port, two clients at once, both right."""
+    where, client, (dealer, server) = walkthrough
+    server.kill()
+    port = _free_port()
+    serve = [*client[:3], "serve", "tiny.mpcc", "--listen", f"127.0.0.1:{port}", "--certs", "certs", "--dealer",
+             client[client.index("--dealer") + 1], "--workers", "2"]
+    workers = subprocess.Popen(serve, cwd=where, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_port(port, workers)
+        time.sleep(3.0)   # both workers listen
+        at = client.index("--connect") + 1
+        runs = [subprocess.Popen(client[:at] + [f"127.0.0.1:{port}"] + client[at + 1:], cwd=where,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        for run in runs:
+            out, err = run.communicate(timeout=300)
+            assert run.returncode == 0 and "OK: max abs error" in out, err
+    finally:
+        workers.send_signal(signal.SIGTERM)
+        _, log = workers.communicate(timeout=30)
+    assert workers.returncode == 0, log
+    assert len(set(re.findall(r"serving plan \w+ on 127\.0\.0\.1:\d+", log))) == 1 and log.count("serving plan") == 2
