@@ -142,6 +142,20 @@ def test_the_client_checks_its_inputs_before_anything_is_sent(deployment):
         client.run({"input_ids": token_ids(6, 120)})   # nothing was sent: the session goes on
 
 
+def test_joining_a_deployment_needs_the_token_its_server_got(deployment):
+    plan, certs, dealer, *_ = deployment
+    server_side = DealerLink(dealer.address, certs, "server", plan)
+    first = DealerLink(dealer.address, certs, "client", plan)
+    try:
+        deployment_id, _, token = server_side.deploy()
+        with pytest.raises(DealerRefused, match="wrong join token"):   # the id alone is not enough
+            first.join(deployment_id, "0" * 32)
+        assert len(first.join(deployment_id, token)) == 32
+    finally:
+        first.close()
+        server_side.close()
+
+
 def test_the_dealer_hands_each_share_once_and_only_to_its_party(deployment):
     plan, certs, dealer, server, log = deployment
     with _connect(deployment) as client:
@@ -150,7 +164,7 @@ def test_the_dealer_hands_each_share_once_and_only_to_its_party(deployment):
         other_server = DealerLink(dealer.address, certs, "server", plan)
         try:
             with pytest.raises(DealerRefused, match="a client already joined this deployment"):
-                intruder.join(client.deployment)
+                intruder.join(client.deployment, "0" * 32)
             with pytest.raises(DealerRefused, match="no deployment .* here for this connection"):
                 intruder.take(client.deployment, client.last_label)
             with pytest.raises(DealerRefused, match="no deployment .* here for this connection"):

@@ -44,7 +44,8 @@ class ClientSession:
             if not self.deployment or (self.source is not None and self.deployment != self.source.deployment):
                 raise HandshakeError(f"{self.link} named deployment {self.deployment[:12] or 'none'}")
             if self.source is None:
-                self.source = LiveClientMaterial(dealer, certs, plan, self.deployment, timeout)
+                self.source = LiveClientMaterial(dealer, certs, plan, self.deployment, str(reply.get("token", "")),
+                                                 timeout)
             self.seed = self.source.seed
         except BaseException:
             self.close()

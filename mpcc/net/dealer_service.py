@@ -4,7 +4,8 @@ The dealer serves one plan. Over a mutually authenticated connection:
 
 - the server asks for a ``deploy``ment: fresh seeds and a deployment id; it
   gets its own seed and passes the id to its client;
-- the client ``join``s that deployment (once) and gets its own seed;
+- the client ``join``s that deployment (once, with a one-time token the server
+  got with the deployment and passes on) and gets its own seed;
 - before each run the server asks to ``deal``: the dealer picks a fresh
   label, deals the run's material, sends the server its share and keeps the
   client's until the client ``take``s it (once).
@@ -15,6 +16,7 @@ connection closes; material not taken by then is dropped.
 """
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ class DealerRefused(ConnectionError):
 class _Deployment:
     dealer: Dealer
     server: Link            # the connection that made it: only it may ask for dealings
+    token: str              # what the client must show to join (the server passes it on, over TLS)
     client: Link | None = None   # the connection that joined it: only it may take the client's shares
     pending: dict = field(default_factory=dict)   # label -> the client's share (bytes)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -132,10 +135,11 @@ class DealerService:
 
     def _deploy(self, link, request, created) -> None:
         dealer = Dealer(self.plan, self.backend)
+        token = secrets.token_hex(16)
         with self.lock:
-            self.deployments[dealer.deployment] = _Deployment(dealer, link)
+            self.deployments[dealer.deployment] = _Deployment(dealer, link, token)
         created.append(dealer.deployment)
-        link.send_json("hello", {"deployment": dealer.deployment, "seed": dealer.seed_for(1).hex()})
+        link.send_json("hello", {"deployment": dealer.deployment, "seed": dealer.seed_for(1).hex(), "token": token})
         self.log(f"dealer: deployment {dealer.deployment[:12]} for {link}")
 
     def _deal(self, link, request, created) -> None:
@@ -158,6 +162,8 @@ class DealerService:
         with entry.lock:
             if entry.client is not None:
                 raise DealerRefused("a client already joined this deployment")
+            if not secrets.compare_digest(str(request.get("token", "")), entry.token):
+                raise DealerRefused("wrong join token for this deployment (the server gives its client the token)")
             entry.client = link
         link.send_json("hello", {"seed": entry.dealer.seed_for(0).hex()})
 
@@ -214,14 +220,14 @@ class DealerLink:
             raise LinkError(f"the dealer answered {request['op']!r} without {', '.join(missing)}")
         return reply
 
-    def deploy(self) -> tuple[str, bytes]:
-        """(deployment id, this server's seed)."""
-        reply = self._ask({"op": "deploy"}, None, "deployment", "seed")
-        return reply["deployment"], _seed(reply["seed"])
+    def deploy(self) -> tuple[str, bytes, str]:
+        """(deployment id, this server's seed, the token its client joins with)."""
+        reply = self._ask({"op": "deploy"}, None, "deployment", "seed", "token")
+        return reply["deployment"], _seed(reply["seed"]), reply["token"]
 
-    def join(self, deployment: str) -> bytes:
-        """This client's seed for ``deployment``."""
-        return _seed(self._ask({"op": "join", "deployment": deployment}, None, "seed")["seed"])
+    def join(self, deployment: str, token: str) -> bytes:
+        """This client's seed for ``deployment`` (``token``: from the server)."""
+        return _seed(self._ask({"op": "join", "deployment": deployment, "token": token}, None, "seed")["seed"])
 
     def _material(self, label: str, deployment: str, party: int) -> dict:
         data = self.link.receive_bytes("material", max_length=self.material_limit)

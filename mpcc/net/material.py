@@ -134,7 +134,7 @@ class LiveServerMaterial:
         self.link = DealerLink(address, certs, "server", plan, timeout)
         self.timeout = timeout
         try:
-            self.deployment, self.seed = self.link.deploy()
+            self.deployment, self.seed, self.token = self.link.deploy()
         except BaseException:
             self.link.close()
             raise
@@ -152,13 +152,13 @@ class LiveServerMaterial:
 
 
 class LiveClientMaterial:
-    """The client's side of a live dealer: it joins the server's deployment."""
+    """The client's side of a live dealer: it joins the server's deployment with the server's token."""
 
-    def __init__(self, address, certs, plan, deployment: str, timeout: float):
+    def __init__(self, address, certs, plan, deployment: str, token: str, timeout: float):
         self.link = DealerLink(address, certs, "client", plan, timeout)
         self.deployment = deployment
         try:
-            self.seed = self.link.join(deployment)
+            self.seed = self.link.join(deployment, token)
         except BaseException:
             self.link.close()
             raise

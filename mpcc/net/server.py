@@ -131,7 +131,7 @@ class Server:
                 def deploy():   # only for a client whose hello passed: a deployment costs the dealer a dealing
                     nonlocal source
                     source = LiveServerMaterial(self.dealer, self.certs, self.plan, self.timeout)
-                    return {"deployment": source.deployment}
+                    return {"deployment": source.deployment, "token": source.token}
                 answer(link, hello_of(self.plan, "server"), deploy, live)
             self.log(f"{where}: deployment {source.deployment[:12]}")
             state = SessionState(static=self.static)
