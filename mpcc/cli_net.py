@@ -106,8 +106,10 @@ def _serve_worker(plan_path: str, weights: str | None, listen, certs, dealer, op
 
 def _serve(plan_path: str, weights: str | None, listen, certs, dealer, options: dict, reuse: bool,
            max_sessions) -> None:
+    from .net.certs import server_context
     from .net.server import Server
     plan = load_plan(plan_path)
+    server_context(certs, "server")   # the certificates first: loading weights takes a while
     server = Server(plan, _weights(weights, plan), listen, certs, dealer, log=_log, reuse_port=reuse,
                     net=_network(options.pop("net")), **options)
     host, port = server.address

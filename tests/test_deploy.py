@@ -331,3 +331,23 @@ def test_an_abort_crosses_as_a_code_only(pair):
     threading.Thread(target=server.abort).start()
     with pytest.raises(PeerAborted, match=r"the peer stopped: it failed \(its reasons stay on its side\)"):
         client.step(THREE, THREE)
+
+
+def test_deployment_commands_end_mistakes_in_one_line(capsys, deployment, tmp_path):
+    from .test_cli_errors import one_line_error
+    plan, certs, dealer, server, _ = deployment
+    path = str(plan.save(tmp_path / "p.mpcc"))
+    host, port = server.address
+    one_line_error(capsys, ["dealer", path], "give --listen HOST:PORT (deal live) or --out DIR --runs N")
+    one_line_error(capsys, ["dealer", path, "--listen", "127.0.0.1:0"], "--listen needs --certs DIR")
+    one_line_error(capsys, ["dealer", path, "--out", str(tmp_path / "d")], "--out needs --runs N")
+    one_line_error(capsys, ["serve", path, "--listen", "nowhere", "--certs", str(certs), "--dealer", "x:1"],
+                   "--listen 'nowhere': expected HOST:PORT")
+    one_line_error(capsys, ["serve", path, "--listen", "127.0.0.1:0", "--certs", str(certs)],
+                   "give --dealer HOST:PORT (a live dealer) or --material DIR")
+    one_line_error(capsys, ["serve", path, "--listen", "127.0.0.1:0", "--certs", str(tmp_path), "--dealer", "x:1"],
+                   "missing")
+    one_line_error(capsys, ["run", path, "--certs", str(certs)], "--certs goes with --connect")
+    one_line_error(capsys, ["run", path, "--connect", f"{host}:{port}", "--certs", str(certs), "--dealer",
+                            "127.0.0.1:1"], "does not name its model")
+    one_line_error(capsys, ["certs", str(certs)], "already holds")
