@@ -15,35 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import mpcc
 from mpcc.models import example_inputs, load_model
 from mpcc.net import make_certs
+from mpcc.net.local import free_port, wait_for_port
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
-def _wait(port: int, process, seconds=300.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[3]} exited: {process.stderr.read()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def transports(plan, weights, inputs, runs: int) -> dict:
@@ -64,17 +48,17 @@ def transports(plan, weights, inputs, runs: int) -> dict:
 def deployed(plan_path: Path, plan, inputs, certs, net: str | None, runs: int) -> dict:
     """Dealer and server as processes, the client here; one session of ``runs`` runs."""
     cli = [sys.executable, "-m", "mpcc.cli"]
-    dealer_port, server_port = _free_port(), _free_port()
+    dealer_port, server_port = free_port(), free_port()
     shaping = [] if net is None else ["--net", net]
     dealer = subprocess.Popen(cli + ["dealer", str(plan_path), "--listen", f"127.0.0.1:{dealer_port}", "--certs",
                                      str(certs), "--timeout", "600"], stderr=subprocess.PIPE, text=True)
     server = None
     try:
-        _wait(dealer_port, dealer)
+        wait_for_port(dealer_port, dealer, seconds=300)
         server = subprocess.Popen(cli + ["serve", str(plan_path), "--listen", f"127.0.0.1:{server_port}", "--certs",
                                          str(certs), "--dealer", f"127.0.0.1:{dealer_port}", "--timeout", "600",
                                          *shaping], stderr=subprocess.PIPE, text=True)
-        _wait(server_port, server)
+        wait_for_port(server_port, server, seconds=300)
         times = []
         with mpcc.connect(plan, f"127.0.0.1:{server_port}", certs, f"127.0.0.1:{dealer_port}", net=net,
                           timeout=600) as client:

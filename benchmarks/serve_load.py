@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,25 +28,11 @@ import mpcc
 from mpcc.frontend import reference_outputs
 from mpcc.models import example_inputs, load_model
 from mpcc.net import make_certs
+from mpcc.net.local import free_port, wait_for_port
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
-def _wait(port: int, process, seconds=300.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"exited: {process.stderr.read()[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
 def _tree(pid: int) -> list[int]:
@@ -157,15 +142,15 @@ def main():
                 return base
             generator = torch.Generator().manual_seed(index)
             return {**base, "input_ids": torch.randint(0, vocab, tuple(base["input_ids"].shape), generator=generator)}
-        dealer_port, server_port = _free_port(), _free_port()
+        dealer_port, server_port = free_port(), free_port()
         dealer = subprocess.Popen(cli + ["dealer", str(plan_path), "--listen", f"127.0.0.1:{dealer_port}", "--certs",
                                          str(certs), "--timeout", "300"], stderr=subprocess.DEVNULL)
         server = subprocess.Popen(cli + ["serve", str(plan_path), "--listen", f"127.0.0.1:{server_port}", "--certs",
                                          str(certs), "--dealer", f"127.0.0.1:{dealer_port}", "--workers",
                                          str(args.workers), "--timeout", "300"], stderr=subprocess.PIPE, text=True)
         try:
-            _wait(dealer_port, dealer)
-            _wait(server_port, server)
+            wait_for_port(dealer_port, dealer, seconds=300)
+            wait_for_port(server_port, server, seconds=300)
             time.sleep(2.0 * args.workers)   # every worker has loaded and listens
             idle = _memory_mb(server.pid)[0]
             for clients in args.clients:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,26 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from mpcc.net.local import free_port, wait_for_port
+
 README = Path(__file__).parent.parent / "README.md"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
-def _wait_for_port(port: int, process, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{process.args} exited with {process.returncode}: {process.stderr.read()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"nothing listens on {port} after {seconds} s")
 
 
 def _walkthrough() -> list[str]:
@@ -55,7 +41,7 @@ def walkthrough(tmp_path):
     """The README's commands: the set-up run, the dealer and the server started (and stopped after)."""
     commands = _walkthrough()
     assert [c.split()[1] for c in commands] == ["certs", "compile", "dealer", "serve", "run"]
-    ports = {7000: _free_port(), 7001: _free_port()}
+    ports = {7000: free_port(), 7001: free_port()}
     for command in commands[:2]:
         done = subprocess.run(_argv(command, ports), cwd=tmp_path, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
@@ -63,7 +49,7 @@ def walkthrough(tmp_path):
     for command, port in zip(commands[2:4], ports.values()):
         started.append(subprocess.Popen(_argv(command, ports), cwd=tmp_path, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, text=True))
-        _wait_for_port(port, started[-1])
+        wait_for_port(port, started[-1])
     yield tmp_path, _argv(commands[4], ports), started
     for process in started:
         if process.poll() is None:
@@ -99,12 +85,12 @@ def test_workers_serve_concurrent_sessions_in_processes(walkthrough):
     """``mpcc serve --workers 2``: two server processes on one port, two clients at once, both right."""
     where, client, (dealer, server) = walkthrough
     server.kill()
-    port = _free_port()
+    port = free_port()
     serve = [*client[:3], "serve", "tiny.mpcc", "--listen", f"127.0.0.1:{port}", "--certs", "certs", "--dealer",
              client[client.index("--dealer") + 1], "--workers", "2"]
     workers = subprocess.Popen(serve, cwd=where, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for_port(port, workers)
+        wait_for_port(port, workers)
         time.sleep(3.0)   # both workers listen
         at = client.index("--connect") + 1
         runs = [subprocess.Popen(client[:at] + [f"127.0.0.1:{port}"] + client[at + 1:], cwd=where,

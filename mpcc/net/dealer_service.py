@@ -71,28 +71,9 @@ class DealerService:
         return self.listener.host, self.listener.port
 
     def serve_forever(self, max_connections: int | None = None) -> None:
-        """Serve connections, each in its own thread, until ``close`` (or ``max_connections``)."""
-        threads: list[threading.Thread] = []
-        while not self.closed and (max_connections is None or self.served < max_connections):
-            try:
-                link = self.listener.accept(0.5)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self.closed:
-                    break
-                raise
-            threads = [t for t in threads if t.is_alive()]
-            if len(threads) >= MAX_CONNECTIONS:
-                self.log(f"dealer: refused {link}: {len(threads)} connections already served")
-                link.abort("refused")
-                continue
-            self.served += 1
-            thread = threading.Thread(target=self._serve, args=(link,), name="mpcc-dealer-conn", daemon=True)
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(self.timeout)
+        """Serve connections, each in a thread of its own, until ``close`` (or ``max_connections``)."""
+        self.served += self.listener.serve(lambda link, number: self._serve(link), lambda: self.closed,
+                                           limit=max_connections, at_once=MAX_CONNECTIONS, name="mpcc-dealer-conn")
 
     def close(self) -> None:
         self.closed = True

@@ -406,6 +406,34 @@ class Listener:
         except asyncio.TimeoutError:
             raise TimeoutError(f"no connection within {timeout} s") from None
 
+    def serve(self, handle, stopped, *, limit: int | None = None, at_once: int = 64, name: str = "mpcc-conn") -> int:
+        """Accept connections until ``stopped()`` (or ``limit`` of them), each handled by
+        ``handle(link, number)`` in a thread of its own; at most ``at_once`` at a time (more are
+        refused, with a line to ``on_refused``). Waits for them at the end; returns how many."""
+        threads: list[threading.Thread] = []
+        served = 0
+        while not stopped() and (limit is None or served < limit):
+            try:
+                link = self.accept(0.5)
+            except TimeoutError:
+                continue
+            except Exception:
+                if stopped():
+                    break
+                raise
+            threads = [t for t in threads if t.is_alive()]
+            if len(threads) >= at_once:
+                self.on_refused(f"refused {link}: {len(threads)} connections are served (at most {at_once})")
+                link.abort("refused")
+                continue
+            served += 1
+            thread = threading.Thread(target=handle, args=(link, served), daemon=True, name=f"{name}-{served}")
+            thread.start()
+            threads.append(thread)
+        for thread in threads:
+            thread.join(self.timeout)
+        return served
+
     def stop_listening(self) -> None:
         """Accept no more connections (those accepted keep the I/O loop)."""
         async def shut():

@@ -52,22 +52,13 @@ def _mask(length: int) -> np.uint64:
     return np.uint64((1 << length) - 1)
 
 
-def _compact(words: np.ndarray, runs) -> np.ndarray:
-    """The bits of ``runs`` moved down to the low bits, in order."""
+def _move_runs(words: np.ndarray, runs, down: bool) -> np.ndarray:
+    """The bits of ``runs`` moved down to the low bits, in order (``down``), or back (every other bit zero)."""
     out = np.zeros(len(words), dtype=np.uint64)
     at = 0
     for start, length in runs:
-        out |= ((words >> np.uint64(start)) & _mask(length)) << np.uint64(at)
-        at += length
-    return out
-
-
-def _spread(low: np.ndarray, runs) -> np.ndarray:
-    """``_compact`` undone: low bits back to their runs, every other bit zero."""
-    out = np.zeros(len(low), dtype=np.uint64)
-    at = 0
-    for start, length in runs:
-        out |= ((low >> np.uint64(at)) & _mask(length)) << np.uint64(start)
+        source, target = (start, at) if down else (at, start)
+        out |= ((words >> np.uint64(source)) & _mask(length)) << np.uint64(target)
         at += length
     return out
 
@@ -117,7 +108,7 @@ def pack(tensor: torch.Tensor, bits: int, layout: int | None = None) -> memoryvi
     words = _words(tensor)
     runs = runs_of(layout, bits)
     if runs is not None:
-        words = _compact(words, runs)
+        words = _move_runs(words, runs, down=True)
     if bits == 64:
         return memoryview(words.view(np.uint8))
     if bits % 8 == 0:
@@ -146,5 +137,5 @@ def unpack(data, shape, bits: int, layout: int | None = None) -> torch.Tensor:
         words = _unpack_low(raw, count, bits)
     runs = runs_of(layout, bits)
     if runs is not None:
-        words = _spread(words, runs)
+        words = _move_runs(words, runs, down=False)
     return torch.from_numpy(words.view(np.int64)).reshape(tuple(shape))

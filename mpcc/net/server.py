@@ -76,34 +76,11 @@ class Server:
     def address(self) -> tuple[str, int]:
         return self.listener.host, self.listener.port
 
-    def serve_forever(self, max_sessions: int | None = None, *, concurrent: bool = True) -> None:
-        """Serve sessions until ``close`` (or ``max_sessions``), each in its own thread
-        (``concurrent``) or one after another."""
-        threads: list[threading.Thread] = []
-        while not self.closed and (max_sessions is None or self.sessions < max_sessions):
-            try:
-                link = self.listener.accept(0.5)
-            except TimeoutError:
-                continue
-            except Exception:
-                if self.closed:
-                    break
-                raise
-            threads = [t for t in threads if t.is_alive()]
-            if len(threads) >= self.max_concurrent:
-                self.log(f"refused {link}: {len(threads)} sessions already run (at most {self.max_concurrent})")
-                link.abort("refused")
-                continue
-            self.sessions += 1
-            if concurrent:
-                thread = threading.Thread(target=self.serve_session, args=(link, self.sessions), daemon=True,
-                                          name=f"mpcc-session-{self.sessions}")
-                thread.start()
-                threads.append(thread)
-            else:
-                self.serve_session(link, self.sessions)
-        for thread in threads:
-            thread.join(self.timeout)
+    def serve_forever(self, max_sessions: int | None = None) -> None:
+        """Serve sessions, each in a thread of its own (at most ``max_concurrent`` at once),
+        until ``close`` (or ``max_sessions``)."""
+        self.sessions += self.listener.serve(self.serve_session, lambda: self.closed, limit=max_sessions,
+                                             at_once=self.max_concurrent, name="mpcc-session")
 
     def close(self) -> None:
         self.closed = True
