@@ -120,7 +120,7 @@ def test_peer_failures_are_errors_not_hangs():
     server.abort()
     with pytest.raises(PeerAborted, match="the peer stopped: it failed"):
         client.step([], three)
-    server.outbox.put(([torch.zeros(4, dtype=torch.int64)], [None]))   # a message of the wrong shape
+    server.outbox.put([torch.zeros(4, dtype=torch.int64)])   # a message of the wrong shape
     with pytest.raises(ProtocolError, match=r"peer sent \[\(4,\)\], expected \[\(3,\)\]"):
         client.step(three, three)
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from ..runtime.dealer import Dealer, DealtMaterial
 from .certs import client_context, server_context
 from .handshake import answer, hello_of, offer
-from .link import Link, LinkError, Listener, connect
+from .link import Link, LinkError, connect
+from .listener import Listener
 
 __all__ = ["DealerService", "DealerLink", "DealerRefused"]
 

@@ -3,8 +3,7 @@
 Each step is one frame each way, numbered: both parties count steps the same,
 so a frame of another step is refused (out of step) before its body is read.
 Byte and round counters are those of the in-process transport (payload bytes,
-packed; what the cost model predicts); the link counts the frames' headers
-apart (``wire_bytes_sent``).
+packed; what the cost model predicts).
 """
 from __future__ import annotations
 
@@ -17,12 +16,10 @@ import torch
 
 from ..runtime.transport import LinkStats, Piece, compacted
 from .certs import client_context, make_certs, server_context
-from .link import Link, Listener, connect
+from .link import Link, connect
+from .listener import Listener
 
 __all__ = ["NetworkEndpoint", "LoopbackChannel", "loopback_pair", "test_certs"]
-
-PARTY_ROLES = ("client", "server")
-
 
 class NetworkEndpoint:
     """Party ``party``'s end of a connection to the other party."""
@@ -34,10 +31,6 @@ class NetworkEndpoint:
         self.stats = LinkStats()
         self.record: list | None = None
         self.steps = first_step
-
-    @property
-    def timeout(self) -> float:
-        return self.link.timeout
 
     def step(self, outgoing: list[Piece], incoming: list[Piece], setup_only: bool = False,
              what: str = "") -> list[torch.Tensor]:

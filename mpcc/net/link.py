@@ -21,20 +21,17 @@ import math
 import ssl
 import threading
 import time
-from typing import Callable
 
 from ..runtime.context import PeerAborted, ProtocolError
+from ..runtime.transport import ABORT_CODES
 from . import frames
 from .certs import peer_role
 from .frames import FrameError, Piece
 
-__all__ = ["EventLoopThread", "Link", "Listener", "LinkError", "connect"]
+__all__ = ["EventLoopThread", "Link", "LinkError", "connect", "step_name"]
 
 CHUNK = 4 << 20
 ABORT_GRACE = 2.0   # seconds an aborting side waits for its peer to read the abort and close
-ABORT_CODES = {"failed": "it failed (its reasons stay on its side)", "interrupted": "it was interrupted",
-               "refused": "it refused the session (its reasons stay on its side)",
-               "no-material": "it has no material dealt ahead left for this deployment (deal more)"}
 
 
 def step_name(step: int) -> str:
@@ -99,8 +96,6 @@ class Link:
         self.peer_gone = False        # the peer aborted, or the connection broke
         self.dirty = False            # a frame was cut short: the stream is out of frame
         self.busy = False             # a call is in flight (another thread may only close)
-        self.wire_bytes_sent = 0      # headers and payloads, before TLS
-        self.wire_bytes_received = 0
 
     def __repr__(self) -> str:
         return f"the {self.role} at {self.peer}"
@@ -126,8 +121,7 @@ class Link:
         return frames.decode_payloads(body, incoming, len(expected))
 
     def send_json(self, kind: str, value: dict, step: int = 0) -> None:
-        body = frames.encode_json(value)
-        self._call(self._send_bounded([frames.header(kind, step, len(body)), body], len(body)), kind)
+        self.send_bytes(kind, [frames.encode_json(value)], step)
 
     def receive_json(self, kind: str, step: int = 0, timeout: float | None = None) -> dict:
         body = self._call(self._receive(kind, step, None, timeout=timeout), kind, timeout)
@@ -199,6 +193,11 @@ class Link:
         finally:
             self.busy = False
 
+    def _broken(self, what: str, error: OSError) -> LinkError:
+        """The error for a connection that broke under ``what`` (a reset, a TLS failure)."""
+        self.peer_gone = True
+        return LinkError(f"{what}: the connection to {self} failed ({type(error).__name__})")
+
     # --- coroutines on the I/O loop
     async def _send(self, parts) -> None:
         """Write ``parts`` in chunks of at most ``CHUNK`` bytes (a TLS write takes at most 2 GiB), waiting
@@ -208,7 +207,6 @@ class Link:
             for start in range(0, len(view), CHUNK):
                 self.writer.write(view[start: start + CHUNK])
                 await self.writer.drain()
-            self.wire_bytes_sent += len(view)
         await self.writer.drain()
 
     async def _send_bounded(self, parts, length: int) -> None:
@@ -218,9 +216,8 @@ class Link:
             await asyncio.wait_for(self._send(parts), limit)
         except asyncio.TimeoutError:
             raise LinkError(f"{self} took no data within {limit:.0f} s") from None
-        except (ConnectionError, ssl.SSLError, OSError) as error:
-            self.peer_gone = True
-            raise LinkError(f"sending to {self} failed ({type(error).__name__})") from None
+        except OSError as error:
+            raise self._broken("sending", error) from None
 
     async def _read(self, count: int, what: str, timeout: float) -> bytes:
         try:
@@ -230,9 +227,8 @@ class Link:
         except asyncio.IncompleteReadError:
             self.peer_gone = True
             raise LinkError(f"{what}: {self} closed the connection") from None
-        except (ConnectionError, ssl.SSLError, OSError) as error:
-            self.peer_gone = True
-            raise LinkError(f"{what}: the connection to {self} failed ({type(error).__name__})") from None
+        except OSError as error:
+            raise self._broken(what, error) from None
 
     async def _receive(self, kind: str, step: int, length: int | None, *, max_length: int | None = None,
                        what: str = "", timeout: float | None = None, shaper=None, payload: int = 0) -> bytearray:
@@ -261,7 +257,6 @@ class Link:
         body = bytearray()   # grown as chunks arrive: memory follows the bytes really sent, not the header
         for start in range(0, got_length, CHUNK):
             body += await self._read(min(CHUNK, got_length - start), where, timeout)
-        self.wire_bytes_received += frames.HEADER.size + got_length
         if shaper is not None:   # the peer's clock, kept to the past (a stale or lying one cannot stall us)
             now = time.monotonic()
             sent = min(sent_at, now) if math.isfinite(sent_at) else now
@@ -286,9 +281,8 @@ class Link:
             self.dirty = True
             raise LinkError(f"{step_name(step)}: {self} took none of this side's message within {limit:.0f} s") \
                 from None
-        except (ConnectionError, ssl.SSLError, OSError) as error:
-            self.peer_gone = True
-            raise LinkError(f"{step_name(step)}: sending to {self} failed ({type(error).__name__})") from None
+        except OSError as error:
+            raise self._broken(f"{step_name(step)}: sending", error) from None
         return body
 
 
@@ -305,144 +299,29 @@ def _check_role(writer, expected: str, peer: str) -> str:
     return role
 
 
-def connect(host: str, port: int, context: ssl.SSLContext, expect_role: str, *, timeout: float = 30.0,
-            io: EventLoopThread | None = None) -> Link:
-    """Open a TLS connection to ``host:port`` whose certificate must carry ``expect_role``."""
-    owns = io is None
-    io = io or EventLoopThread()
+def connect(host: str, port: int, context: ssl.SSLContext, expect_role: str, *, timeout: float = 30.0) -> Link:
+    """Open a TLS connection to ``host:port`` whose certificate must carry ``expect_role``
+    (on an I/O thread of its own, stopped with the link)."""
+    io = EventLoopThread()
     peer = f"{host}:{port}"
     try:
         reader, writer = io.call(_open(host, port, context, timeout), timeout + 5)
+        io.call(_async(_check_role, writer, expect_role, peer), timeout)
     except (asyncio.TimeoutError, concurrent.futures.TimeoutError):
-        _stop(io, owns)
+        io.stop()
         raise LinkError(f"cannot reach the {expect_role} at {peer} within {timeout:.0f} s") from None
     except ssl.SSLError as error:
-        _stop(io, owns)
+        io.stop()
         raise LinkError(f"TLS with the {expect_role} at {peer} failed: {error.reason or error} (a certificate "
                         f"not signed by this CA, or not an mpcc {expect_role}?)") from None
     except OSError as error:
-        _stop(io, owns)
+        io.stop()
         raise LinkError(f"cannot connect to the {expect_role} at {peer}: {error.strerror or error}") from None
-    try:
-        io.call(_async(_check_role, writer, expect_role, peer), timeout)
     except LinkError:
-        _stop(io, owns)
+        io.stop()
         raise
-    return Link(io, reader, writer, peer, expect_role, timeout, owns_io=owns)
+    return Link(io, reader, writer, peer, expect_role, timeout, owns_io=True)
 
 
 async def _async(fn, *args):
     return fn(*args)
-
-
-def _stop(io, owns):
-    if owns:
-        io.stop()
-
-
-class _Unread(asyncio.Protocol):
-    """An accepted TCP connection before TLS: reads nothing (its first bytes are the TLS handshake)."""
-
-    def __init__(self, listener: "Listener"):
-        self.listener = listener
-
-    def connection_made(self, transport) -> None:
-        transport.pause_reading()
-        asyncio.ensure_future(self.listener._handle(transport))
-
-
-class Listener:
-    """A TLS server socket: ``accept()`` returns the next authenticated connection of the expected roles.
-    Handshakes that fail (a wrong certificate, a plain-TCP client) are reported to ``on_refused`` and
-    the listener goes on."""
-
-    def __init__(self, host: str, port: int, context: ssl.SSLContext, roles: tuple[str, ...], *,
-                 timeout: float = 30.0, on_refused: Callable[[str], None] | None = None, reuse_port: bool = False,
-                 io: EventLoopThread | None = None):
-        self.io = io or EventLoopThread("mpcc-listen")
-        self.roles, self.timeout = roles, timeout
-        self.on_refused = on_refused or (lambda line: None)
-        self.accepted: asyncio.Queue | None = None
-
-        async def start():
-            self.accepted = asyncio.Queue()
-            # plain TCP first, TLS once accepted: a failed handshake is then ours to report (asyncio's own
-            # server-side TLS drops it silently). The raw connection reads nothing before TLS takes it over.
-            return await self.io.loop.create_server(lambda: _Unread(self), host, port, reuse_port=reuse_port or None)
-        self.context = context
-        self.server = self.io.call(start(), 30)
-        self.host, self.port = self.server.sockets[0].getsockname()[:2]
-
-    async def _handle(self, transport) -> None:
-        loop = asyncio.get_running_loop()
-        address = transport.get_extra_info("peername")
-        peer = f"{address[0]}:{address[1]}" if address else "?"
-        reader = asyncio.StreamReader(loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        try:
-            tls = await asyncio.wait_for(loop.start_tls(transport, protocol, self.context, server_side=True,
-                                                        ssl_handshake_timeout=self.timeout), self.timeout + 1)
-        except Exception as error:   # a wrong certificate, plain TCP, a port scan: refuse, go on
-            reason = getattr(error, "reason", None) or type(error).__name__
-            self.on_refused(f"refused a connection from {peer}: TLS handshake failed ({reason})")
-            transport.close()
-            return
-        protocol.connection_made(tls)
-        writer = asyncio.StreamWriter(tls, protocol, reader, loop)
-        role = peer_role(writer.get_extra_info("ssl_object"))
-        if role not in self.roles:
-            self.on_refused(f"refused a connection from {peer}: it presented a {role or 'non-mpcc'} certificate, "
-                            f"expected {' or '.join(self.roles)}")
-            writer.close()
-            return
-        await self.accepted.put(Link(self.io, reader, writer, peer, role, self.timeout))
-
-    def accept(self, timeout: float | None = None) -> Link:
-        """The next authenticated connection (``TimeoutError`` after ``timeout`` seconds)."""
-        async def next_link():
-            return await asyncio.wait_for(self.accepted.get(), timeout)
-        try:
-            return self.io.call(next_link())
-        except asyncio.TimeoutError:
-            raise TimeoutError(f"no connection within {timeout} s") from None
-
-    def serve(self, handle, stopped, *, limit: int | None = None, at_once: int = 64, name: str = "mpcc-conn") -> int:
-        """Accept connections until ``stopped()`` (or ``limit`` of them), each handled by
-        ``handle(link, number)`` in a thread of its own; at most ``at_once`` at a time (more are
-        refused, with a line to ``on_refused``). Waits for them at the end; returns how many."""
-        threads: list[threading.Thread] = []
-        served = 0
-        while not stopped() and (limit is None or served < limit):
-            try:
-                link = self.accept(0.5)
-            except TimeoutError:
-                continue
-            except Exception:
-                if stopped():
-                    break
-                raise
-            threads = [t for t in threads if t.is_alive()]
-            if len(threads) >= at_once:
-                self.on_refused(f"refused {link}: {len(threads)} connections are served (at most {at_once})")
-                link.abort("refused")
-                continue
-            served += 1
-            thread = threading.Thread(target=handle, args=(link, served), daemon=True, name=f"{name}-{served}")
-            thread.start()
-            threads.append(thread)
-        for thread in threads:
-            thread.join(self.timeout)
-        return served
-
-    def stop_listening(self) -> None:
-        """Accept no more connections (those accepted keep the I/O loop)."""
-        async def shut():
-            self.server.close()
-        try:
-            self.io.call(shut(), 5)
-        except Exception:
-            pass
-
-    def close(self) -> None:
-        self.stop_listening()
-        self.io.stop()

@@ -23,7 +23,8 @@ from ..runtime.session import RunError, check_client_inputs, checked_weights
 from .certs import server_context
 from .material import FileMaterial, LiveServerMaterial, MaterialGone
 from .handshake import HandshakeError, answer, hello_of
-from .link import Link, Listener
+from .link import Link
+from .listener import Listener
 from .parties import check_tag, decode_tensors, run_party
 
 __all__ = ["Server", "serve"]

@@ -337,13 +337,14 @@ class PartyContext(Context):
         """All of one step's messages, as one message each way (``transport.step``)."""
         outgoing, incoming = [], []
         for message in messages:
+            pieces = message.pieces()   # what the transport sends or expects, and counts
             if message.sends(self.party):
-                outgoing.extend(message.pieces())
+                outgoing.extend(pieces)
                 if message.kind != "setup":
-                    size = message_bytes(message.tensors, message.bits)
+                    size = sum(piece.size for piece in pieces)
                     self.sent_by_node[message.node] = self.sent_by_node.get(message.node, 0) + size
             if message.receives(self.party):
-                incoming.extend(message.pieces())
+                incoming.extend(pieces)
         setup_only = all(message.kind == "setup" for message in messages)   # both parties see the same list
         nodes = list(dict.fromkeys(message.node for message in messages))
         what = ", ".join(nodes[:3]) + (f" and {len(nodes) - 3} more" if len(nodes) > 3 else "")

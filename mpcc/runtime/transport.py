@@ -25,7 +25,9 @@ __all__ = ["Transport", "Piece", "InProcessChannel", "Endpoint", "LinkStats", "A
            "open_channel", "default_transport", "carried", "compacted"]
 
 ABORT_CODES = {"failed": "it failed (its reasons stay on its side)",
-               "interrupted": "it was interrupted"}
+               "interrupted": "it was interrupted",
+               "refused": "it refused the session (its reasons stay on its side)",
+               "no-material": "it has no material dealt ahead left for this deployment (deal more)"}
 
 
 class _Abort:
@@ -121,7 +123,7 @@ class Endpoint:
         A step is one round for both parties; setup pieces count apart, and so
         does a step that carries nothing else (``setup_only``, both parties agree)."""
         self.stats.count(outgoing, setup_only, incoming)
-        self.outbox.put(([carried(p) for p in outgoing], [p.bits for p in outgoing]))
+        self.outbox.put([carried(p) for p in outgoing])
         received = self._get()
         if len(received) != len(incoming) or any(tuple(a.shape) != tuple(b.tensor.shape) or a.dtype != b.tensor.dtype
                                                  for a, b in zip(received, incoming)):
@@ -140,8 +142,7 @@ class Endpoint:
         self.stats.wait_seconds += time.perf_counter() - start
         if isinstance(item, _Abort):
             raise PeerAborted(f"party {self.party}: the peer stopped: {ABORT_CODES[item.code]}")
-        tensors, _ = item
-        return tensors
+        return item
 
     def abort(self, code: str = "failed") -> None:
         """Tell the peer this party stopped; only ``code`` (a key of ABORT_CODES) crosses."""
