@@ -85,7 +85,7 @@ DEPTH_RULES: dict[str, Rule] = {
                                  "mpc.trunc")},
     # one product of two secrets (a shared condition times x - y for ``where``)
     **{op: _levels(1) for op in ("mpc.mul", "mpc.square", "mpc.matmul", "mpc.mul_server", "mpc.where",
-                                 "mpc.gelu_quad")},
+                                 "mpc.gelu_quad", "mpc.lookup_server")},
     "mpc.linear_server": _linear,
     "mpc.sdpa": _sdpa,
     "mpc.softmax_power": lambda node: softmax_depth(node.attrs.get("p", POWER_P)),

@@ -135,6 +135,25 @@ def _weight_value_problem(key: str, value: torch.Tensor, limit: float, frac_bits
     return None
 
 
+def _op_weight_problems(graph: Graph, weights: Mapping[str, torch.Tensor], frac_bits: int) -> list[str]:
+    """Weights above the narrower limit an op states for them (``extra["weight_limits"]``:
+    param -> limit(frac_bits), e.g. the lookup's ring)."""
+    problems = []
+    for node in graph.nodes:
+        limits = get_op(node.op).extra.get("weight_limits", {})
+        named = dict(zip(get_op(node.op).operand_params(node.attrs), node.operands)) if limits else {}
+        for param, limit_of in limits.items():
+            source = graph[named[param]] if param in named else None
+            if source is None or source.op != "param" or source.attrs["key"] not in weights:
+                continue
+            value, limit = weights[source.attrs["key"]], limit_of(frac_bits)
+            peak = float(value.detach().abs().max()) if value.numel() else 0.0
+            if peak >= limit:
+                problems.append(f"weight {source.attrs['key']!r} has max |value| {peak:.4g}, at or above {limit:.4g}, "
+                                f"the most {node.op} (%{node.name}) holds")
+    return problems
+
+
 def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor], frac_bits: int | None = None) -> None:
     """Every param the graph reads is in ``weights`` with the right shape; with
     ``frac_bits``, also finite and below ``weight_limit(frac_bits)`` in magnitude.
@@ -155,6 +174,8 @@ def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor], frac_bits: 
             problem = _weight_value_problem(key, weights[key], limit, frac_bits)
             if problem:
                 problems.append(problem)
+    if limit is not None:
+        problems += [p for p in _op_weight_problems(graph, weights, frac_bits) if p not in problems]
     if problems:
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise InterpretError(f"{len(problems)} problem(s) with the weights: " + "; ".join(problems[:5]) + more)

@@ -36,6 +36,7 @@ from .ops.compare import CMP_BITS
 from .ops.fourier import FOURIER_HALF_RANGE, SEGMENT_FUZZ, SILU_HALF_RANGE
 from .ops.attention import EXCLUDED, QUAD_SHIFT, QUAD_SUM_LOG2, attention_mask as _attention_mask, finite_part
 from .ops.layer_norm import LN_BRACKETS_LOG2
+from .ops.lookup import table_limit
 from .ops.nonlinear import LAYER_NORM_FLOOR_LOG4, MASK_FILL, SCALAR_FRAC, reciprocal, rsqrt
 from .ops.power import (CENTRE_LIMIT_LOG2, LN_NEWTON_LOG2, LN_OUT_BITS, POWER_P, POWER_SUM_LOG2,
                         gelu_quartic_bound, power_row_sums)
@@ -163,6 +164,11 @@ def _linear(node, types, f):
         for check in DOMAIN_RULES[f"mpc.{activation}"](node, {"self": types["input"]}, f):
             checks.append(Check(check.domain, functools.partial(_on_input, check.probe)))
     return checks
+
+
+def _lookup(node, types, f):
+    """A row of the server's table, formed in the lookup's (f + 16)-bit ring."""
+    return [Check(_symmetric(table_limit(f), "one_hot @ T", "the lookup's ring"), _out)]
 
 
 def _on_input(probe, a, out):
@@ -378,6 +384,7 @@ DOMAIN_RULES: dict[str, Rule] = {
     "mpc.square": _product("x * x", lambda a, out: a["self"] * a["self"]),
     "mpc.matmul": _product("x @ y", lambda a, out: a["self"] @ a["other"]),
     "mpc.linear_server": _linear,
+    "mpc.lookup_server": _lookup,
     "mpc.trunc": _trunc,
     "mpc.mul_scalar": _mul_scalar,
     "mpc.ltz": _compare,

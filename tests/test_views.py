@@ -182,9 +182,10 @@ def plant(monkeypatch, protocol: str, how: str, holder: str | None = None):
 
 PLANTED = [("truncate", "drop", None), ("mask", "drop", None), ("ltz_bits", "drop", None), ("exp", "drop", None),
            ("fourier_segments", "drop", None), ("narrowed", "drop", None), ("linear_server", "drop", "client"),
-           ("linear_server_wire", "drop", "client"),
+           ("linear_server_wire", "drop", "client"), ("lookup_server", "drop", "client"), ("lift", "drop", None),
            ("gelu_secformer", "drop", None, "secformer")]   # (protocol, how, holder[, the preset it runs in])
-REUSED = [("truncate", "reuse", None), ("narrowed", "reuse", None), ("linear_server", "reuse", "client")]
+REUSED = [("truncate", "reuse", None), ("narrowed", "reuse", None), ("linear_server", "reuse", "client"),
+          ("lookup_server", "reuse", "client"), ("lift", "reuse", None)]
 
 
 @pytest.mark.parametrize("party", [0, 1])

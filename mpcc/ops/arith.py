@@ -48,14 +48,18 @@ def encode(ctx, value: torch.Tensor, kind: str, name: str = "value") -> torch.Te
 async def trunc(ctx, z: torch.Tensor, shift: int | None = None) -> torch.Tensor:
     """Faithful truncation by ``shift`` bits (default f), dealer-assisted.
 
-    Steps: the dealer deals r (uniform), [r >> s] and [msb(r)]. Parties open
-    c = z + 2^62 + r. Then z >> s = (c >> s) - [r >> s] + (1 - msb(c)) [msb(r)] 2^(64-s)
-    - 2^(62-s), exact up to +1 ulp (the carry of the low s bits: floor(z / 2^s) or one more).
-    Domain: |z| < 2^62 ring units (z + 2^62 must lie in [0, 2^63)). Outside
+    Steps: the dealer deals r (uniform), [r >> s] and [msb(r)]. Party p sends the
+    high 64 - s bits of its share of c = z + o + r, o = 2^62 + 1.5 2^s; their sum h is
+    c >> s or one less (the low halves' carry is dropped). Then z >> s = h - [r >> s]
+    + (1 - msb(h)) [msb(r)] 2^(64-s) - (o >> s), within 1.5 ulp of z / 2^s (mean 0).
+    Domain: -2^62 <= z < 2^62 - 1.5 2^s ring units (z + o in [2^s, 2^63): there the
+    dropped carry never changes the wrap bit, see ``wire.truncate``). Outside
     it the wrap bit is misread with probability about (|z| - 2^62) / 2^63
-    and the result is off by 2^(64-s): no error is raised.
+    and the result is off by 2^(64-s): no error is raised. Past 48 bits
+    (``wire.HIGH_HALF_MAX_SHIFT``) the whole of c is opened, o = 2^62.
     Randomness: 1 ring (seed) + 2 ring (stored) per element.
-    Rounds 1; online bytes 8n both. (Mohassel-Rindal style dealer truncation.)
+    Rounds 1; online bytes (64 - s)/8 an element both (6 at s = 16). (Mohassel-Rindal
+    style dealer truncation, opening only the high halves.)
     ``wire.truncate`` is the same protocol, its output kept as a wire.
     """
     shift = ctx.frac_bits if shift is None else shift

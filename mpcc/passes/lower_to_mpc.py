@@ -292,7 +292,10 @@ class _Lowering:
         else:
             x, w = node.operands
             bias, transpose, bias_attr = [], False, {"bias": None}
-        if self.vis(w) == "server" and w in self.static and all(self.vis(b) == "server" for b in bias):
+        if self.vis(w) == "server" and w in self.static and not bias and not transpose and \
+                self.graph[x].op == "one_hot" and self.vis(x) == "client":
+            make("mpc.lookup_server", [x, w])   # the client's ids: a narrow ring, no truncation
+        elif self.vis(w) == "server" and w in self.static and all(self.vis(b) == "server" for b in bias):
             make("mpc.linear_server", [share(x), w] + bias, {"transpose": transpose, **bias_attr})
         elif self.vis(w) == "server":   # W - B is sent once per deployment: only for values fixed for it
             self.fail(node, f"%{w} is a server value that changes per inference (it depends on a server input); "

@@ -26,6 +26,7 @@ SECURE_PIPELINE = DEFAULT_PIPELINE + (
     "fuse_rms_norm",             # RMSNorm written out -> one rms_norm (LayerNorm's protocol, no mean)
     "fuse_tanh_gelu",            # GPT-2's written-out GeLU becomes one gelu
     "approximate",               # the preset's substitutes (``secure_pipeline`` fills in its settings)
+    "fuse_sibling_linears",      # query, key and value: one linear, its input sent once
     "lower_to_mpc",              # every shared value's op gets its protocol
     "fuse_scaled_matmul",        # q k^T / 2^j: the scaling joins the product's truncation
     "fuse_activation_linear",    # Quad GeLU -> linear: one truncation for both

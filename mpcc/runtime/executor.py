@@ -306,8 +306,8 @@ def _finish_value(node: Node, ctx, value):
     return value.cpu().to(dtype_of_kind(node.type.kind))   # ints as they are, bools as bools
 
 
-# ops that only move elements: a wire passes through them (``Wire.relaid``)
-LAYOUT_OPS = frozenset({"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "flatten"})
+# ops that only move or take elements: a wire passes through them (``Wire.relaid``)
+LAYOUT_OPS = frozenset({"view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "flatten", "slice"})
 
 
 def _run(node: Node, graph: Graph, env, ctx, inputs, weights):

@@ -58,8 +58,8 @@ def reveal_problems(graph) -> list[str]:
     return problems
 
 
-ONCE_PER_DEPLOYMENT = {"mpc.linear_server": "weight", "mpc.mul_server": "other", "mpc.layer_norm": "weight",
-                       "mpc.layer_norm_goldschmidt": "weight", "mpc.rms_norm": "weight"}
+ONCE_PER_DEPLOYMENT = {"mpc.linear_server": "weight", "mpc.lookup_server": "weight", "mpc.mul_server": "other",
+                       "mpc.layer_norm": "weight", "mpc.layer_norm_goldschmidt": "weight", "mpc.rms_norm": "weight"}
 
 
 def deployment_operand_problems(graph) -> list[str]:
