@@ -115,6 +115,9 @@ def encode_scaled(ctx, value, frac: int):
     return (value.to(ctx.device) * 2.0 ** frac).round_().to(torch.int64)
 
 
+FLOOR_SLACK_LOG2 = 2.0 ** -6   # the reciprocal's checked floor: 2^(low - 1/64), 1.1% under its domain's
+
+
 async def _bracket_bits(ctx, x, thresholds_log2: list[int], step: int, floor_log2: int | None = None):
     """The bits [x >= 2^(step*m)] for m in thresholds_log2 (a last axis), as a wire: one
     batch of LTZs and one B2A (rounds 4). With the overflow check on, ``floor_log2``
@@ -240,8 +243,11 @@ async def reciprocal_parts(ctx, x, low_log2: int = 0, high_log2: int = 12, parts
     f = ctx.frac_bits
     ctx.check_range(x, high_log2 + f)
     lines = bracket_lines(low_log2, high_log2, -1.0, parts)
+    # the overflow check flags x below 2^low a little lowered: a softmax row of one entry sums to
+    # e^0 = 1 within a truncation's 1.5 ulp, and 1/x from the first bracket's line is right there
     x_wire, bits = await ctx.gather(mask(ctx, x), _bracket_bits(ctx, x, bracket_thresholds(low_log2, high_log2,
-                                                                                             parts), 1, low_log2))
+                                                                                             parts), 1,
+                                                                low_log2 - FLOOR_SLACK_LOG2))
     times = times_bracket(ctx, x_wire, bits)
     scales = [2.0 ** -octave for octave, _, _ in lines]
     z = times(scales, f)                                                       # x' with 2f bits
