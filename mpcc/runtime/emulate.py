@@ -157,7 +157,7 @@ def emulate(plan, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torc
             seed: int | None = None) -> list[torch.Tensor]:
     """The outputs ``mpcc.run(plan, inputs, weights)`` would give, computed in one
     thread without the protocol overhead: same ring, truncations, comparison
-    widths and iteration counts; the truncations' random 1-ulp errors differ
+    widths and iteration counts; the truncations' random errors (within 1.5 ulp) differ
     run to run as in the secure run. For many inputs, make one ``Emulator``.
 
     Example:
