@@ -35,6 +35,7 @@ class _Randomness:
             self.generator.manual_seed(seed)
         self.values: dict[str, torch.Tensor] = {}
         self.scoped: dict[str, torch.Tensor] = {}
+        self.splits: dict[str, torch.Tensor] = {}   # party 1's share of a draw handed out split
         self.labels: dict[int, str] = {}   # id of a handed-out tensor -> its label (for derive's arguments)
         self.handed: list = []             # the handed-out tensors (their ids stay valid)
 
@@ -45,10 +46,19 @@ class _Randomness:
                                          generator=self.generator)
         return store[label]
 
-    def hand(self, label, whole, party: int, holder: str):
+    def hand(self, label, whole, party: int, holder: str, split: bool = False):
+        """This party's share of the draw ``label``: the whole for its one holder; for both, party 0
+        the whole and party 1 zero, or, with ``split``, a uniform share each (a truncation opens
+        only the high halves of the parties' shares, so its error depends on each share, not on
+        their sum alone: party 1's share of its mask must be uniform, as in a secure run)."""
         owner = HOLDERS[holder]
         if owner is not None and owner != party:   # not this party's: a shape that names the draw, no value
             value = torch.empty(tuple(whole.shape), dtype=whole.dtype, device="meta")
+        elif owner is None and split:
+            if label not in self.splits:
+                self.splits[label] = torch.randint(-2 ** 63, 2 ** 63 - 1, tuple(whole.shape), dtype=torch.int64,
+                                                   generator=self.generator)
+            value = whole - self.splits[label] if party == 0 else self.splits[label]
         else:
             value = whole if owner is not None or party == 0 else torch.zeros_like(whole)
         self.labels[id(value)] = label
@@ -56,15 +66,20 @@ class _Randomness:
         return value
 
     def whole(self, value):
-        if isinstance(value, ClientShare):   # the client holds a shared draw whole here (the server 0)
+        """The whole draw a handed-out share stands for; for a ``ClientShare``, the client's
+        share of it (the whole, less party 1's share where the draw was split)."""
+        client = isinstance(value, ClientShare)
+        if client:
             value = value.handle
         label = self.labels.get(id(value)) if isinstance(value, torch.Tensor) else None
         if label is None:
             return value
-        return self.values.get(label, self.scoped.get(label))
+        whole = self.values.get(label, self.scoped.get(label))
+        return whole - self.splits[label] if client and label in self.splits else whole
 
     def forget(self):
         self.values.clear()
+        self.splits.clear()
         self.labels.clear()
         self.handed.clear()
 
@@ -83,7 +98,7 @@ class _EmulatedParty(Context):
         whole = self.randomness.draw(label, shape, bool(scope))
         if scope and HOLDERS[holder] == self.party:
             whole = whole.clone()   # the server makes D = W - B in its mask's memory; the draw must stay B
-        return self.randomness.hand(label, whole, self.party, holder)
+        return self.randomness.hand(label, whole, self.party, holder, split=not scope and kind == "ring")
 
     def derive(self, fn, *values, shape, holder="both", kind="ring"):
         label = self._label(None)
