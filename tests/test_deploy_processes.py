@@ -77,8 +77,10 @@ def test_the_readme_walkthrough_then_a_server_killed_mid_run(walkthrough):
     _, stderr = slow.communicate(timeout=30)
     assert time.monotonic() - killed < 20
     assert slow.returncode == 2
-    assert re.search(r"mpcc run: error: .*the server at 127\.0\.0\.1:\d+ (closed the connection|failed)", stderr), \
-        stderr
+    # mid-run, the client names the server; on a loaded machine the client may still be joining the dealer's
+    # deployment when the server dies (seen in CI), and the dealer, which ended it with the server, says so
+    assert re.search(r"mpcc run: error: (.*the server at 127\.0\.0\.1:\d+ (closed the connection|failed)|the dealer "
+                     r"refused 'join': no deployment '\w+' here for this connection \(it ended)", stderr), stderr
 
 
 def test_workers_serve_concurrent_sessions_in_processes(walkthrough):

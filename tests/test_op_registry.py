@@ -858,3 +858,23 @@ def test_a_table_beyond_the_lookup_ring_is_refused_by_name():
     weights["table.weight"][7, 2] = 2.0 ** 14 - 1
     out, _ = mpcc.run(plan, {"ids": ids}, weights, progress=False)
     assert (out[0] - weights["table.weight"][ids].double()).abs().max() <= 2.0 ** -17   # the rows, encoded
+
+
+def test_a_table_computed_from_a_weight_is_no_lookup():
+    """The lookup's table bound is checked on the weight itself, so only a param table takes
+    the narrow ring; a computed one (here scaled) stays a 64-bit server linear (found in review)."""
+    import mpcc
+
+    class Scaled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(10, 4)
+
+        def forward(self, ids):
+            return torch.nn.functional.embedding(ids, self.table.weight * 3000.0)
+    model = Scaled()
+    ids = torch.tensor([[1, 2, 3]])
+    plan = mpcc.compile(model, (ids,))
+    assert not any(n.op == "mpc.lookup_server" for n in plan.graph.nodes)
+    out, _ = mpcc.run(plan, (ids,), model.state_dict(), progress=False)
+    assert (out[0] - model(ids).double()).abs().max() < 1e-3

@@ -188,3 +188,24 @@ def test_sibling_linears_become_one_linear_and_keep_meaning():
     out, stats = mpcc.run(fused, inputs, weights, progress=False)
     assert max(float((o - e).abs().max()) for o, e in zip(out, expected)) < 1e-2
     assert stats.online_bytes == tuple(p.online_bytes for p in fused.cost().per_party)
+
+
+def test_sibling_linears_whose_weight_is_made_later_are_left_apart():
+    """A sibling's weight computed after the first linear (a scaled weight, traced in place)
+    cannot join a concatenation that stands where the first linear stood: that group is left
+    as it was, and the plan still compiles and means the same (found in review)."""
+    class Late(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = torch.nn.Linear(4, 3, bias=False)   # both without a bias: one group
+            self.second = torch.nn.Parameter(torch.randn(3, 4, generator=torch.Generator().manual_seed(1)))
+
+        def forward(self, h):
+            a = self.first(h)
+            return a + torch.nn.functional.linear(h, self.second * 0.5)
+    model = Late()
+    h = {"h": torch.randn(2, 4, generator=torch.Generator().manual_seed(2))}
+    plan = mpcc.compile(model, h)
+    assert not any(n.op == "cat" for n in plan.graph.nodes)
+    from mpcc.frontend import reference_outputs
+    assert (mpcc.interpret(plan, h, model.state_dict())[0] - reference_outputs(model, h)[0]).abs().max() < 1e-12

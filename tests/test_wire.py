@@ -882,3 +882,11 @@ def test_layer_norm_masks_a_sum_of_many_wires(monkeypatch):
     monkeypatch.setattr(ln, "_centered_cross_terms", lambda x: 0)   # the guard planted away
     with pytest.raises(Exception, match="cross terms"):
         run_protocol(protocol, *scaled)
+
+
+def test_truncate_by_zero_is_the_identity():
+    """A computed shift can be 0 (the power preset's at small f): the whole c is opened, exactly."""
+    z = torch.tensor([TRUNC_LOW, -5, 0, 7, TRUNC_HIGH])
+    run = run_protocol(lambda ctx, a: truncate(ctx, a, 0), z, integer=True)
+    check_counts(run)
+    assert torch.equal(run.result, z)

@@ -380,7 +380,7 @@ async def truncate(ctx, z, shift: int) -> Wire:
     r = ctx.rand(z.shape)
     r_high = ctx.derive(lambda r: rshift(r, shift), r, shape=z.shape)
     r_msb = ctx.derive(lambda r: rshift(r, 63), r, shape=z.shape)
-    halves = shift <= HIGH_HALF_MAX_SHIFT
+    halves = 0 < shift <= HIGH_HALF_MAX_SHIFT   # (by 0: the whole c, an exact identity, as before)
     offset = (1 << RING_SHIFT_LIMIT) + (((1 << shift) + (1 << (shift - 1))) if halves else 0)
     bits = 64 - shift if halves else 64
     sent = z + r + (offset if ctx.party == 0 else 0)

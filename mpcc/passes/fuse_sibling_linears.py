@@ -30,13 +30,16 @@ def _fusable(graph: Graph, node: Node, static: frozenset) -> bool:
 
 
 def _sibling_groups(graph: Graph) -> list[list[Node]]:
-    """Groups of two or more fusable linears with one input, all with a bias or none."""
+    """Groups of two or more fusable linears with one input, all with a bias or none, whose
+    weights and biases are all defined before the first of them (where the fused one stands)."""
     static = graph.static_values()
+    position = {node.name: index for index, node in enumerate(graph.nodes)}
     groups: dict[tuple, list[Node]] = {}
     for node in graph.nodes:
         if _fusable(graph, node, static):
             groups.setdefault((node.operands[0], len(node.operands)), []).append(node)
-    return [group for group in groups.values() if len(group) > 1]
+    return [group for group in groups.values() if len(group) > 1
+            and all(position[o] < position[group[0].name] for node in group for o in node.operands[1:])]
 
 
 def _concatenated(graph: Graph, names: list[str], base: str, taken: set, origin: str) -> Node:

@@ -292,8 +292,8 @@ class _Lowering:
         else:
             x, w = node.operands
             bias, transpose, bias_attr = [], False, {"bias": None}
-        if self.vis(w) == "server" and w in self.static and not bias and not transpose and \
-                self.graph[x].op == "one_hot" and self.vis(x) == "client":
+        if self.vis(w) == "server" and self.graph[w].op == "param" and not bias and not transpose and \
+                self.graph[x].op == "one_hot" and self.vis(x) == "client":   # (a param: its bound is checked)
             make("mpc.lookup_server", [x, w])   # the client's ids: a narrow ring, no truncation
         elif self.vis(w) == "server" and w in self.static and all(self.vis(b) == "server" for b in bias):
             make("mpc.linear_server", [share(x), w] + bias, {"transpose": transpose, **bias_attr})
