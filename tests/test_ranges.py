@@ -81,7 +81,10 @@ CASES = _cases()
 def test_protocols_are_right_inside_their_domain_and_wrong_outside(op, attrs, inside, outside, tolerance):
     got, want = secure(op, inside, **attrs)
     relative = op == "mpc.rsqrt"
-    error = ((got - want).abs() / (want.abs() if relative else 1)).max()
+    # rsqrt's error is relative, plus its output's last truncation (1.5 ulp: at the domain's top 1/sqrt(x)
+    # is only 32 ulps)
+    error = ((got - want).abs() - (1.5 * 2.0 ** -16 if relative else 0)).clamp(min=0)
+    error = (error / (want.abs() if relative else 1)).max()
     assert error <= tolerance, f"{op} inside its domain: {got.tolist()} vs {want.tolist()}"
     if outside is not None:
         got, want = secure(op, outside, **attrs)
