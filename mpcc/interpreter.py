@@ -140,8 +140,9 @@ def _op_weight_problems(graph: Graph, weights: Mapping[str, torch.Tensor], frac_
     param -> limit(frac_bits), e.g. the lookup's ring)."""
     problems = []
     for node in graph.nodes:
-        limits = get_op(node.op).extra.get("weight_limits", {})
-        named = dict(zip(get_op(node.op).operand_params(node.attrs), node.operands)) if limits else {}
+        op = get_op(node.op)
+        limits = op.extra.get("weight_limits", {})
+        named = dict(zip(op.operand_params(node.attrs), node.operands)) if limits else {}
         for param, limit_of in limits.items():
             source = graph[named[param]] if param in named else None
             if source is None or source.op != "param" or source.attrs["key"] not in weights:
@@ -175,7 +176,7 @@ def check_weights(graph: Graph, weights: Mapping[str, torch.Tensor], frac_bits: 
             if problem:
                 problems.append(problem)
     if limit is not None:
-        problems += [p for p in _op_weight_problems(graph, weights, frac_bits) if p not in problems]
+        problems += _op_weight_problems(graph, weights, frac_bits)
     if problems:
         more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         raise InterpretError(f"{len(problems)} problem(s) with the weights: " + "; ".join(problems[:5]) + more)

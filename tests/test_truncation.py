@@ -11,15 +11,11 @@ import pytest
 import torch
 
 from mpcc.backends import get_backend
+from mpcc.ops.borrow_tree import _signed
 from mpcc.ops.wire import RING_SHIFT_LIMIT, truncate
 
 SHIFT = 16
 MASK64 = (1 << 64) - 1
-
-
-def _signed(value: int) -> int:
-    value &= MASK64
-    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 class _Recorded(Exception):

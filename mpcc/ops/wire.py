@@ -32,8 +32,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Wire", "Part", "ClientShare", "mask", "narrowed", "bilinear", "client_input", "part_shape", "broadcast",
-           "cross_terms", "product", "truncate", "public_wire", "dealt", "dealt_sum", "share_of",
-           "sent_bits",
+           "cross_terms", "product", "truncate", "public_wire", "dealt", "dealt_sum", "share_of", "sent_bits",
            "MAX_CROSS_TERMS"]
 
 RING_SHIFT_LIMIT = 62
@@ -392,4 +391,3 @@ async def truncate(ctx, z, shift: int) -> Wire:
     public = high - (offset >> shift)
     wrap = (1 - rshift(high, 63 - shift)) << (64 - shift)
     return Wire(public, (Part(-1, r_high, 0), Part(wrap, r_msb, 64 - shift)))
-

@@ -42,9 +42,12 @@ class _Randomness:
     def draw(self, label, shape, scoped: bool):
         store = self.scoped if scoped else self.values
         if label not in store:
-            store[label] = torch.randint(-2 ** 63, 2 ** 63 - 1, tuple(shape), dtype=torch.int64,
-                                         generator=self.generator)
+            store[label] = self._uniform(shape)
         return store[label]
+
+    def _uniform(self, shape) -> torch.Tensor:
+        """Uniform ring elements (int64) from this generator."""
+        return torch.randint(-2 ** 63, 2 ** 63 - 1, tuple(shape), dtype=torch.int64, generator=self.generator)
 
     def hand(self, label, whole, party: int, holder: str, split: bool = False):
         """This party's share of the draw ``label``: the whole for its one holder; for both, party 0
@@ -56,8 +59,7 @@ class _Randomness:
             value = torch.empty(tuple(whole.shape), dtype=whole.dtype, device="meta")
         elif owner is None and split:
             if label not in self.splits:
-                self.splits[label] = torch.randint(-2 ** 63, 2 ** 63 - 1, tuple(whole.shape), dtype=torch.int64,
-                                                   generator=self.generator)
+                self.splits[label] = self._uniform(whole.shape)
             value = whole - self.splits[label] if party == 0 else self.splits[label]
         else:
             value = whole if owner is not None or party == 0 else torch.zeros_like(whole)
